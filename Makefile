@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh Debian 12 machine (as root):
+#   make demo   suites against a throwaway Dovecot, reports in reports/demo/
+#   make test   the harness's own tests
+# Both install what they need (apt packages, a venv) and are safe to run twice.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd
+TEST_APT_PACKAGES := chromium
+PYTEST_WORKERS ?= 2
+
+.PHONY: apt-dovecot setup setup-test demo test lint bench clean
+
+setup: $(VENV)/.installed apt-dovecot
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# apt-get only when a package is missing, so a second run is quick and offline-safe.
+apt-dovecot:
+	@if ! command -v dovecot >/dev/null 2>&1 && ! test -x /usr/sbin/dovecot; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+setup-test: setup
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES); \
+	fi
+
+demo: setup
+	$(VENV)/bin/mailharness run --report-dir reports/demo -n $(PYTEST_WORKERS)
+
+test: setup-test
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+lint: setup
+	$(VENV)/bin/ruff check harness tests loadtests
+
+bench: setup
+	$(VENV)/bin/mailharness bench
+
+clean:
+	rm -rf $(VENV) reports/demo .pytest_cache

@@ -1,0 +1,74 @@
+"""The `mailharness` command line: one subcommand per job, each defined next to the code it drives."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from harness import __version__
+from harness.errors import HarnessError
+
+# name -> module with add_arguments(parser) and run(args) -> exit code.
+# Modules are light at import time (no locust/gevent) so `mailharness --help` stays fast.
+COMMANDS = {
+    "run": ("harness.engine.run_command", "run conformance suites against a server and write reports"),
+    "validate": ("harness.engine.validate_command", "check suite and profile files without a server"),
+    "target": ("harness.targets.command", "start/stop the embedded Dovecot, or check a target file"),
+    "seed": ("harness.load.seed_command", "fill the target's accounts with messages for load tests"),
+    "load": ("harness.load.load_command", "run a Locust load scenario and write capacity reports"),
+    "bench": ("harness.load.bench_command", "measure the load generator's commands per CPU-second"),
+    "compare": ("harness.reports.compare", "diff two results.json files (release certification)"),
+    "matrix": ("harness.reports.matrix", "one HTML table of several runs: servers by tests"),
+}
+
+DESCRIPTION = """\
+Conformance and load testing for POP3 and IMAP servers.
+
+Typical use:
+  mailharness run                          suites against a throwaway local Dovecot
+  mailharness run --target staging.yaml    suites against your server (see docs/targets.md)
+  mailharness compare last.json new.json   regressions between two runs
+  mailharness load --scenario term-start   a capacity test (see loadtests/README.md)
+
+Exit codes: 0 all as expected, 1 test failures or threshold breaches, 2 usage or configuration errors.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailharness", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"mailharness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=getattr(module, "DESCRIPTION", help_text),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except HarnessError as exc:
+        print(f"mailharness {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"mailharness {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""`mailharness target`: start and stop the embedded Dovecot, or check a target file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from harness.errors import ConfigError, HarnessError
+from harness.targets.managed_dovecot import ManagedDovecot
+from harness.targets.target_file import load_target
+
+DESCRIPTION = """\
+Manage the server under test.
+
+  mailharness target up --write target.yaml    start a throwaway Dovecot on 127.0.0.1 and keep it running
+  mailharness target down                      stop it and delete its temp dir (mail included)
+  mailharness target check target.yaml         validate a target file and log in over IMAP and POP3
+
+`target up` prints the target file (accounts and their generated password) or writes it
+with --write (mode 0600). Pass it to `mailharness run --target`, `seed` or `load`.
+"""
+
+STATE_FILE = "embedded-target.json"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = sub.add_parser("up", help="start the embedded Dovecot and leave it running")
+    up.add_argument("--accounts", type=int, default=40, metavar="N", help="number of accounts user1..userN (default 40)")
+    up.add_argument("--quota-mb", type=int, default=50, metavar="MB", help="per-account storage quota (default 50)")
+    up.add_argument("--pop3-lock", action="store_true", help="refuse a second POP3 session with [IN-USE] (pop3_lock_session = yes)")
+    up.add_argument("--write", type=Path, metavar="FILE", help="write the target file here instead of printing it")
+    up.add_argument("--state-dir", type=Path, default=Path(".mailharness"), help="where `down` finds the running server (default .mailharness)")
+    down = sub.add_parser("down", help="stop the server started by `target up`")
+    down.add_argument("--state-dir", type=Path, default=Path(".mailharness"))
+    check = sub.add_parser("check", help="validate a target file and try to log in")
+    check.add_argument("file", type=Path)
+
+
+def run(args) -> int:
+    return {"up": _up, "down": _down, "check": _check}[args.action](args)
+
+
+def _up(args) -> int:
+    state_path = args.state_dir / STATE_FILE
+    if state_path.exists():
+        raise ConfigError(f"an embedded target is already up ({state_path}); run `mailharness target down` first")
+    if args.accounts < 1:
+        raise ConfigError("--accounts must be at least 1")
+    dc = ManagedDovecot(accounts=args.accounts, quota_mb=args.quota_mb, pop3_lock=args.pop3_lock)
+    target = dc.start()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(dc.detach()))
+    state_path.chmod(0o600)
+    if args.write:
+        target.dump(args.write)
+        print(f"{target.name} is up: IMAP {target.imap.url}, POP3 {target.pop3.url}, LMTP {target.lmtp.url}")
+        print(f"target file: {args.write}   stop with: mailharness target down")
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(target.to_dict(), sort_keys=False))
+    return 0
+
+
+def _down(args) -> int:
+    state_path = args.state_dir / STATE_FILE
+    if not state_path.exists():
+        print("no embedded target is up", file=sys.stderr)
+        return 0
+    ManagedDovecot.stop_detached(json.loads(state_path.read_text()))
+    state_path.unlink()
+    print("embedded target stopped")
+    return 0
+
+
+def _check(args) -> int:
+    from harness.targets.probe import probe_target
+
+    target = load_target(args.file)
+    info = probe_target(target)
+    print(f"target {target.name}: {len(target.accounts)} account(s), disposable={target.disposable}")
+    for key, value in info.items():
+        print(f"  {key}: {value}")
+    if info.get("errors"):
+        raise HarnessError("; ".join(info["errors"]))
+    return 0

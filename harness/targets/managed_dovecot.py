@@ -1,0 +1,193 @@
+"""A throwaway Dovecot on 127.0.0.1: the embedded default target.
+
+Everything (config, passwd file, maildirs, sockets, logs) lives in one temp dir,
+so several instances run side by side and stopping one leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from string import Template
+
+from harness.errors import TargetUnavailable
+from harness.targets.target_file import Account, Endpoint, Target
+
+INSTALL_HINT = (
+    "Dovecot is not installed. The embedded target needs Debian's packages:\n"
+    "    apt-get update && apt-get install -y dovecot-imapd dovecot-pop3d dovecot-lmtpd\n"
+    "(or run `make setup`), or point the harness at your own server with --target FILE."
+)
+TEMPLATE = Path(__file__).with_name("dovecot.conf.tmpl")
+
+
+def dovecot_binary() -> str:
+    path = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
+    if not path:
+        raise TargetUnavailable(INSTALL_HINT)
+    return path
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (closed again, so there is a small race)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _wait_port(port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class ManagedDovecot:
+    """Start with ``with ManagedDovecot(accounts=20) as dc: dc.target``."""
+
+    def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None):
+        self.account_count = accounts
+        self.quota_mb = quota_mb
+        self.pop3_lock = pop3_lock
+        self._own_root = root is None
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-dovecot-"))
+        self.proc: subprocess.Popen | None = None
+        self.target: Target | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> Target:
+        binary = dovecot_binary()
+        if os.geteuid() != 0:
+            raise TargetUnavailable("the embedded Dovecot runs as root (it switches to the mail user itself); run as root or give --target")
+        imap_port, pop3_port, lmtp_port = free_ports(3)
+        password = secrets.token_urlsafe(12)
+        accounts = [Account(f"user{n}", password) for n in range(1, self.account_count + 1)]
+        self._write_files(imap_port, pop3_port, lmtp_port, accounts)
+        conf = self.root / "dovecot.conf"
+        check = subprocess.run([shutil.which("doveconf") or "doveconf", "-c", str(conf), "-n"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise TargetUnavailable(f"generated Dovecot config is invalid: {check.stderr.strip()}")
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-F"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "dovecot.stderr", "wb"),
+            start_new_session=True,  # our signals, not the terminal's
+        )
+        deadline = time.monotonic() + timeout
+        for port in (imap_port, pop3_port, lmtp_port):
+            if not _wait_port(port, deadline) or self.proc.poll() is not None:
+                log = self.log_tail()
+                self.stop()
+                raise TargetUnavailable(f"Dovecot did not start listening on 127.0.0.1:{port} within {timeout:.0f}s\n{log}")
+        self.target = Target(
+            name=f"embedded Dovecot ({self.version()})",
+            accounts=accounts,
+            imap=Endpoint("imap", "127.0.0.1", imap_port),
+            pop3=Endpoint("pop3", "127.0.0.1", pop3_port),
+            lmtp=Endpoint("lmtp", "127.0.0.1", lmtp_port),
+            profile="dovecot-lock" if self.pop3_lock else "dovecot",
+            disposable=True,
+        )
+        return self.target
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # the master takes its children with it
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._kill_leftovers()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "ManagedDovecot":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- detached use (`mailharness target up` / `down`) ------------------------------
+    def detach(self) -> dict:
+        """Leave the server running after this process exits; the dict lets `stop_detached` find it."""
+        assert self.proc and self.target
+        return {"root": str(self.root), "pid": self.proc.pid, "target": self.target.to_dict()}
+
+    @staticmethod
+    def stop_detached(state: dict) -> None:
+        dc = ManagedDovecot(root=Path(state["root"]))
+        dc._own_root = True
+        try:
+            os.killpg(int(state["pid"]), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and Path(f"/proc/{state['pid']}").exists():
+                time.sleep(0.05)
+        except ProcessLookupError:
+            pass
+        dc.stop()
+
+    # -- helpers -------------------------------------------------------------------
+    def version(self) -> str:
+        out = subprocess.run([dovecot_binary(), "--version"], capture_output=True, text=True).stdout.split()
+        return f"Dovecot {out[0]}" if out else "Dovecot"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.root / "dovecot.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _write_files(self, imap_port: int, pop3_port: int, lmtp_port: int, accounts: list[Account]) -> None:
+        for sub in ("run", "state", "mail"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # the mail and dovecot users must reach into it
+        shutil.chown(self.root / "mail", "mail", "mail")
+        passwd = self.root / "passwd"
+        passwd.write_text("".join(f"{a.user}:{a.password}\n" for a in accounts))
+        shutil.chown(passwd, "root", "dovecot")
+        passwd.chmod(0o640)
+        conf = Template(TEMPLATE.read_text()).substitute(
+            root=self.root,
+            instance=f"mailharness-{self.root.name}",
+            imap_port=imap_port,
+            pop3_port=pop3_port,
+            lmtp_port=lmtp_port,
+            quota_kb=f"{self.quota_mb * 1024}k",
+            pop3_lock="yes" if self.pop3_lock else "no",
+        )
+        (self.root / "dovecot.conf").write_text(conf)
+
+    def _kill_leftovers(self) -> None:
+        """Children outlive the master while clients hold connections; their argv names our instance."""
+        marker = self.root.name
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                try:
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+                except OSError:
+                    pass

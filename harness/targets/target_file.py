@@ -1,0 +1,161 @@
+"""The target file: where the server is, which accounts to use, and how much the harness may touch.
+
+See docs/targets.md for the format.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from harness.errors import ConfigError
+from harness.yaml_source import line_of, load_schema, load_yaml, validate
+
+DEFAULT_PORTS = {"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "lmtp": 24, "smtp": 25}
+SCHEMES = {"imap": ("imap", "imaps"), "pop3": ("pop3", "pop3s"), "lmtp": ("lmtp",), "smtp": ("smtp",)}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    tls: bool = False  # TLS from the first byte (imaps://, pop3s://)
+    starttls: bool = False
+    tls_verify: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Account:
+    user: str
+    password: str = field(repr=False)
+
+    def __repr__(self) -> str:  # never print a password, even in a traceback
+        return f"Account(user={self.user!r})"
+
+
+@dataclass
+class Target:
+    name: str
+    accounts: list[Account]
+    imap: Endpoint | None = None
+    pop3: Endpoint | None = None
+    lmtp: Endpoint | None = None
+    smtp: Endpoint | None = None
+    profile: str | None = None
+    disposable: bool = False
+    ca_file: str | None = None
+    timeout: float = 5.0
+    source: Path | None = None
+
+    @property
+    def delivery(self) -> Endpoint | None:
+        return self.lmtp or self.smtp
+
+    @property
+    def passwords(self) -> set[str]:
+        return {a.password for a in self.accounts if a.password}
+
+    def to_dict(self, *, with_passwords: bool = True) -> dict:
+        """The target-file form; written by `mailharness target up`."""
+        out: dict = {"name": self.name}
+        for proto in ("imap", "pop3", "lmtp", "smtp"):
+            ep = getattr(self, proto)
+            if ep:
+                out[proto] = ep.url if not ep.starttls else {"url": ep.url, "starttls": True}
+        out["accounts"] = [
+            {"user": a.user, "password": a.password if with_passwords else "***"} for a in self.accounts
+        ]
+        if self.profile:
+            out["profile"] = self.profile
+        out["disposable"] = self.disposable
+        return out
+
+    def dump(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.chmod(0o600)
+
+
+def _endpoint(proto: str, value, source, line: int, verify_default: bool) -> Endpoint:
+    if isinstance(value, str):
+        value = {"url": value}
+    parts = urlsplit(value["url"])
+    if parts.scheme not in SCHEMES[proto]:
+        raise ConfigError(
+            f"{source}:{line}: {proto}: scheme {parts.scheme!r} does not fit; use {' or '.join(s + '://' for s in SCHEMES[proto])}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{source}:{line}: {proto}: no host in {value['url']!r}")
+    try:
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise ConfigError(f"{source}:{line}: {proto}: bad port in {value['url']!r}") from None
+    tls = parts.scheme in ("imaps", "pop3s")
+    starttls = bool(value.get("starttls", False))
+    if tls and starttls:
+        raise ConfigError(f"{source}:{line}: {proto}: starttls makes no sense with {parts.scheme}://")
+    return Endpoint(parts.scheme, parts.hostname, port, tls, starttls, value.get("tls_verify", verify_default))
+
+
+def _password(entry, source, line: int) -> str:
+    if "password" in entry:
+        return str(entry["password"])
+    var = entry["password_env"]
+    if var not in os.environ:
+        raise ConfigError(f"{source}:{line}: password_env: environment variable {var} is not set")
+    return os.environ[var]
+
+
+def _accounts(spec, source, data) -> list[Account]:
+    if isinstance(spec, list):
+        return [Account(str(e["user"]), _password(e, source, line_of(data, ["accounts", i]))) for i, e in enumerate(spec)]
+    first, last = spec["range"]
+    line = line_of(data, ["accounts"])
+    if last < first:
+        raise ConfigError(f"{source}:{line}: accounts.range: {first} > {last}")
+    password = _password(spec, source, line)
+    return [Account(spec["pattern"].replace("{n}", str(n)), password) for n in range(first, last + 1)]
+
+
+def parse_target(data, source: Path | str = "<target>") -> Target:
+    validate(data, load_schema("target.schema.json"), source)
+    verify = data.get("tls_verify", True)
+    endpoints = {
+        proto: _endpoint(proto, data[proto], source, line_of(data, [proto]), verify)
+        for proto in ("imap", "pop3", "lmtp", "smtp")
+        if proto in data
+    }
+    if not ("imap" in endpoints or "pop3" in endpoints):
+        raise ConfigError(f"{source}:{getattr(data, 'line', 1)}: give at least one of imap or pop3")
+    accounts = _accounts(data["accounts"], source, data)
+    users = [a.user for a in accounts]
+    if len(set(users)) != len(users):
+        raise ConfigError(f"{source}:{line_of(data, ['accounts'])}: accounts: a user is listed twice")
+    return Target(
+        name=data["name"],
+        accounts=accounts,
+        profile=data.get("profile"),
+        disposable=data.get("disposable", False),
+        ca_file=data.get("ca_file"),
+        timeout=float(data.get("timeout", 5.0)),
+        source=Path(source) if not isinstance(source, Path) else source,
+        **endpoints,
+    )
+
+
+def load_target(path: Path | str) -> Target:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: target file not found")
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a target file is a mapping (name:, imap:, accounts:, ...)")
+    return parse_target(data, path)

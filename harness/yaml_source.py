@@ -1,0 +1,133 @@
+"""YAML loading that remembers where every value came from.
+
+Suites, target files, profiles and scenarios are all YAML written by people;
+an error must point at the file and line to fix. Mappings and sequences load
+as ``dict``/``list`` subclasses that carry their line and the line of each key,
+and schema errors are turned into ``ConfigError("file:line: key: problem")``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from harness.errors import ConfigError
+
+
+class Located:
+    """Mixin for loaded containers: ``line`` is 1-based; ``key_lines`` maps key/index to line."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class LDict(dict, Located):
+    pass
+
+
+class LList(list, Located):
+    pass
+
+
+class _LineLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        mapping = LDict()
+        mapping.line = node.start_mark.line + 1
+        mapping.key_lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in mapping:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            mapping[key] = self.construct_object(value_node, deep=True)
+            mapping.key_lines[key] = key_node.start_mark.line + 1
+        return mapping
+
+    def construct_sequence(self, node, deep=False):
+        seq = LList(self.construct_object(child, deep=True) for child in node.value)
+        seq.line = node.start_mark.line + 1
+        seq.key_lines = {i: child.start_mark.line + 1 for i, child in enumerate(node.value)}
+        return seq
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
+
+
+def load_yaml(path: Path | str) -> Any:
+    """Parse one YAML file with line information; syntax errors become ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_LineLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}:{str(exc).removeprefix('line ')}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError(f"{path}:{line}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {exc}") from None
+
+
+def line_of(data: Any, path: list) -> int:
+    """The line of the deepest node along ``path`` that we know a line for."""
+    line = getattr(data, "line", 0)
+    node = data
+    for key in path:
+        lines = getattr(node, "key_lines", None)
+        if lines is not None and key in lines:
+            line = lines[key]
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+        line = getattr(node, "line", line) or line
+    return line
+
+
+def describe_path(path: list) -> str:
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out or "(top level)"
+
+
+def load_schema(name: str) -> dict:
+    return json.loads((Path(__file__).parent / "schemas" / name).read_text())
+
+
+def _best_error(errors: list) -> jsonschema.ValidationError:
+    # jsonschema's relevance picks the most specific error inside oneOf/anyOf.
+    return jsonschema.exceptions.best_match(errors)
+
+
+def validate(data: Any, schema: dict, source: Path | str) -> None:
+    """Validate ``data`` against ``schema``; raise ConfigError naming file, line and key."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(data))
+    if not errors:
+        return
+    error = _best_error(errors)
+    path = list(error.absolute_path)
+    message = error.message
+    if error.validator == "additionalProperties":
+        # Point at the unknown key itself rather than its parent mapping.
+        node = data
+        for key in path:
+            node = node[key]
+        unknown = [k for k in node if k not in error.schema.get("properties", {})]
+        if unknown:
+            path.append(unknown[0])
+            allowed = ", ".join(sorted(error.schema.get("properties", {})))
+            message = f"unknown key {unknown[0]!r} (allowed: {allowed})"
+    line = line_of(data, path)
+    raise ConfigError(f"{source}:{line}: {describe_path(path)}: {message}")
