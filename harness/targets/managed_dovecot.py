@@ -59,6 +59,15 @@ def _wait_port(port: int, deadline: float) -> bool:
     return False
 
 
+def _alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class ManagedDovecot:
     """Start with ``with ManagedDovecot(accounts=20) as dc: dc.target``."""
 
@@ -139,7 +148,7 @@ class ManagedDovecot:
         try:
             os.killpg(int(state["pid"]), signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and Path(f"/proc/{state['pid']}").exists():
+            while time.monotonic() < deadline and _alive(int(state["pid"])):
                 time.sleep(0.05)
         except ProcessLookupError:
             pass

@@ -1,0 +1,360 @@
+"""Suite files -> TestSpec objects, validated by schema and then by meaning.
+
+The schema catches shape errors; this module catches what a schema cannot:
+a step naming a session the test does not declare, an unknown corpus message,
+a POP3 check on an IMAP session, a variable used before anything sets it.
+Every error names the file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import corpus
+from harness.engine.patterns import Pattern, PatternError, _compile, variables_in
+from harness.errors import ConfigError
+from harness.yaml_source import line_of, load_schema, load_yaml, validate
+
+STEP_KEYWORDS = {
+    "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
+    "body", "fetch", "timeout", "why", "metric", "to",
+}
+SPECIAL_STEPS = ("drop", "sleep", "deliver")
+IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
+POP3_ONLY = {"count", "lines", "absent_lines"}
+BUILTIN_VARS = {"user", "password", "user2", "password2", "user3", "password3", "user4", "password4"}
+DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass
+class SessionSpec:
+    name: str
+    protocol: str  # "imap" | "pop3"
+    account: int = 1
+    login: bool = True
+
+
+@dataclass
+class MessageRef:
+    name: str
+    flags: list[str] = field(default_factory=list)
+    subject: str | None = None
+
+    def data(self) -> bytes:
+        return corpus.message(self.name, subject=self.subject)
+
+
+@dataclass
+class SetupEntry:
+    account: int
+    mailbox: str
+    messages: list[MessageRef]
+
+
+@dataclass
+class BodySpec:
+    """Expected bytes: a corpus message, optionally one IMAP section, a <o.l> range, or POP3 TOP lines."""
+
+    message: MessageRef
+    section: str = ""
+    partial: tuple[int, int] | None = None
+    top: int | None = None
+
+    def expected(self) -> bytes:
+        from harness.corpus import sections
+
+        data = self.message.data()
+        if self.top is not None:
+            return sections.top(data, self.top)
+        return sections.section(data, self.section, self.partial)
+
+    def describe(self) -> str:
+        out = self.message.name
+        if self.top is not None:
+            return f"{out} (headers + {self.top} body lines)"
+        if self.section:
+            out += f" section {self.section}"
+        if self.partial:
+            out += f" <{self.partial[0]}.{self.partial[1]}>"
+        return out
+
+
+@dataclass
+class Step:
+    index: int  # 1-based position in the test
+    line: int
+    kind: str  # command | append | idle_start | idle_done | await | drop | sleep | deliver
+    session: str | None = None
+    command: str | None = None
+    message: MessageRef | None = None  # append / deliver
+    mailbox: str = "INBOX"
+    to: int = 1
+    seconds: float = 0.0  # sleep
+    expect: list[Pattern] = field(default_factory=list)
+    untagged: list[Pattern] = field(default_factory=list)
+    absent: list[Pattern] = field(default_factory=list)
+    may: list[Pattern] = field(default_factory=list)
+    only: bool = False
+    count: int | None = None
+    lines: list[Pattern] = field(default_factory=list)
+    absent_lines: list[Pattern] = field(default_factory=list)
+    body: BodySpec | None = None
+    fetch: dict[str, BodySpec | Pattern] = field(default_factory=dict)
+    timeout: float | None = None
+    why: str | None = None
+    metric: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "command":
+            return f"{self.session}: {self.command}"
+        if self.kind == "append":
+            return f"{self.session}: append {self.message.name} to {self.mailbox}"
+        if self.kind in ("idle_start", "idle_done"):
+            return f"{self.session}: idle {self.kind[5:]}"
+        if self.kind == "await":
+            return f"{self.session}: await {', '.join(map(str, self.untagged))}"
+        if self.kind == "drop":
+            return f"drop {self.session}"
+        if self.kind == "sleep":
+            return f"sleep {self.seconds}"
+        return f"deliver {self.message.name} to account {self.to}"
+
+
+@dataclass
+class TestSpec:
+    id: str
+    title: str
+    file: Path
+    line: int
+    area: str
+    rfc: list[str]
+    sessions: dict[str, SessionSpec]
+    steps: list[Step]
+    description: str = ""
+    requires: dict = field(default_factory=dict)
+    accounts: int = 1
+    timeout: float = DEFAULT_TIMEOUT
+    setup: list[SetupEntry] = field(default_factory=list)
+
+    @property
+    def protocol(self) -> str:
+        protos = sorted({s.protocol for s in self.sessions.values()}, key=["pop3", "imap"].index)
+        return "+".join(protos)
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class _Ctx:
+    """Error helper bound to one file."""
+
+    def __init__(self, path: Path, data):
+        self.path, self.data = path, data
+
+    def fail(self, keys: list, message: str):
+        raise ConfigError(f"{self.path}:{line_of(self.data, keys)}: {message}")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _message_ref(ctx: _Ctx, keys: list, value) -> MessageRef:
+    if isinstance(value, str):
+        value = {"message": value}
+    name = value["message"]
+    if name not in corpus.names():
+        ctx.fail(keys, f"no corpus message named {name!r} (known: {', '.join(corpus.names())})")
+    return MessageRef(name, list(value.get("flags", [])), value.get("subject"))
+
+
+def _patterns(ctx: _Ctx, keys: list, value) -> list[Pattern]:
+    out = []
+    for i, text in enumerate(_as_list(value)):
+        pattern = Pattern(str(text))
+        try:
+            _compile(pattern.source, (), False)
+        except (PatternError, Exception) as exc:  # re.error too
+            ctx.fail(keys + [i] if isinstance(value, list) else keys, f"bad pattern {text!r}: {exc}")
+        out.append(pattern)
+    return out
+
+
+def _body(ctx: _Ctx, keys: list, value) -> BodySpec:
+    if isinstance(value, str):
+        value = {"message": value}
+    ref = _message_ref(ctx, keys, {k: v for k, v in value.items() if k in ("message", "subject")})
+    partial = tuple(value["partial"]) if "partial" in value else None
+    spec = BodySpec(ref, str(value.get("section", "")).upper(), partial, value.get("top"))
+    try:
+        spec.expected()
+    except Exception as exc:  # the reference implementation rejects the section
+        ctx.fail(keys, f"cannot compute {spec.describe()}: {exc}")
+    return spec
+
+
+def _sessions(ctx: _Ctx, keys: list, raw: dict, accounts: int) -> dict[str, SessionSpec]:
+    out = {}
+    for name, value in raw.items():
+        if isinstance(value, str):
+            value = {"protocol": value}
+        spec = SessionSpec(name, value["protocol"], value.get("account", 1), value.get("login", True))
+        if spec.account > accounts:
+            ctx.fail(keys + [name], f"session {name} uses account {spec.account} but the test has accounts: {accounts}")
+        out[name] = spec
+    return out
+
+
+def _setup(ctx: _Ctx, keys: list, raw, accounts: int) -> list[SetupEntry]:
+    if isinstance(raw, dict):
+        raw = [{"account": 1, "mailbox": box, "messages": msgs} for box, msgs in raw.items()]
+        entries_keys = [keys + [e["mailbox"]] for e in raw]
+    else:
+        entries_keys = [keys + [i] for i in range(len(raw))]
+    out = []
+    for entry, ekeys in zip(raw, entries_keys):
+        account = entry.get("account", 1)
+        if account > accounts:
+            ctx.fail(ekeys, f"setup uses account {account} but the test has accounts: {accounts}")
+        msgs = [_message_ref(ctx, ekeys, m) for m in entry.get("messages", [])]
+        out.append(SetupEntry(account, entry["mailbox"], msgs))
+    return out
+
+
+def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, SessionSpec], known_vars: set[str]) -> Step:
+    line = line_of(ctx.data, keys)
+    step = Step(index=index, line=line, kind="command")
+    actors = [k for k in raw if k not in STEP_KEYWORDS]
+    if len(actors) != 1:
+        if not actors:
+            ctx.fail(keys, "a step needs a session (e.g. `a: NOOP`) or one of drop/sleep/deliver")
+        ctx.fail(keys, f"a step does one thing; this one names {', '.join(actors)}")
+    actor = actors[0]
+    value = raw[actor]
+    if actor in SPECIAL_STEPS:
+        step.kind = actor
+        if actor == "drop":
+            if value not in sessions:
+                ctx.fail(keys + [actor], f"drop: no session {value!r} in this test (sessions: {', '.join(sessions)})")
+            step.session = value
+        elif actor == "sleep":
+            step.seconds = float(value)
+        else:
+            step.message = _message_ref(ctx, keys + [actor], value)
+            step.to = raw.get("to", 1)
+    else:
+        if actor not in sessions:
+            known = ", ".join(sorted(sessions)) or "none"
+            ctx.fail(keys + [actor], f"{actor!r} is neither a session of this test ({known}) nor a step keyword ({', '.join(sorted(STEP_KEYWORDS))})")
+        step.session = actor
+        if isinstance(value, str):
+            step.command = value.strip()
+            for var in variables_in(step.command):
+                if var not in known_vars and var not in BUILTIN_VARS:
+                    ctx.fail(keys + [actor], f"${var} is used before any step captures it")
+        else:
+            _action(ctx, keys + [actor], value, step, sessions[actor])
+    protocol = sessions[step.session].protocol if step.session else None
+    present = set(raw) & STEP_KEYWORDS
+    if protocol == "pop3" and present & IMAP_ONLY:
+        ctx.fail(keys + [sorted(present & IMAP_ONLY)[0]], f"{sorted(present & IMAP_ONLY)[0]}: only for IMAP sessions; {step.session} is POP3")
+    if protocol == "imap" and present & POP3_ONLY:
+        ctx.fail(keys + [sorted(present & POP3_ONLY)[0]], f"{sorted(present & POP3_ONLY)[0]}: only for POP3 sessions; {step.session} is IMAP")
+    if "to" in raw and step.kind != "deliver":
+        ctx.fail(keys + ["to"], "to: only goes with deliver")
+    step.expect = _patterns(ctx, keys + ["expect"], raw.get("expect"))
+    step.untagged += _patterns(ctx, keys + ["untagged"], raw.get("untagged"))
+    step.absent = _patterns(ctx, keys + ["absent"], raw.get("absent"))
+    step.may = _patterns(ctx, keys + ["may"], raw.get("may"))
+    step.only = bool(raw.get("only", False))
+    step.count = raw.get("count")
+    step.lines = _patterns(ctx, keys + ["lines"], raw.get("lines"))
+    step.absent_lines = _patterns(ctx, keys + ["absent_lines"], raw.get("absent_lines"))
+    if "body" in raw:
+        step.body = _body(ctx, keys + ["body"], raw["body"])
+    for item, spec in (raw.get("fetch") or {}).items():
+        if isinstance(spec, str):
+            step.fetch[item.upper()] = _patterns(ctx, keys + ["fetch", item], spec)[0]
+        else:
+            step.fetch[item.upper()] = _body(ctx, keys + ["fetch", item], spec)
+    step.timeout = raw.get("timeout")
+    step.why = raw.get("why")
+    step.metric = raw.get("metric")
+    for pattern in step.expect + step.untagged + step.lines:
+        known_vars.update(variables_in(pattern.source))
+    return step
+
+
+def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec) -> None:
+    kinds = [k for k in ("append", "idle", "await") if k in value]
+    if len(kinds) != 1:
+        ctx.fail(keys, "an action is exactly one of append, idle, await")
+    if session.protocol != "imap":
+        ctx.fail(keys, f"{kinds[0]}: only for IMAP sessions; {session.name} is POP3")
+    kind = kinds[0]
+    extra = set(value) - {"append": {"append", "mailbox", "flags", "subject"}, "idle": {"idle"}, "await": {"await", "within"}}[kind]
+    if extra:
+        ctx.fail(keys + [sorted(extra)[0]], f"{sorted(extra)[0]}: does not go with {kind}")
+    if kind == "append":
+        step.kind = "append"
+        step.message = _message_ref(ctx, keys, {"message": value["append"], "flags": value.get("flags", []), **({"subject": value["subject"]} if "subject" in value else {})})
+        step.mailbox = value.get("mailbox", "INBOX")
+    elif kind == "idle":
+        step.kind = "idle_" + value["idle"]
+    else:
+        step.kind = "await"
+        step.untagged = _patterns(ctx, keys + ["await"], value["await"])
+        step.timeout = value.get("within")
+
+
+def load_suite(path: Path) -> list[TestSpec]:
+    """All tests of one suite file; ConfigError (file:line: problem) when anything is wrong."""
+    data = load_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}:1: empty suite file (it needs a `tests:` list)")
+    validate(data, load_schema("suite.schema.json"), path)
+    ctx = _Ctx(path, data)
+    defaults = data.get("defaults", {})
+    tests, seen = [], {}
+    for i, raw in enumerate(data["tests"]):
+        keys = ["tests", i]
+        merged = {**defaults, **raw}
+        if raw["id"] in seen:
+            ctx.fail(keys + ["id"], f"duplicate test id {raw['id']!r} (first at line {seen[raw['id']]})")
+        seen[raw["id"]] = line_of(data, keys)
+        for required in ("area", "rfc", "sessions"):
+            if required not in merged:
+                ctx.fail(keys, f"test {raw['id']}: `{required}` is required (here or in defaults)")
+        accounts = merged.get("accounts", 1)
+        sessions = _sessions(ctx, keys + ["sessions"] if "sessions" in raw else ["defaults", "sessions"], merged["sessions"], accounts)
+        setup_keys = keys + ["setup"] if "setup" in raw else ["defaults", "setup"]
+        setup = _setup(ctx, setup_keys, merged.get("setup", {}), accounts)
+        known_vars: set[str] = set()
+        steps = [
+            _step(ctx, keys + ["steps", j], step, j + 1, sessions, known_vars) for j, step in enumerate(raw["steps"])
+        ]
+        for step in steps:
+            if step.kind == "deliver" and step.to > accounts:
+                ctx.fail(keys + ["steps", step.index - 1], f"deliver to account {step.to} but the test has accounts: {accounts}")
+        tests.append(
+            TestSpec(
+                id=raw["id"],
+                title=raw["title"],
+                file=path,
+                line=line_of(data, keys),
+                area=merged["area"],
+                rfc=list(merged["rfc"]),
+                sessions=sessions,
+                steps=steps,
+                description=raw.get("description", ""),
+                requires=dict(merged.get("requires", {})),
+                accounts=accounts,
+                timeout=float(merged.get("timeout", DEFAULT_TIMEOUT)),
+                setup=setup,
+            )
+        )
+    return tests

@@ -1,0 +1,110 @@
+"""Response patterns: readable matching with captured variables.
+
+A pattern is matched against a whole response line, case-insensitively, with
+runs of white space matching any white space:
+
+    $name        a token (no space, parentheses or brackets); captured the first
+                 time, compared with the captured value afterwards
+    ${size:NAME} the size in octets of corpus message NAME
+    ...          anything, including nothing
+    re:REGEX     the rest is a Python regex; (?P<name>...) groups are captured
+
+Everything else is literal, so "* $n EXISTS" or "+OK $count $octets" read like
+the responses they match.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from harness import corpus
+
+_TOKEN = re.compile(r"\$\{(?P<fn>[a-z]+):(?P<arg>[A-Za-z0-9._-]+)\}|\$(?P<var>[A-Za-z_][A-Za-z0-9_]*)|(?P<any>\.\.\.)|(?P<ws>\s+)")
+_CAPTURE = r"[^\s()\[\]]+"
+
+
+class PatternError(ValueError):
+    pass
+
+
+def expand_function(fn: str, arg: str) -> str:
+    if fn == "size":
+        try:
+            return str(len(corpus.message(arg)))
+        except KeyError:
+            raise PatternError(f"${{size:{arg}}}: no corpus message named {arg!r}") from None
+    raise PatternError(f"unknown function ${{{fn}:...}} (known: size)")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    source: str
+
+    def match(self, text: str, variables: dict[str, str], *, allow_tail: bool = False) -> dict[str, str] | None:
+        """New captures (possibly empty) if ``text`` matches, else None. ``variables`` is not modified."""
+        regex, names = _compile(self.source, tuple(sorted(variables.items())), allow_tail)
+        m = regex.fullmatch(text.strip())
+        if not m:
+            return None
+        return {n: m.group(g) for g, n in names.items() if m.group(g) is not None}
+
+    def __str__(self) -> str:
+        return self.source
+
+
+@lru_cache(maxsize=4096)
+def _compile(source: str, bound: tuple, allow_tail: bool):
+    bound_vars = dict(bound)
+    if source.startswith("re:"):
+        regex = re.compile(source[3:].strip(), re.IGNORECASE | re.DOTALL)
+        return regex, {g: g for g in regex.groupindex}
+    out, names, seen = [], {}, {}
+    pos = 0
+    for m in _TOKEN.finditer(source):
+        out.append(re.escape(source[pos : m.start()]))
+        pos = m.end()
+        if m.group("fn"):
+            out.append(re.escape(expand_function(m.group("fn"), m.group("arg"))))
+        elif m.group("var"):
+            name = m.group("var")
+            if name in bound_vars:
+                out.append(re.escape(bound_vars[name]))
+            elif name in seen:  # same new variable twice in one pattern: must be equal
+                out.append(f"(?P={seen[name]})")
+            else:
+                group = f"g{len(names)}"
+                names[group] = seen[name] = name
+                seen[name] = group
+                out.append(f"(?P<{group}>{_CAPTURE})")
+        elif m.group("any"):
+            out.append(".*?")
+        else:
+            out.append(r"\s+")
+    out.append(re.escape(source[pos:]))
+    body = "".join(out).strip()
+    if allow_tail:
+        body += r"(?:\s.*)?"
+    return re.compile(body, re.IGNORECASE | re.DOTALL), names
+
+
+def substitute(text: str, variables: dict[str, str]) -> str:
+    """Fill $name and ${fn:arg} in a command line; an unknown variable is an error."""
+
+    def repl(m: re.Match) -> str:
+        if m.group("fn"):
+            return expand_function(m.group("fn"), m.group("arg"))
+        if m.group("var"):
+            name = m.group("var")
+            if name not in variables:
+                known = ", ".join(sorted("$" + v for v in variables)) or "none yet"
+                raise PatternError(f"${name} is not set at this step (set so far: {known})")
+            return variables[name]
+        return m.group(0)
+
+    return _TOKEN.sub(repl, text)
+
+
+def variables_in(text: str) -> list[str]:
+    return [m.group("var") for m in _TOKEN.finditer(text) if m.group("var")]

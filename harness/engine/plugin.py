@@ -1,0 +1,383 @@
+"""The pytest plugin: every test in a suite YAML file becomes a pytest item.
+
+Loaded with ``-p harness.engine.plugin`` (the `mailharness run` command does this),
+so ``-k``, ``-n`` (xdist), ``--junitxml`` and markers work as pytest users expect.
+
+The controller process owns the target: it loads the target file or starts the
+embedded Dovecot, probes it once, and hands both to xdist workers through
+``workerinput``. The controller also gathers every report into results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from harness import __version__
+from harness.engine.accounts import AccountPool, NotEnoughAccounts, cleanup, inspect_account, prepare
+from harness.engine.model import load_suite
+from harness.engine.profiles import Profile, load_profile
+from harness.engine.runner import StepFailure, TestRun
+from harness.errors import HarnessError, UnsafeAccount
+from harness.sessions.transcript import Transcript
+from harness.targets.target_file import load_target
+
+PROPERTY = "mailharness"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("mailharness", "mailharness suite engine")
+    group.addoption("--mh-target", metavar="FILE", help="target file; without it an embedded Dovecot is started")
+    group.addoption("--mh-profile", metavar="NAME|FILE", help="server profile (default: the target's `profile`)")
+    group.addoption("--mh-results", metavar="FILE", help="write results.json here")
+    group.addoption("--mh-timeout", type=float, metavar="SECONDS", help="default per-step timeout")
+    group.addoption("--mh-accounts", type=int, default=40, metavar="N", help="accounts of the embedded Dovecot")
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class HarnessState:
+    """Per-process state: the target, its probed identity, the profile, this worker's accounts."""
+
+    def __init__(self, config):
+        self.config = config
+        self.dovecot = None
+        self.target = None
+        self.target_file: str | None = None
+        self.probe: dict = {}
+        self.profile: Profile | None = None
+        self.pool: AccountPool | None = None
+        self.results: dict[str, dict] = {}
+        self.started_at = datetime.now(timezone.utc)
+        self.t0 = time.monotonic()
+
+    # controller: start or load the target, check the accounts are safe to use
+    def start(self) -> None:
+        from harness.targets.probe import probe_target
+
+        option = self.config.getoption("--mh-target")
+        if option:
+            self.target_file = option
+            self.target = load_target(option)
+        else:
+            from harness.targets.managed_dovecot import ManagedDovecot
+
+            self.dovecot = ManagedDovecot(accounts=self.config.getoption("--mh-accounts"))
+            self.target = self.dovecot.start()
+            fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.dovecot.root)
+            os.close(fd)
+            self.target.dump(Path(self.target_file))
+        self.probe = probe_target(self.target)
+        if self.probe.get("errors"):
+            raise HarnessError(f"target {self.target.name}: " + "; ".join(self.probe["errors"]))
+        if not self.target.disposable:
+            for account in self.target.accounts:
+                held = inspect_account(self.target, account)
+                if held:
+                    raise UnsafeAccount(
+                        f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
+                        "refusing to run. Use empty accounts, or set `disposable: true` in the target file "
+                        "if everything in these accounts may be deleted."
+                    )
+
+    def attach(self, workerinput: dict) -> None:
+        self.target_file = workerinput["mh_target_file"]
+        self.target = load_target(self.target_file)
+        self.probe = json.loads(workerinput["mh_probe"])
+
+    def load_profile(self) -> None:
+        name = self.config.getoption("--mh-profile") or (self.target.profile if self.target else None)
+        self.profile = load_profile(name) if name else None
+
+    def account_pool(self) -> AccountPool:
+        if self.pool is None:
+            wi = getattr(self.config, "workerinput", None)
+            index, count = (int(wi["workerid"].removeprefix("gw")), int(wi["workercount"])) if wi else (0, 1)
+            self.pool = AccountPool(self.target.accounts, index, count)
+        return self.pool
+
+    def stop(self) -> None:
+        if self.dovecot:
+            self.dovecot.stop()
+            self.dovecot = None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mailharness: a test from a suite YAML file")
+    state = HarnessState(config)
+    config._mailharness = state
+    if _is_worker(config):
+        state.attach(config.workerinput)
+        state.load_profile()
+    else:
+        config.pluginmanager.register(ResultsCollector(state), "mailharness-results")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist starts its workers: they need the target
+def pytest_sessionstart(session):
+    config = session.config
+    state: HarnessState = config._mailharness
+    if _is_worker(config) or config.option.collectonly:
+        if not _is_worker(config) and config.getoption("--mh-target"):
+            state.target = load_target(config.getoption("--mh-target"))
+        if not _is_worker(config):
+            state.load_profile()
+        return
+    try:
+        state.start()
+        state.load_profile()
+    except HarnessError as exc:
+        state.stop()
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_configure_node(node):
+    """xdist hook (controller side): tell a worker which target to use."""
+    state: HarnessState = node.config._mailharness
+    node.workerinput["mh_target_file"] = state.target_file
+    node.workerinput["mh_probe"] = json.dumps(state.probe)
+
+
+def pytest_collect_file(file_path: Path, parent):
+    if file_path.suffix in (".yaml", ".yml") and not file_path.name.startswith("_"):
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SuiteFile(pytest.File):
+    def collect(self):
+        try:
+            specs = load_suite(self.path)
+        except HarnessError as exc:
+            raise self.CollectError(f"malformed suite: {exc}") from None
+        for spec in specs:
+            yield SuiteItem.from_parent(self, name=spec.id, spec=spec)
+
+
+class SuiteItem(pytest.Item):
+    def __init__(self, *, spec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.add_marker("mailharness")
+        self.add_marker(pytest.mark.timeout(min(600, 30 + len(spec.steps) * spec.timeout * 2), method="signal"))
+        self.user_properties.append((PROPERTY, {
+            "id": spec.id, "title": spec.title, "file": str(spec.file), "line": spec.line,
+            "area": spec.area, "protocol": spec.protocol, "rfc": spec.rfc,
+        }))
+        self.transcript_text = ""
+
+    def setup(self):
+        state: HarnessState = self.config._mailharness
+        missing = _missing_requirements(self.spec, state)
+        if missing:
+            pytest.skip(missing)
+
+    def runtest(self):
+        state: HarnessState = self.config._mailharness
+        target = state.target
+        try:
+            accounts = state.account_pool().take(self.spec.accounts)
+        except NotEnoughAccounts as exc:
+            pytest.skip(str(exc))
+        transcript = Transcript(secrets=target.passwords)
+        states = [prepare(target, account) for account in accounts]
+        run = TestRun(self.spec, target, accounts, transcript, timeout=self.config.getoption("--mh-timeout") or None)
+        extra: dict = {}
+        try:
+            self._setup_mail(target, accounts, transcript)
+            run.run()
+        except StepFailure as failure:
+            extra["failure"] = {
+                "file": str(self.spec.file), "line": failure.step.line if failure.step else self.spec.line,
+                "step": failure.step.describe() if failure.step else "setup",
+                "expected": failure.expected, "got": failure.got,
+            }
+            raise
+        finally:
+            self.transcript_text = transcript.render()
+            extra["transcript"] = self.transcript_text
+            extra["metrics"] = run.metrics
+            notes = []
+            for account_state in states:
+                notes += cleanup(target, account_state)
+            if notes:
+                extra["cleanup_notes"] = notes
+            self.user_properties.append((PROPERTY + "-run", extra))
+
+    def _setup_mail(self, target, accounts, transcript: Transcript) -> None:
+        from harness.engine.accounts import admin_client
+
+        for entry in self.spec.setup:
+            account = accounts[entry.account - 1]
+            with admin_client(target, account) as client:
+                if not client.folder_exists(entry.mailbox):
+                    client.create_folder(entry.mailbox)
+                for ref in entry.messages:
+                    client.append(entry.mailbox, ref.data(), flags=ref.flags)
+            names = ", ".join(m.name for m in entry.messages) or "(no messages)"
+            transcript.note("setup", f"account {entry.account} {entry.mailbox}: {names}")
+
+    def repr_failure(self, excinfo):
+        if excinfo.errisinstance(StepFailure):
+            return f"{self.spec.id}: {excinfo.value}\n\ntranscript:\n{self.transcript_text}"
+        if excinfo.errisinstance(HarnessError):
+            return f"{self.spec.id}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, self.spec.line - 1, f"{self.spec.id} ({self.spec.title})"
+
+
+def _missing_requirements(spec, state: HarnessState) -> str | None:
+    target = state.target
+    for proto in ("imap", "pop3"):
+        needed = proto in spec.protocol.split("+")
+        if needed and getattr(target, proto) is None:
+            return f"the target has no {proto} endpoint"
+    if spec.requires.get("delivery") and target.delivery is None:
+        return "the target has no lmtp or smtp endpoint for delivery"
+    for proto in ("imap", "pop3"):
+        have = {c.upper() for c in state.probe.get(f"{proto}_capabilities", [])}
+        for cap in spec.requires.get(proto, []):
+            if cap.upper() not in have:
+                return f"server does not advertise {proto.upper()} capability {cap}"
+    return None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    state: HarnessState = config._mailharness
+    profile = state.profile
+    if profile is None:
+        return
+    for item in items:
+        if not isinstance(item, SuiteItem):
+            continue
+        deviation = profile.lookup(item.spec.id)
+        if deviation is None:
+            continue
+        reason = f"profile {profile.name}: {deviation.reason}"
+        if deviation.expect == "skip":
+            item.add_marker(pytest.mark.skip(reason=reason))
+        else:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason, raises=StepFailure))
+        item.user_properties.append((PROPERTY + "-profile", deviation.reason))
+
+
+# -- results.json (controller) -------------------------------------------------------
+
+class ResultsCollector:
+    """Registered on the controller only: xdist forwards every worker's reports to it."""
+
+    def __init__(self, state: HarnessState):
+        self.state = state
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report):
+        props = {}
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                props.update(value)
+            elif name == PROPERTY + "-run":
+                props.update(value)
+            elif name == PROPERTY + "-profile":
+                props["profile_reason"] = value
+        if "id" not in props:
+            return
+        entry = self.state.results.setdefault(report.nodeid, {
+            **{k: props[k] for k in ("id", "title", "file", "line", "area", "protocol", "rfc")},
+            "outcome": "passed", "duration_s": 0.0, "message": "", "failure": None, "transcript": "",
+            "profile_reason": None, "metrics": {},
+        })
+        entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
+        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes"):
+            if props.get(key):
+                entry[key] = props[key]
+        outcome = _outcome(report)
+        if outcome is None:
+            return
+        if report.when == "teardown" and entry["outcome"] not in ("passed",):
+            return  # a teardown problem does not hide the call's verdict
+        entry["outcome"] = outcome
+        entry["message"] = _message(report, outcome, entry)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session, exitstatus):
+        path = session.config.getoption("--mh-results")
+        if path:
+            write_results(self.state, Path(path), exitstatus)
+
+
+def _outcome(report) -> str | None:
+    wasxfail = hasattr(report, "wasxfail")
+    if report.when == "call":
+        if report.passed:
+            return "xpassed" if wasxfail else "passed"
+        if report.skipped:
+            return "xfailed" if wasxfail else "skipped"
+        text = report.longreprtext if hasattr(report, "longreprtext") else ""
+        return "xpassed" if text.startswith("[XPASS(strict)]") else "failed"
+    if report.when == "setup":
+        if report.skipped:
+            return "xfailed" if wasxfail else "skipped"
+        if report.failed:
+            return "error"
+        return None
+    if report.failed:  # teardown
+        return "error"
+    return None
+
+
+def _message(report, outcome: str, entry: dict) -> str:
+    if outcome == "passed":
+        return ""
+    if outcome in ("skipped", "xfailed") and report.skipped:
+        if outcome == "xfailed":
+            return str(getattr(report, "wasxfail", "")).removeprefix("reason: ")
+        longrepr = report.longrepr
+        return str(longrepr[2]).removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
+    if outcome == "xpassed":
+        return "passed, but the profile expects a failure: " + (entry.get("profile_reason") or "")
+    text = report.longreprtext if hasattr(report, "longreprtext") else str(report.longrepr)
+    return text.split("\n\ntranscript:\n")[0][:4000]
+
+
+def write_results(state: HarnessState, path: Path, exitstatus) -> None:
+    from harness.reports.results import summarize
+
+    tests = sorted(state.results.values(), key=lambda t: (t["file"], t["line"]))
+    target = state.target
+    info = {
+        "name": target.name if target else None,
+        "imap_url": target.imap.url if target and target.imap else None,
+        "pop3_url": target.pop3.url if target and target.pop3 else None,
+        **{k: state.probe.get(k) for k in ("imap_greeting", "imap_capabilities", "pop3_greeting", "pop3_capabilities")},
+    }
+    summary = summarize(tests)
+    results = {
+        "format": 1,
+        "harness_version": __version__,
+        "started_at": state.started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - state.t0, 2),
+        "command": os.environ.get("MAILHARNESS_COMMAND", "pytest"),
+        "profile": state.profile.summary() if state.profile else None,
+        "target": info,
+        "tests": tests,
+        **summary,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+def pytest_unconfigure(config):
+    state: HarnessState | None = getattr(config, "_mailharness", None)
+    if state:
+        state.stop()

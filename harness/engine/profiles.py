@@ -1,0 +1,67 @@
+"""Server profiles: a server's known, legal deviations from what a suite expects, each with a reason.
+
+A suite says what the RFC requires. ``profiles/NAME.yaml`` says, for one server
+and its settings, which tests are expected to fail (strict xfail: if one starts
+passing, the run says so) or cannot run, and why.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.paths import profiles_dir
+from harness.yaml_source import load_schema, load_yaml, validate
+
+
+@dataclass
+class Deviation:
+    expect: str  # "fail" | "skip"
+    reason: str
+
+
+@dataclass
+class Profile:
+    name: str
+    server: str
+    path: Path
+    deviations: dict[str, Deviation] = field(default_factory=dict)
+
+    def lookup(self, test_id: str) -> Deviation | None:
+        if test_id in self.deviations:
+            return self.deviations[test_id]
+        for pattern, deviation in self.deviations.items():
+            if "*" in pattern and fnmatch.fnmatchcase(test_id, pattern):
+                return deviation
+        return None
+
+    def unused(self, test_ids: set[str]) -> list[str]:
+        return [p for p in self.deviations if not any(fnmatch.fnmatchcase(t, p) for t in test_ids)]
+
+    def summary(self) -> dict:
+        return {"name": self.name, "server": self.server, "path": str(self.path)}
+
+
+def resolve_profile_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if not path.exists():
+            raise ConfigError(f"{path}: profile file not found")
+        return path
+    candidate = profiles_dir() / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = ", ".join(sorted(p.stem for p in profiles_dir().glob("*.yaml"))) or "none"
+        raise ConfigError(f"no profile named {name_or_path!r} (known: {known}; or give a path to a .yaml file)")
+    return candidate
+
+
+def load_profile(name_or_path: str) -> Profile:
+    path = resolve_profile_path(name_or_path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a profile is a mapping with `server:` and `deviations:`")
+    validate(data, load_schema("profile.schema.json"), path)
+    deviations = {tid: Deviation(d["expect"], d["reason"]) for tid, d in (data.get("deviations") or {}).items()}
+    return Profile(path.stem, data["server"], path, deviations)

@@ -1,0 +1,115 @@
+"""`mailharness run`: suites -> pytest (+ xdist) -> results.json, junit.xml, report.html."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.paths import suites_dir
+
+DESCRIPTION = """\
+Run conformance suites against a POP3/IMAP server and write reports.
+
+Without --target, a throwaway Dovecot is started on 127.0.0.1 (Debian's
+dovecot-imapd, dovecot-pop3d, dovecot-lmtpd must be installed) and removed
+afterwards. Each YAML test is a pytest item, so -k and -n work as in pytest.
+
+examples:
+  mailharness run                                  all bundled suites, embedded Dovecot
+  mailharness run -n 2 -k "pop3 and deletion"      two workers, a subset
+  mailharness run --target staging.yaml --profile dovecot --report-dir reports/2.3.21
+  mailharness run --suite my-suites/ --suite suites/imap/idle.yaml
+
+writes (in --report-dir, default reports/latest):
+  results.json   every test's outcome, message and transcript (docs/results.md)
+  junit.xml      for CI systems
+  report.html    one self-contained page to read
+
+exit codes: 0 every test passed or deviated as its profile expects,
+            1 failures (or a profile's expected failure now passes),
+            2 usage, configuration or malformed-suite errors.
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--target", type=Path, metavar="FILE", help="target file (docs/targets.md); default: embedded Dovecot")
+    p.add_argument("--suite", type=Path, action="append", metavar="PATH", help="suite file or directory (repeatable; default: the bundled suites)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help="only tests matching this pytest -k expression (ids, areas, file names)")
+    p.add_argument("-n", dest="workers", type=int, default=0, metavar="WORKERS", help="parallel workers (pytest-xdist); 0 runs in one process (default)")
+    p.add_argument("--profile", metavar="NAME|FILE", help="server profile of expected deviations (default: the target's)")
+    p.add_argument("--report-dir", type=Path, default=Path("reports/latest"), metavar="DIR", help="where reports go (default reports/latest)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per test while running")
+    p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="pass an extra argument to pytest (repeatable)")
+
+
+def pytest_args(args) -> list[str]:
+    suites = args.suite or [suites_dir()]
+    for suite in suites:
+        if not suite.exists():
+            raise ConfigError(f"{suite}: no such suite file or directory")
+    if args.target and not args.target.exists():
+        raise ConfigError(f"{args.target}: target file not found")
+    if args.workers < 0:
+        raise ConfigError("-n must be 0 or more")
+    report_dir: Path = args.report_dir
+    out = [
+        "-p", "harness.engine.plugin",
+        "-p", "no:cacheprovider",
+        "-c", os.devnull,  # the project's own pytest settings are not the suites' settings
+        "--rootdir", str(Path.cwd()),
+        "--mh-results", str(report_dir / "results.json"),
+        "--junitxml", str(report_dir / "junit.xml"),
+        "-o", "junit_family=xunit2",
+        "-v" if args.verbose else "-q",
+        "--no-header",
+        "-r", "fEX",
+        "--tb=short",
+    ]
+    if args.workers:
+        out += ["-n", str(args.workers)]
+    if args.target:
+        out += ["--mh-target", str(args.target)]
+    if args.profile:
+        out += ["--mh-profile", args.profile]
+    if args.keyword:
+        out += ["-k", args.keyword]
+    if args.timeout:
+        out += ["--mh-timeout", str(args.timeout)]
+    out += args.pytest_arg
+    out += [str(s) for s in suites]
+    return out
+
+
+# pytest exit codes -> ours
+_EXIT = {0: 0, 1: 1, 2: 2, 3: 2, 4: 2, 5: 2}
+
+
+def run(args) -> int:
+    import pytest
+
+    argv = pytest_args(args)
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    results_path = args.report_dir / "results.json"
+    results_path.unlink(missing_ok=True)
+    os.environ["MAILHARNESS_COMMAND"] = "mailharness " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    code = int(pytest.main(argv))
+    if code == 5:
+        print("mailharness run: no tests matched (check --suite and -k)", file=sys.stderr)
+    if not results_path.exists():
+        return _EXIT.get(code, 2)
+    from harness.reports.html_report import write_html_report
+    from harness.reports.results import load_results
+    from harness.reports.terminal import print_summary
+
+    results = load_results(results_path)
+    write_html_report(results, args.report_dir / "report.html")
+    print()
+    print_summary(results, sys.stdout)
+    print(f"reports: {args.report_dir}/report.html, results.json, junit.xml")
+    if code == 0 and results["verdict"] != "pass":
+        code = 1
+    return _EXIT.get(code, 2)

@@ -1,0 +1,320 @@
+"""Runs one TestSpec: opens sessions as steps need them, sends, and checks what comes back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from harness.engine.model import BodySpec, Step, TestSpec
+from harness.engine.patterns import Pattern, PatternError, substitute
+from harness.sessions import IMAPSession, POP3Session, open_session
+from harness.sessions.errors import SessionError
+from harness.sessions.transcript import Transcript
+from harness.targets.target_file import Account, Target
+
+MAX_SHOWN = 15  # untagged responses or lines quoted in a failure
+
+
+@dataclass
+class StepFailure(Exception):
+    """A check that did not hold, with everything a reader needs to see why."""
+
+    test: TestSpec
+    step: Step | None
+    expected: str
+    got: str
+
+    @property
+    def location(self) -> str:
+        return f"{self.test.file}:{self.step.line if self.step else self.test.line}"
+
+    def __str__(self) -> str:
+        where = f"step {self.step.index} `{self.step.describe()}`" if self.step else "setup"
+        text = f"{where} at {self.location}\n  expected: {_indent(self.expected)}\n  got:      {_indent(self.got)}"
+        if self.step and self.step.why:
+            text += f"\n  why:      {self.step.why}"
+        return text
+
+
+def _indent(text: str) -> str:
+    return text.replace("\n", "\n            ")
+
+
+def _shown(items: list[str]) -> str:
+    if not items:
+        return "(nothing)"
+    more = f"\n... and {len(items) - MAX_SHOWN} more" if len(items) > MAX_SHOWN else ""
+    return "\n".join(items[:MAX_SHOWN]) + more
+
+
+def describe_bytes_difference(expected: bytes, got: bytes) -> str:
+    if len(expected) != len(got):
+        head = f"{len(got)} octets, expected {len(expected)}"
+    else:
+        head = f"{len(got)} octets, same length"
+    for i, (a, b) in enumerate(zip(expected, got)):
+        if a != b:
+            return f"{head}; first difference at offset {i}: expected {expected[max(0, i - 20):i + 30]!r}, got {got[max(0, i - 20):i + 30]!r}"
+    shorter = "got stops" if len(got) < len(expected) else "got continues"
+    return f"{head}; identical up to offset {min(len(got), len(expected))}, then {shorter}: {(got or expected)[min(len(got), len(expected)):][:50]!r}"
+
+
+class TestRun:
+    def __init__(self, spec: TestSpec, target: Target, accounts: list[Account], transcript: Transcript, timeout: float | None = None):
+        self.spec = spec
+        self.target = target
+        self.accounts = accounts
+        self.transcript = transcript
+        self.timeout = timeout or spec.timeout
+        self.sessions: dict[str, IMAPSession | POP3Session | None] = {name: None for name in spec.sessions}
+        self.buffers: dict[str, list] = {name: [] for name in spec.sessions}  # untagged not yet checked
+        self.variables: dict[str, str] = {}
+        for i, account in enumerate(accounts, start=1):
+            suffix = "" if i == 1 else str(i)
+            self.variables[f"user{suffix}"] = account.user
+            self.variables[f"password{suffix}"] = account.password
+            transcript.add_secret(account.password)
+        self.metrics: dict[str, float] = {}
+        self._last_step_end = time.monotonic()
+
+    # -- whole test -----------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            for step in self.spec.steps:
+                self._run_step(step)
+                self._last_step_end = time.monotonic()
+        finally:
+            for session in self.sessions.values():
+                if session is not None:
+                    session.close()
+
+    def _run_step(self, step: Step) -> None:
+        timeout = step.timeout or self.timeout
+        try:
+            handler = getattr(self, f"_step_{step.kind}")
+            handler(step, timeout)
+        except SessionError as exc:
+            raise StepFailure(self.spec, step, "a complete, well-formed response", str(exc)) from None
+        except PatternError as exc:
+            raise StepFailure(self.spec, step, "a step whose variables are all set", str(exc)) from None
+
+    # -- sessions -------------------------------------------------------------------
+    def _session(self, name: str, timeout: float):
+        session = self.sessions[name]
+        if session is not None and not session.closed:
+            return session
+        spec = self.spec.sessions[name]
+        endpoint = getattr(self.target, spec.protocol)
+        if endpoint is None:
+            raise SessionError(f"the target has no {spec.protocol} endpoint")
+        session = open_session(spec.protocol, endpoint, name=name, transcript=self.transcript, timeout=timeout, ca_file=self.target.ca_file)
+        self.sessions[name] = session
+        self.buffers[name] = []
+        if spec.login:
+            account = self.accounts[spec.account - 1]
+            session.login(account.user, account.password)
+        return session
+
+    # -- step kinds -----------------------------------------------------------------
+    def _step_command(self, step: Step, timeout: float) -> None:
+        session = self._session(step.session, timeout)
+        line = substitute(step.command, self.variables)
+        verb = line.split()[0].upper() if line.split() else ""
+        if isinstance(session, POP3Session):
+            response = session.command(line, timeout=timeout)
+            self._check_status(step, response.line, "+OK")
+            self._check_pop3_body(step, response)
+            if verb == "QUIT":
+                session.drop()
+        else:
+            response = session.command(line, timeout=timeout)
+            self._check_imap(step, response)
+            if verb == "LOGOUT":
+                session.drop()
+
+    def _step_append(self, step: Step, timeout: float) -> None:
+        session = self._session(step.session, timeout)
+        data = step.message.data()
+        flags = " ".join(step.message.flags)
+        mailbox = _quote(substitute(step.mailbox, self.variables))
+        response = session.command(f"APPEND {mailbox} ({flags}) {{{len(data)}}}", timeout=timeout, literals=[data])
+        self._check_imap(step, response)
+
+    def _step_idle_start(self, step: Step, timeout: float) -> None:
+        self._session(step.session, timeout).idle_start(timeout=timeout)
+
+    def _step_idle_done(self, step: Step, timeout: float) -> None:
+        session = self._session(step.session, timeout)
+        self._check_imap(step, session.idle_done(timeout=timeout))
+
+    def _step_await(self, step: Step, timeout: float) -> None:
+        """Wait for untagged responses the server sends on its own (IDLE, or after NOOP)."""
+        session = self._session(step.session, timeout)
+        buffer = self.buffers[step.session]
+        buffer.extend(session.pending())
+        started = self._last_step_end
+
+        def satisfied(received) -> bool:
+            return self._match_all(step.untagged, buffer + list(received), dict(self.variables)) is not None
+
+        if not satisfied([]):
+            buffer.extend(session.read_untagged(until=satisfied, timeout=timeout))
+        matched = self._match_all(step.untagged, buffer, dict(self.variables))
+        if matched is None:
+            missing = [str(p) for p in step.untagged]
+            raise StepFailure(
+                self.spec, step,
+                f"within {timeout:g} s, untagged responses matching: {', '.join(missing)}",
+                "untagged responses:\n" + _shown([u.text for u in buffer]),
+            )
+        captures, used = matched
+        self.variables.update(captures)
+        latest = max(buffer[i].arrived for i in used)
+        self.metrics[step.metric or f"step{step.index}_latency_s"] = round(max(0.0, latest - started), 4)
+        for i in sorted(used, reverse=True):
+            del buffer[i]
+        self._check_absent(step, [u.text for u in buffer])
+
+    def _step_drop(self, step: Step, timeout: float) -> None:
+        session = self.sessions.get(step.session)
+        if session is not None:
+            session.drop()
+        self.transcript.note(step.session, "connection dropped without QUIT/LOGOUT")
+
+    def _step_sleep(self, step: Step, timeout: float) -> None:
+        time.sleep(step.seconds)
+
+    def _step_deliver(self, step: Step, timeout: float) -> None:
+        from harness.sessions.lmtp import deliver
+
+        endpoint = self.target.delivery
+        if endpoint is None:
+            raise SessionError("the target has no lmtp or smtp endpoint for delivery")
+        user = self.accounts[step.to - 1].user
+        recipient = user if "@" in user else f"{user}@localhost"
+        self.transcript.note("lmtp", f"deliver {step.message.name} to {recipient}")
+        deliver(endpoint, recipient, step.message.data(), timeout=timeout)
+
+    # -- checks ---------------------------------------------------------------------
+    def _check_status(self, step: Step, line: str, default: str) -> None:
+        patterns = step.expect or [Pattern(default)]
+        for pattern in patterns:
+            captures = pattern.match(line, self.variables, allow_tail=True)
+            if captures is not None:
+                self.variables.update(captures)
+                return
+        raise StepFailure(self.spec, step, " or ".join(f"`{p}`" for p in patterns), line or "(empty line)")
+
+    def _check_pop3_body(self, step: Step, response) -> None:
+        wants_body = step.count is not None or step.lines or step.absent_lines or step.body
+        if not wants_body:
+            return
+        if response.lines is None:
+            raise StepFailure(self.spec, step, "a multi-line response", f"single line: {response.line}")
+        texts = [line.decode("utf-8", "replace") for line in response.lines]
+        if step.count is not None and len(texts) != step.count:
+            raise StepFailure(self.spec, step, f"{step.count} line(s)", f"{len(texts)} line(s):\n" + _shown(texts))
+        self._match_lines(step, step.lines, texts, "a line matching")
+        for pattern in step.absent_lines:
+            hits = [t for t in texts if pattern.match(t, self.variables) is not None]
+            if hits:
+                raise StepFailure(self.spec, step, f"no line matching `{pattern}`", _shown(hits))
+        if step.body is not None:
+            self._compare(step, step.body, response.body)
+
+    def _match_lines(self, step: Step, patterns: list[Pattern], texts: list[str], what: str) -> None:
+        for pattern in patterns:
+            for text in texts:
+                captures = pattern.match(text, self.variables)
+                if captures is not None:
+                    self.variables.update(captures)
+                    break
+            else:
+                raise StepFailure(self.spec, step, f"{what} `{pattern}`", "lines:\n" + _shown(texts))
+
+    def _compare(self, step: Step, spec: BodySpec, got: bytes | None) -> None:
+        expected = spec.expected()
+        if got != expected:
+            detail = "nothing" if got is None else describe_bytes_difference(expected, got)
+            raise StepFailure(self.spec, step, f"the bytes of {spec.describe()} ({len(expected)} octets)", detail)
+
+    def _check_imap(self, step: Step, response) -> None:
+        untagged = self.buffers[step.session] + list(response.untagged)
+        self.buffers[step.session] = []
+        self._check_status(step, response.line, "OK")
+        texts = [u.text for u in untagged]
+        matched = self._match_all(step.untagged, untagged, dict(self.variables))
+        if matched is None:
+            missing = [str(p) for p in step.untagged if self._match_all([p], untagged, dict(self.variables)) is None]
+            raise StepFailure(
+                self.spec, step,
+                "untagged responses matching: " + ", ".join(f"`{m}`" for m in (missing or map(str, step.untagged))),
+                "untagged responses:\n" + _shown(texts),
+            )
+        captures, used = matched
+        self.variables.update(captures)
+        self._check_absent(step, texts)
+        if step.only:
+            allowed = step.untagged + step.may
+            stray = [u.text for i, u in enumerate(untagged) if i not in used and not any(p.match(u.text, self.variables) is not None for p in allowed)]
+            if stray:
+                raise StepFailure(self.spec, step, "no untagged responses besides the listed ones", _shown(stray))
+        if step.fetch:
+            self._check_fetch(step, untagged)
+
+    def _check_absent(self, step: Step, texts: list[str]) -> None:
+        for pattern in step.absent:
+            hits = [t for t in texts if pattern.match(t, self.variables) is not None]
+            if hits:
+                raise StepFailure(self.spec, step, f"no untagged response matching `{pattern}`", _shown(hits))
+
+    def _match_all(self, patterns: list[Pattern], untagged: list, variables: dict) -> tuple[dict, set[int]] | None:
+        """Each pattern matched by a distinct response, in any order; captures flow left to right."""
+        used: set[int] = set()
+        captures: dict[str, str] = {}
+        for pattern in patterns:
+            for i, response in enumerate(untagged):
+                if i in used:
+                    continue
+                got = pattern.match(response.text, {**variables, **captures})
+                if got is not None:
+                    captures.update(got)
+                    used.add(i)
+                    break
+            else:
+                return None
+        return captures, used
+
+    def _check_fetch(self, step: Step, untagged: list) -> None:
+        fetches = [f for f in (u.fetch() for u in untagged) if f]
+        for item, spec in step.fetch.items():
+            values = [f[key] for f in fetches for key in f if _item_name(key) == item]
+            if not values:
+                seen = sorted({_item_name(k) for f in fetches for k in f})
+                raise StepFailure(self.spec, step, f"a FETCH response with {item}", f"FETCH items: {', '.join(seen) or '(no FETCH response)'}")
+            value = values[0]
+            if isinstance(spec, BodySpec):
+                got = value if isinstance(value, bytes) or value is None else str(value).encode()
+                self._compare(step, spec, b"" if got is None else got)
+            else:
+                text = _fetch_value_text(value)
+                captures = spec.match(text, self.variables)
+                if captures is None:
+                    raise StepFailure(self.spec, step, f"{item} matching `{spec}`", text)
+                self.variables.update(captures)
+
+
+def _item_name(key) -> str:
+    return (key.decode() if isinstance(key, bytes) else str(key)).upper()
+
+
+def _fetch_value_text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (tuple, list)):
+        return "(" + " ".join(_fetch_value_text(v) for v in value) + ")"
+    return str(value)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

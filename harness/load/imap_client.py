@@ -1,0 +1,211 @@
+"""A lean IMAP client for load generation: send a tagged command, scan for the tag, count bytes.
+
+Nothing is parsed that the load users do not need: literals (message headers and
+bodies) are skipped by their announced size, untagged responses are only looked at
+when a caller asks for them (``collect=True``). imapclient would build envelopes and
+Python objects for every response; at thousands of commands per second that cost is
+the difference between measuring the server and measuring the generator.
+"""
+
+from __future__ import annotations
+
+import re
+from time import perf_counter
+
+from harness.load.wire import CommandFailed, Connection, Reporter, WireError
+from harness.targets.target_file import Endpoint
+
+EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.M)
+_CRLF = b"\r\n"
+
+
+def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> None:
+    pass
+
+
+def quote(text: str) -> bytes:
+    """An IMAP quoted string (user names and passwords are ASCII in practice; UTF-8 otherwise)."""
+    if "\r" in text or "\n" in text:
+        raise ValueError("CR/LF cannot be sent in an IMAP quoted string")
+    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
+
+
+class ImapClient:
+    """One IMAP session. Every command is reported as (name, ms, bytes received, exception)."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None, report: Reporter | None = None):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self.report = report or _no_report
+        self.conn: Connection | None = None
+        self.exists = 0  # message count of the selected mailbox, as last announced by the server
+        self._tag = 0
+
+    # -- session ---------------------------------------------------------------------
+    def connect(self) -> None:
+        """TCP connect, greeting (and STARTTLS when the endpoint asks for it): "IMAP connect"."""
+        started = perf_counter()
+        try:
+            self.conn = Connection(self.endpoint, self.timeout, self.ca_file)
+            greeting = self.conn.read_line()
+            if not greeting.startswith(b"* OK"):
+                raise CommandFailed(f"IMAP greeting: {greeting[:200].decode(errors='replace')}")
+            if self.endpoint.starttls:
+                self._exchange(b"STARTTLS", "IMAP STARTTLS", collect=False)
+                self.conn.start_tls()
+        except Exception as exc:
+            self.report("IMAP connect", (perf_counter() - started) * 1000, self._received(), exc)
+            self.close()
+            raise
+        self.report("IMAP connect", (perf_counter() - started) * 1000, self.conn.received, None)
+
+    def login(self, user: str, password: str) -> None:
+        self.command("IMAP LOGIN", b"LOGIN " + quote(user) + b" " + quote(password))
+
+    def select(self, mailbox: str = "INBOX", *, name: str = "IMAP SELECT", readonly: bool = False) -> int:
+        """SELECT (or EXAMINE); returns and remembers the message count."""
+        verb = b"EXAMINE " if readonly else b"SELECT "
+        untagged = self.command(name, verb + quote(mailbox), collect=True)
+        match = EXISTS.search(untagged)
+        self.exists = int(match.group(1)) if match else 0
+        return self.exists
+
+    def logout(self) -> None:
+        """LOGOUT; the connection is closed whatever the answer."""
+        try:
+            self.command("IMAP LOGOUT", b"LOGOUT")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.conn:
+            self.conn.close()
+            self.conn = None
+
+    # -- commands --------------------------------------------------------------------
+    def command(self, name: str, command: bytes, *, collect: bool = False) -> bytes:
+        """Send one command and wait for its tagged OK; NO/BAD raise CommandFailed.
+
+        With ``collect`` the untagged responses (literals included) come back as one bytes
+        object; otherwise they are only counted and b"" is returned.
+        """
+        started = perf_counter()
+        received = self._received()
+        try:
+            out = self._exchange(command, name, collect)
+        except Exception as exc:
+            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
+            raise
+        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
+        return out
+
+    def _exchange(self, command: bytes, name: str, collect: bool) -> bytes:
+        conn = self.conn
+        if conn is None:
+            raise WireError(f"{name}: not connected")
+        self._tag += 1
+        tag = b"a%d " % self._tag
+        conn.send(tag + command + _CRLF)
+        return self._read_until_tagged(tag, name, collect)
+
+    def _read_until_tagged(self, tag: bytes, name: str, collect: bool) -> bytes:
+        """The hot loop: find line ends in the buffer, skip literals, stop at the tagged status."""
+        conn = self.conn
+        out = bytearray() if collect else None
+        while True:
+            buf = conn.buf
+            pos = conn.pos
+            eol = buf.find(_CRLF, pos)
+            if eol < 0:
+                conn.fill()
+                continue
+            if eol > pos and buf[eol - 1] == 0x7D:  # "...{123}" announces a 123-byte literal
+                brace = buf.rfind(b"{", pos, eol)
+                digits = buf[brace + 1 : eol - 1]
+                if brace >= 0 and digits.isdigit():
+                    if out is not None:
+                        out += buf[pos : eol + 2]
+                    conn.pos = eol + 2
+                    if out is not None:
+                        out += conn.take(int(digits))
+                    else:
+                        conn.skip(int(digits))
+                    continue  # the response goes on after the literal
+            if buf.startswith(tag, pos):
+                status = bytes(buf[pos + len(tag) : eol])
+                conn.pos = eol + 2
+                if status.startswith(b"OK"):
+                    return bytes(out) if out is not None else b""
+                raise CommandFailed(f"{name}: {status[:300].decode(errors='replace')}")
+            if out is not None:
+                out += buf[pos : eol + 2]
+            conn.pos = eol + 2
+
+    # -- IDLE ------------------------------------------------------------------------
+    def idle(self) -> None:
+        """Send IDLE and wait for the continuation: "IMAP IDLE" measures the time to "+ idling"."""
+        started = perf_counter()
+        received = self._received()
+        try:
+            conn = self.conn
+            if conn is None:
+                raise WireError("IMAP IDLE: not connected")
+            self._tag += 1
+            self._idle_tag = b"a%d " % self._tag
+            conn.send(self._idle_tag + b"IDLE\r\n")
+            while True:
+                line = conn.read_line()
+                if line.startswith(b"+"):
+                    break
+                if line.startswith(self._idle_tag):
+                    raise CommandFailed(f"IMAP IDLE: {line[:300].decode(errors='replace')}")
+                self._note_untagged(line)
+        except Exception as exc:
+            self.report("IMAP IDLE", (perf_counter() - started) * 1000, self._received() - received, exc)
+            raise
+        self.report("IMAP IDLE", (perf_counter() - started) * 1000, conn.received - received, None)
+
+    def wait_for_exists(self, timeout: float) -> int | None:
+        """While idling: block until the server announces a larger message count; None on timeout.
+
+        Keep-alives ("* OK Still here"), FLAGS and EXPUNGE updates are read and passed over.
+        A timeout leaves a half-received line in the buffer, to be completed by the next read.
+        """
+        conn = self.conn
+        before = self.exists
+        conn.sock.settimeout(timeout)
+        try:
+            while True:
+                line = conn.read_line()
+                self._note_untagged(line)
+                if self.exists > before:
+                    return self.exists
+        except TimeoutError:
+            return None
+        finally:
+            if self.conn is not None:
+                self.conn.sock.settimeout(self.timeout)
+
+    def done(self) -> None:
+        """End IDLE: "IMAP DONE" measures DONE to the tagged OK of the IDLE command."""
+        started = perf_counter()
+        received = self._received()
+        try:
+            self.conn.send(b"DONE\r\n")
+            untagged = self._read_until_tagged(self._idle_tag, "IMAP DONE", collect=True)
+            for line in untagged.split(_CRLF):
+                self._note_untagged(line)
+        except Exception as exc:
+            self.report("IMAP DONE", (perf_counter() - started) * 1000, self._received() - received, exc)
+            raise
+        self.report("IMAP DONE", (perf_counter() - started) * 1000, self.conn.received - received, None)
+
+    def _note_untagged(self, line: bytes) -> None:
+        if line.endswith(b" EXISTS") and line.startswith(b"* "):
+            self.exists = int(line[2:-7])
+        elif line.endswith(b" EXPUNGE") and line.startswith(b"* "):
+            self.exists -= 1
+
+    def _received(self) -> int:
+        return self.conn.received if self.conn else 0

@@ -1,0 +1,178 @@
+"""A lean POP3 client for load generation: status lines, multi-line bodies counted, not split.
+
+RETR scans the buffer for the CRLF.CRLF terminator in place; the message is never
+un-dot-stuffed or parsed, except that one header can be picked out of it (the
+download-and-delete poller reads X-Mailharness-Id to account for every delivery).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from harness.load.wire import CommandFailed, Connection, Reporter, WireError
+from harness.targets.target_file import Endpoint
+
+_TERMINATOR = b"\r\n.\r\n"
+
+
+def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> None:
+    pass
+
+
+class Pop3Client:
+    """One POP3 session. Every command is reported as (name, ms, bytes received, exception)."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None, report: Reporter | None = None):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self.report = report or _no_report
+        self.conn: Connection | None = None
+
+    # -- session ---------------------------------------------------------------------
+    def connect(self) -> None:
+        """TCP connect and greeting (and STLS when the endpoint asks for it): "POP3 connect"."""
+        started = perf_counter()
+        try:
+            self.conn = Connection(self.endpoint, self.timeout, self.ca_file)
+            self._status("POP3 connect")
+            if self.endpoint.starttls:
+                self.conn.send(b"STLS\r\n")
+                self._status("POP3 STLS")
+                self.conn.start_tls()
+        except Exception as exc:
+            self.report("POP3 connect", (perf_counter() - started) * 1000, self._received(), exc)
+            self.close()
+            raise
+        self.report("POP3 connect", (perf_counter() - started) * 1000, self.conn.received, None)
+
+    def login(self, user: str, password: str) -> None:
+        if "\r" in user + password or "\n" in user + password:
+            raise ValueError("CR/LF cannot be sent in USER/PASS")
+        self.command("POP3 USER", b"USER " + user.encode())
+        self.command("POP3 PASS", b"PASS " + password.encode())
+
+    def quit(self) -> None:
+        """QUIT commits the session's DELEs; the connection is closed whatever the answer."""
+        try:
+            self.command("POP3 QUIT", b"QUIT")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.conn:
+            self.conn.close()
+            self.conn = None
+
+    # -- commands --------------------------------------------------------------------
+    def stat(self) -> tuple[int, int]:
+        """(message count, total octets)."""
+        parts = self.command("POP3 STAT", b"STAT").split()
+        return int(parts[1]), int(parts[2])
+
+    def dele(self, number: int) -> None:
+        self.command("POP3 DELE", b"DELE %d" % number)
+
+    def noop(self) -> None:
+        self.command("POP3 NOOP", b"NOOP")
+
+    def uidl(self) -> list[tuple[int, bytes]]:
+        """[(message number, unique id)] for the whole maildrop."""
+        body = self._multiline_command("POP3 UIDL", b"UIDL", keep=True)
+        out = []
+        for line in body.split(b"\r\n"):
+            if line:
+                number, uid = line.split(b" ", 1)
+                out.append((int(number), uid))
+        return out
+
+    def list(self) -> list[tuple[int, int]]:
+        """[(message number, size)] for the whole maildrop."""
+        body = self._multiline_command("POP3 LIST", b"LIST", keep=True)
+        return [(int(a), int(b)) for a, b in (line.split() for line in body.split(b"\r\n") if line)]
+
+    def retr(self, number: int, header: bytes | None = None) -> bytes | None:
+        """RETR a message; returns the value of ``header`` (e.g. b"X-Mailharness-Id") if asked for."""
+        return self._multiline_command("POP3 RETR", b"RETR %d" % number, header=header)
+
+    def command(self, name: str, command: bytes) -> bytes:
+        """A single-line command; returns the +OK line. -ERR raises CommandFailed."""
+        started = perf_counter()
+        received = self._received()
+        try:
+            conn = self._connected(name)
+            conn.send(command + b"\r\n")
+            line = self._status(name)
+        except Exception as exc:
+            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
+            raise
+        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
+        return line
+
+    # -- reading ---------------------------------------------------------------------
+    def _connected(self, name: str) -> Connection:
+        if self.conn is None:
+            raise WireError(f"{name}: not connected")
+        return self.conn
+
+    def _status(self, name: str) -> bytes:
+        line = self.conn.read_line()
+        if not line.startswith(b"+OK"):
+            raise CommandFailed(f"{name}: {line[:300].decode(errors='replace')}")
+        return line
+
+    def _multiline_command(self, name: str, command: bytes, *, keep: bool = False, header: bytes | None = None):
+        started = perf_counter()
+        received = self._received()
+        try:
+            conn = self._connected(name)
+            conn.send(command + b"\r\n")
+            self._status(name)
+            result = self._read_body(keep, header)
+        except Exception as exc:
+            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
+            raise
+        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
+        return result
+
+    def _read_body(self, keep: bool, header: bytes | None):
+        """Consume a multi-line body up to CRLF.CRLF; return it (``keep``), one header's value, or None."""
+        conn = self.conn
+        scanned = 0  # bytes after conn.pos already searched for the terminator
+        while True:
+            buf, pos = conn.buf, conn.pos
+            if buf.startswith(b".\r\n", pos):  # empty body
+                conn.pos = pos + 3
+                return b"" if keep else None
+            end = buf.find(_TERMINATOR, pos + scanned)
+            if end >= 0:
+                break
+            scanned = max(0, len(buf) - pos - 4)
+            conn.fill()
+        result = None
+        if keep:
+            result = bytes(buf[pos : end + 2])
+        elif header is not None:
+            result = _header_value(buf, pos, end, header)
+        conn.pos = end + 5
+        return result
+
+    def _received(self) -> int:
+        return self.conn.received if self.conn else 0
+
+
+def _header_value(buf: bytearray, start: int, end: int, name: bytes) -> bytes | None:
+    """The value of header ``name`` in the message at buf[start:end], looking only at the header block."""
+    header_end = buf.find(b"\r\n\r\n", start, end)
+    if header_end < 0:
+        header_end = end
+    prefix = name + b":"
+    if buf.startswith(prefix, start):
+        at = start
+    else:
+        at = buf.find(b"\r\n" + prefix, start, header_end)
+        if at < 0:
+            return None
+        at += 2
+    eol = buf.find(b"\r\n", at, end + 2)
+    return bytes(buf[at + len(prefix) : eol]).strip()

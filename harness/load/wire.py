@@ -1,0 +1,122 @@
+"""A socket with a receive buffer, and the errors the lean protocol clients raise.
+
+The clients use the plain ``socket``/``ssl`` modules: inside Locust, gevent has
+monkey-patched them, so every blocking read yields to other users; in `mailharness seed`
+and the post-run drain they are ordinary blocking sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Callable
+
+from harness.targets.target_file import Endpoint
+
+# Called once per protocol command: (name, response time in ms, bytes received, exception or None).
+Reporter = Callable[[str, float, int, "BaseException | None"], None]
+
+RECV_SIZE = 65536
+
+
+class WireError(Exception):
+    """A protocol step failed; the load users count it as a failed request and reconnect."""
+
+
+class CommandFailed(WireError):
+    """The server answered -ERR, NO or BAD (or an SMTP/LMTP 4xx/5xx)."""
+
+
+class ConnectionClosed(WireError):
+    """The server closed the connection in the middle of a response."""
+
+
+def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if not endpoint.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Connection:
+    """One TCP (or TLS) connection and what has been received but not yet consumed.
+
+    ``buf[pos:]`` is unread data; protocol clients scan it in place (``find``/``startswith``
+    with offsets) instead of splitting it into line objects, which keeps the hot path cheap.
+    ``received`` counts every byte read, for Locust's response_length.
+    """
+
+    __slots__ = ("sock", "buf", "pos", "received", "endpoint", "ca_file")
+
+    def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None):
+        self.endpoint = endpoint
+        self.ca_file = ca_file
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if endpoint.tls:
+            sock = tls_context(endpoint, ca_file).wrap_socket(sock, server_hostname=endpoint.host)
+        self.sock = sock
+        self.buf = bytearray()
+        self.pos = 0
+        self.received = 0
+
+    def start_tls(self) -> None:
+        """Upgrade after STARTTLS/STLS was accepted (nothing may be buffered at this point)."""
+        self.sock = tls_context(self.endpoint, self.ca_file).wrap_socket(self.sock, server_hostname=self.endpoint.host)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def fill(self) -> None:
+        """Read at least one more byte into the buffer; drop consumed data first."""
+        chunk = self.sock.recv(RECV_SIZE)
+        if not chunk:
+            raise ConnectionClosed("server closed the connection")
+        self.received += len(chunk)
+        if self.pos:
+            del self.buf[: self.pos]
+            self.pos = 0
+        self.buf += chunk
+
+    def read_line(self) -> bytes:
+        """The next line without CRLF."""
+        while True:
+            eol = self.buf.find(b"\r\n", self.pos)
+            if eol >= 0:
+                line = bytes(self.buf[self.pos : eol])
+                self.pos = eol + 2
+                return line
+            self.fill()
+
+    def skip(self, count: int) -> None:
+        """Consume ``count`` bytes without keeping them (the body of a literal we only need to count)."""
+        available = len(self.buf) - self.pos
+        if available >= count:
+            self.pos += count
+            return
+        count -= available
+        self.buf.clear()
+        self.pos = 0
+        while count > 0:
+            chunk = self.sock.recv(RECV_SIZE)
+            if not chunk:
+                raise ConnectionClosed("server closed the connection inside a literal")
+            self.received += len(chunk)
+            if len(chunk) > count:
+                self.buf += chunk[count:]
+            count -= len(chunk)
+
+    def take(self, count: int) -> bytes:
+        """Consume and return ``count`` bytes."""
+        while len(self.buf) - self.pos < count:
+            self.fill()
+        data = bytes(self.buf[self.pos : self.pos + count])
+        self.pos += count
+        return data
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,82 @@
+"""Turning raw result values into short text for people; shared by the HTML and terminal reports."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+
+def format_when(iso: str, seconds: bool = False) -> str:
+    """``2026-11-22T10:00:00+00:00`` -> ``2026-11-22 10:00 UTC``; anything unparsable is shown as given."""
+    if not iso:
+        return ""
+    try:
+        when = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return str(iso)
+    text = when.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    offset = when.utcoffset()
+    if offset is None:
+        return text
+    if offset == timedelta(0):
+        return f"{text} UTC"
+    zone = when.strftime("%z")  # "+0200"
+    return f"{text} {zone[:3]}:{zone[3:5]}"
+
+
+def format_date(iso: str) -> str:
+    """Just the day, for narrow column headers."""
+    return format_when(iso)[:10]
+
+
+def format_duration(seconds: float | None) -> str:
+    """Human duration: ``0.05`` -> ``50 ms``, ``12.3`` -> ``12.3 s``, ``125`` -> ``2 min 5 s``."""
+    if seconds is None or seconds == "":
+        return ""
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        return str(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def metric_name(key: str) -> str:
+    """``notify_latency_s`` -> ``notify latency``: the unit goes with the value."""
+    for suffix in ("_s", "_ms", "_bytes", "_count"):
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+            break
+    return key.replace("_", " ")
+
+
+def metric_value(key: str, value) -> str:
+    """A metric value with its unit, taken from the key's suffix (``_s`` seconds, ``_ms``, ``_bytes``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.endswith("_s"):
+        return format_duration(value)
+    if key.endswith("_ms"):
+        return f"{value:g} ms"
+    if key.endswith("_bytes"):
+        return f"{value:,} bytes"
+    return f"{value:.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+
+
+def one_line(text: str, width: int = 160) -> str:
+    """First non-empty line of ``text``, cut to ``width`` characters for a list entry."""
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line:
+            return line if len(line) <= width else line[: width - 1] + "…"
+    return ""
+
+
+def plural(n: int, word: str, plural_word: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural_word or word + 's')}"

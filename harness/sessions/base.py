@@ -1,0 +1,122 @@
+"""What POP3 and IMAP sessions share: the connection, the transcript, deadlines and error wording."""
+
+from __future__ import annotations
+
+from harness.sessions.errors import ConnectionClosed, ProtocolError, ProtocolTimeout, SessionError
+from harness.sessions.redact import MASK, redact_line
+from harness.sessions.transcript import Transcript
+from harness.sessions.wire import MAX_LINE, LineTooLong, Wire, WireClosed, WireTimeout, deadline_after
+
+
+def secs(seconds: float) -> str:
+    """5 -> "5.0", 0.25 -> "0.25": how long we waited, as in the error messages."""
+    return f"{seconds:.1f}" if round(seconds, 1) == seconds else f"{seconds:g}"
+
+
+class Session:
+    scheme = ""  # "imap" or "pop3"; "s" is appended for implicit TLS
+    literals = False  # does the transcript look for IMAP literals in this protocol?
+
+    def __init__(self, host: str, port: int, *, tls: bool, starttls: bool, tls_verify: bool, ca_file: str | None,
+                 name: str, transcript: Transcript | None, timeout: float):
+        if tls and starttls:
+            raise ValueError("tls and starttls exclude each other")
+        self.name = name
+        self.transcript = transcript
+        self.timeout = timeout
+        self.url = f"{self.scheme}{'s' if tls else ''}://{host}:{port}"
+        self._tls_verify, self._ca_file = tls_verify, ca_file
+        self._secrets: set[str] = set()
+        self.closed = False
+        self.wire = Wire(self.url, host, port, tls=tls, tls_verify=tls_verify, ca_file=ca_file, timeout=timeout)
+        if tls:
+            self._note(f"TLS established ({self.wire.tls_version})")
+
+    # -- context manager: `with IMAPSession(...) as s:` closes politely ------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:  # overridden: log out first
+        self.drop()
+
+    def drop(self) -> None:
+        """Close the TCP connection at once, saying nothing to the server."""
+        if not self.closed:
+            self.closed = True
+            self.wire.close()
+            self._note("connection closed by the client")
+
+    # -- helpers for the protocol classes --------------------------------------------
+    def _deadline(self, timeout: float | None) -> tuple[float, float]:
+        seconds = self.timeout if timeout is None else timeout
+        return deadline_after(seconds), seconds
+
+    def _check_open(self, what: str) -> None:
+        if self.closed:
+            raise ConnectionClosed(f"cannot send `{self._describe(what)}`: the session to {self.url} is closed")
+
+    def _add_secret(self, secret: str) -> None:
+        if secret:
+            self._secrets.add(secret)
+            if self.transcript:
+                self.transcript.add_secret(secret)
+
+    def _describe(self, line: str) -> str:
+        """A command as error messages show it: secrets masked."""
+        text = redact_line(line)
+        for secret in self._secrets:
+            text = text.replace(secret, MASK.decode())
+        return text
+
+    def _send(self, data: bytes, deadline: float, what: str) -> None:
+        if self.transcript:
+            self.transcript.client(self.name, data, literals=self.literals)
+        try:
+            self.wire.send(data, deadline)
+        except WireTimeout:
+            raise self._fail(ProtocolTimeout(f"could not send `{self._describe(what)}` to {self.url} in time")) from None
+        except WireClosed as exc:
+            raise self._fail(ConnectionClosed(f"cannot send `{self._describe(what)}`: {self.url}: {exc}")) from None
+
+    def _record(self, data: bytes, *, literals: bool | None = None) -> None:
+        if self.transcript:
+            self.transcript.server(self.name, data, literals=self.literals if literals is None else literals)
+
+    def _note(self, text: str) -> None:
+        if self.transcript:
+            self.transcript.note(self.name, text)
+
+    def _fail(self, exc: SessionError) -> SessionError:
+        """After a timeout or a malformed response the stream is out of step: the session is over."""
+        if not self.closed:
+            self.closed = True
+            self.wire.close()
+        self._note(f"session abandoned: {exc}")
+        return exc
+
+    def _read_error(self, exc: Exception, what: str | None, seconds: float, progress: str | None) -> SessionError:
+        """The SessionError for a low-level read failure while waiting for the answer to `what`
+        (None: the greeting). `progress` says what did arrive, for a response cut short."""
+        got = f" (got {progress})" if progress else ""
+        answer = f"response to `{self._describe(what)}`" if what is not None else "greeting"
+        if isinstance(exc, WireTimeout):
+            partial = "complete " if progress else ""
+            return self._fail(ProtocolTimeout(f"no {partial}{answer} within {secs(seconds)} s{got}"
+                                              + ("" if what is not None else f" from {self.url}")))
+        if isinstance(exc, LineTooLong):
+            return self._fail(ProtocolError(
+                f"{self.url} sent a line longer than {MAX_LINE >> 20} MiB as its {answer}{got}"))
+        if isinstance(exc, WireClosed):
+            where = "in the middle of its" if progress else "instead of its" if what is None else "before its"
+            return self._fail(ConnectionClosed(f"{self.url} closed the connection {where} {answer}{got}: {exc}"))
+        raise exc
+
+    def _tls_upgrade(self, deadline: float) -> None:
+        try:
+            self.wire.start_tls(self._tls_verify, self._ca_file, deadline)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        self._note(f"TLS established ({self.wire.tls_version})")

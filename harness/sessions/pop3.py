@@ -1,0 +1,169 @@
+"""A POP3 session (RFC 1939) on a raw socket, so tests see exactly the bytes on the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from harness.sessions.base import Session
+from harness.sessions.errors import ProtocolError
+from harness.sessions.transcript import Transcript
+from harness.sessions.wire import MAX_RESPONSE, LineTooLong, WireClosed, WireTimeout
+
+# Commands whose +OK answer has a body; LIST and UIDL only without an argument.
+MULTILINE_ALWAYS = {"CAPA", "RETR", "TOP"}
+MULTILINE_WITHOUT_ARG = {"LIST", "UIDL"}
+
+
+@dataclass
+class POP3Response:
+    ok: bool
+    status: str  # "+OK" or "-ERR"; "+" for a SASL continuation request (only during AUTH)
+    text: str  # the status line after the status indicator
+    line: str  # the whole status line
+    lines: list[bytes] | None = None  # multi-line body, dot-unstuffed, without line ends
+    body: bytes | None = None  # the lines, each ended by CRLF: for RETR, the message
+    wire_octets: int = 0  # body bytes as sent, before unstuffing, without the final ".\r\n"
+    bare_lf_lines: int = 0  # lines (status included) the server ended with LF instead of CRLF
+
+
+def is_multiline(line: str) -> bool:
+    verb, _, arg = line.strip().partition(" ")
+    verb = verb.upper()
+    return verb in MULTILINE_ALWAYS or (verb in MULTILINE_WITHOUT_ARG and not arg.strip())
+
+
+class POP3Session(Session):
+    scheme = "pop3"
+
+    def __init__(self, host: str, port: int, *, tls: bool = False, starttls: bool = False, tls_verify: bool = True,
+                 ca_file: str | None = None, name: str = "p", transcript: Transcript | None = None,
+                 timeout: float = 5.0):
+        super().__init__(host, port, tls=tls, starttls=starttls, tls_verify=tls_verify, ca_file=ca_file, name=name,
+                         transcript=transcript, timeout=timeout)
+        deadline, seconds = self._deadline(None)
+        raw = self._readline(deadline, None, seconds, None)
+        self._record(raw)
+        self.greeting = _strip_eol(raw).decode("utf-8", "backslashreplace")
+        if not self.greeting.startswith("+OK"):
+            raise self._fail(ProtocolError(f"{self.url} refused the session: {self.greeting}"))
+        if starttls:
+            resp = self.command("STLS")
+            if not resp.ok:
+                raise self._fail(ProtocolError(f"{self.url} refused STLS: {resp.line}"))
+            self._tls_upgrade(self._deadline(None)[0])
+
+    # -- the general command ---------------------------------------------------------
+    def command(self, line: str, *, timeout: float | None = None, multiline: bool | None = None,
+                continuations: Sequence[str] = ()) -> POP3Response:
+        """Send `line`, read the answer. `continuations`: lines to send, one per "+ " request, during AUTH."""
+        if "\r" in line or "\n" in line:
+            raise ValueError("a POP3 command line cannot contain CR or LF; it is ended for you")
+        self._check_open(line)
+        deadline, seconds = self._deadline(timeout)
+        self._send(_wire(line), deadline, line)
+        replies = list(continuations)
+        while True:
+            raw = self._readline(deadline, line, seconds, None)
+            self._record(raw)
+            status_line = _strip_eol(raw).decode("utf-8", "backslashreplace")
+            if not (status_line == "+" or status_line.startswith("+ ")):
+                break
+            if not replies:
+                raise self._fail(ProtocolError(
+                    f"unexpected continuation request `{status_line}` from {self.url} in response to "
+                    f"`{self._describe(line)}`"))
+            self._send(_wire(replies.pop(0)), deadline, "(SASL response)")
+        status, text = _parse_status(status_line)
+        if status is None:
+            raise self._fail(ProtocolError(
+                f"malformed status line from {self.url} in response to `{self._describe(line)}`: {status_line!r}"))
+        resp = POP3Response(ok=status == "+OK", status=status, text=text, line=status_line,
+                            bare_lf_lines=int(not raw.endswith(b"\r\n")))
+        if resp.ok and (is_multiline(line) if multiline is None else multiline):
+            self._read_body(resp, deadline, line, seconds)
+        if resp.bare_lf_lines:
+            self._note(f"{resp.bare_lf_lines} line(s) ended with a bare LF instead of CRLF")
+        return resp
+
+    def _read_body(self, resp: POP3Response, deadline: float, line: str, seconds: float) -> None:
+        lines: list[bytes] = []
+        wire_lines: list[bytes] = []  # as received, for the transcript
+        wire_octets = 0
+        while True:
+            raw = self._readline(deadline, line, seconds, f"{len(lines)} lines")
+            content = _strip_eol(raw)
+            resp.bare_lf_lines += not raw.endswith(b"\r\n")
+            if content == b".":
+                break
+            if self.transcript:
+                wire_lines.append(raw)
+            wire_octets += len(raw)
+            if wire_octets > MAX_RESPONSE:
+                raise self._fail(ProtocolError(
+                    f"response from {self.url} to `{self._describe(line)}` exceeds {MAX_RESPONSE >> 20} MiB"))
+            # RFC 1939 §3: a line starting with the termination octet has that first octet removed.
+            lines.append(content[1:] if content.startswith(b".") else content)
+        self._record(b"".join(wire_lines), literals=False)
+        resp.lines = lines
+        resp.body = b"".join(x + b"\r\n" for x in lines)
+        resp.wire_octets = wire_octets
+
+    def _readline(self, deadline: float, line: str | None, seconds: float, progress: str | None) -> bytes:
+        try:
+            return self.wire.readline(deadline)
+        except (WireTimeout, WireClosed, LineTooLong) as exc:
+            raise self._read_error(exc, line, seconds, progress) from None
+
+    # -- conveniences ------------------------------------------------------------------
+    def login(self, user: str, password: str) -> POP3Response:
+        """USER/PASS; raises ProtocolError unless both are accepted."""
+        self._add_secret(password)
+        resp = self.command(f"USER {user}")
+        if not resp.ok:
+            raise ProtocolError(f"{self.url}: USER {user} rejected: {self._describe(resp.line)}")
+        resp = self.command(f"PASS {password}")
+        if not resp.ok:
+            raise ProtocolError(f"{self.url}: login as {user} failed: {self._describe(resp.line)}")
+        return resp
+
+    def capa(self) -> list[str]:
+        """The CAPA lines (RFC 2449); raises ProtocolError if the server refuses CAPA."""
+        resp = self.command("CAPA")
+        if not resp.ok:
+            raise ProtocolError(f"{self.url}: CAPA failed: {resp.line}")
+        return [x.decode("utf-8", "backslashreplace") for x in resp.lines or []]
+
+    def quit(self) -> POP3Response:
+        try:
+            return self.command("QUIT", multiline=False)
+        finally:
+            self.drop()
+
+    def close(self) -> None:
+        """QUIT if the session is still up, then close. Never raises."""
+        if self.closed:
+            return
+        try:
+            self.command("QUIT", timeout=min(self.timeout, 2.0), multiline=False)
+        except Exception:  # noqa: BLE001 - closing must not fail a test that already has a result
+            pass
+        finally:
+            self.drop()
+
+
+def _parse_status(line: str) -> tuple[str | None, str]:
+    for status in ("+OK", "-ERR"):
+        if line == status:
+            return status, ""
+        if line.startswith(status + " "):
+            return status, line[len(status) + 1:]
+    return None, ""
+
+
+def _strip_eol(raw: bytes) -> bytes:
+    return raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def _wire(line: str) -> bytes:
+    return line.encode("utf-8", "surrogateescape") + b"\r\n"

@@ -1,0 +1,156 @@
+"""The ordered log of one test's protocol exchanges, across all its sessions.
+
+Secrets are masked when recorded, never later: an entry never holds a password. Big data
+(literals, message bodies) is shortened to its size and first bytes so reports stay readable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from harness.sessions.literals import frame
+from harness.sessions.redact import MASK, ClientRedactor
+
+ABBREVIATE_OVER = 2048
+PREVIEW_BYTES = 200
+
+
+@dataclass(frozen=True)
+class Entry:
+    t: float  # seconds since the transcript started
+    session: str
+    direction: str  # "C" client, "S" server, "*" note by the harness
+    text: str  # may span several lines
+
+
+class _SessionState:
+    def __init__(self) -> None:
+        self.redactor = ClientRedactor()
+        self.client_due = 0  # literal bytes the client announced and has not sent yet
+
+
+class Transcript:
+    def __init__(self, secrets: Iterable[str] = ()):
+        self._start = time.monotonic()
+        self._secrets: set[str] = set()
+        self._sessions: dict[str, _SessionState] = {}
+        self._lock = threading.Lock()
+        self.entries: list[Entry] = []
+        for s in secrets:
+            self.add_secret(s)
+
+    def add_secret(self, secret: str) -> None:
+        if not secret or secret in self._secrets:
+            return
+        with self._lock:
+            self._secrets.add(secret)
+            # Mask it in what was recorded before we knew it was secret.
+            self.entries = [
+                Entry(e.t, e.session, e.direction, e.text.replace(secret, MASK.decode())) for e in self.entries
+            ]
+
+    def client(self, session: str, text: str | bytes, *, literals: bool = True) -> None:
+        """What the client sent: one chunk of wire data. `literals`: recognise IMAP literals (not for POP3)."""
+        data = _bytes(text)
+        with self._lock:
+            state = self._state(session)
+            due_before = state.client_due
+            state.client_due = frame(data, due_before)[1] if literals else 0
+            data = state.redactor.client(data, due_before, state.client_due)
+            self._append(session, "C", self._scrub(data), literals, due_before)
+
+    def server(self, session: str, text: str | bytes, *, literals: bool = True) -> None:
+        """What the server sent: a complete response, or (POP3) a status line or a multi-line body."""
+        data = _bytes(text)
+        with self._lock:
+            self._state(session).redactor.server(data)
+            self._append(session, "S", self._scrub(data), literals, 0)
+
+    def note(self, session: str, text: str) -> None:
+        with self._lock:
+            self._add(session, "*", _display_line(self._scrub(_bytes(text))))
+
+    def render(self) -> str:
+        out = []
+        for e in self.entries:
+            for line in e.text.split("\n"):
+                out.append(f"{e.t:7.3f} {e.session} {e.direction}: {line}")
+        return "\n".join(out) + ("\n" if out else "")
+
+    # -- internals -----------------------------------------------------------------
+    def _state(self, session: str) -> _SessionState:
+        return self._sessions.setdefault(session, _SessionState())
+
+    def _scrub(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret.encode("utf-8", "surrogateescape"), MASK)
+        return data
+
+    def _append(self, session: str, direction: str, data: bytes, literals: bool, due: int) -> None:
+        if not literals:
+            if len(data) > ABBREVIATE_OVER:
+                text = _abbreviated(data)
+            else:
+                text = "\n".join(_display_line(line) for line in _lines(data))
+        else:
+            text = _display_framed(data, due)
+        self._add(session, direction, text)
+
+    def _add(self, session: str, direction: str, text: str) -> None:
+        self.entries.append(Entry(round(time.monotonic() - self._start, 6), session, direction, text))
+
+
+def _bytes(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Lines without their CRLF/LF; a final line end does not start another line."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"" and len(lines) > 1:
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _display_framed(data: bytes, due: int) -> str:
+    """IMAP wire data as display lines; literals show as the lines they contain, big ones shortened in place."""
+    lines = [""]
+
+    def add(chunk: bytes) -> None:
+        first, *rest = chunk.split(b"\n")
+        lines[-1] += _display_line(first.removesuffix(b"\r") if rest else first)
+        for i, line in enumerate(rest):
+            lines.append(_display_line(line if i == len(rest) - 1 else line.removesuffix(b"\r")))
+
+    for piece in frame(data, due)[0]:
+        chunk = data[piece.start:piece.end]
+        if len(chunk) > ABBREVIATE_OVER:
+            lines[-1] += _abbreviated(chunk)
+        else:
+            add(chunk)
+        if piece.eol:
+            lines.append("")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _abbreviated(data: bytes) -> str:
+    return f"{{{len(data)} bytes: {_display_line(data[:PREVIEW_BYTES], show_eol=True)}…}}"
+
+
+def _display_line(line: bytes, *, show_eol: bool = False) -> str:
+    """One line for display: UTF-8 where valid, backslash escapes for other bytes and control characters.
+    `show_eol`: CR and LF as \\r and \\n (so a preview of many lines stays on one)."""
+    out = []
+    for c in line.decode("utf-8", "backslashreplace"):
+        if c == "\t" or (" " <= c and c != "\x7f"):
+            out.append(c)
+        elif show_eol and c in "\r\n":
+            out.append("\\r" if c == "\r" else "\\n")
+        else:
+            out.append(f"\\x{ord(c):02x}")
+    return "".join(out)

@@ -1,0 +1,148 @@
+"""A TCP (optionally TLS) connection whose reads run against a deadline.
+
+A server that trickles bytes, never ends a line or never answers must not hang the
+harness: every read is bounded by an absolute deadline (not a per-recv timeout) and
+no single line may grow past MAX_LINE. The sessions turn the low-level exceptions
+raised here into messages that name the command being answered.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+from harness.sessions.errors import ProtocolError
+
+MAX_LINE = 1 << 20  # 1 MiB: far beyond any sane protocol line, small enough to fail fast on garbage
+MAX_RESPONSE = 64 << 20  # one whole response, literals included
+RECV_SIZE = 256 * 1024
+
+
+class WireTimeout(Exception):
+    """The deadline passed before the data arrived."""
+
+
+class WireClosed(Exception):
+    """The peer closed (or reset) the connection."""
+
+
+class LineTooLong(Exception):
+    """No line end within MAX_LINE bytes."""
+
+
+def deadline_after(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
+def tls_context(tls_verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if not tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Wire:
+    """Bytes in and out of one connection. `buf` holds received bytes not yet taken."""
+
+    def __init__(self, url: str, host: str, port: int, *, tls: bool, tls_verify: bool, ca_file: str | None,
+                 timeout: float):
+        self.url = url
+        self.host = host
+        self.buf = bytearray()
+        try:
+            self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ProtocolError(f"cannot connect to {url}: {_reason(exc)}") from None
+        if tls:
+            self.start_tls(tls_verify, ca_file, deadline_after(timeout))
+
+    def start_tls(self, tls_verify: bool, ca_file: str | None, deadline: float) -> None:
+        if self.buf:
+            # Bytes that arrived in plaintext after the STARTTLS answer would be trusted as if encrypted.
+            raise ProtocolError(f"{self.url} sent {len(self.buf)} unexpected bytes before the TLS handshake")
+        self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            self.sock = tls_context(tls_verify, ca_file).wrap_socket(self.sock, server_hostname=self.host)
+        except (OSError, ssl.SSLError) as exc:
+            self.close()
+            raise ProtocolError(f"TLS handshake with {self.url} failed: {_reason(exc)}") from None
+
+    @property
+    def tls_version(self) -> str | None:
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
+
+    # -- sending -----------------------------------------------------------------
+    def send(self, data: bytes, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WireTimeout()
+        self.sock.settimeout(remaining)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise WireTimeout() from None
+        except OSError as exc:
+            raise WireClosed(_reason(exc)) from None
+
+    # -- receiving ---------------------------------------------------------------
+    def fill(self, deadline: float) -> None:
+        """Receive once more into `buf`, waiting at most until the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WireTimeout()
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            raise WireTimeout() from None
+        except OSError as exc:
+            raise WireClosed(_reason(exc)) from None
+        if not data:
+            raise WireClosed("connection closed by the server")
+        self.buf += data
+
+    def find_eol(self, start: int, deadline: float) -> int:
+        """Index in `buf` of the first LF at or after `start`, receiving as needed. Takes nothing."""
+        scan = start
+        while True:
+            i = self.buf.find(b"\n", scan)
+            if i >= 0:
+                if i - start > MAX_LINE:
+                    raise LineTooLong()
+                return i
+            if len(self.buf) - start > MAX_LINE:
+                raise LineTooLong()
+            scan = len(self.buf)
+            self.fill(deadline)
+
+    def ensure(self, size: int, deadline: float) -> None:
+        """Receive until `buf` holds at least `size` bytes. Takes nothing."""
+        while len(self.buf) < size:
+            self.fill(deadline)
+
+    def take(self, size: int) -> bytes:
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+    def readline(self, deadline: float) -> bytes:
+        """One line including its line end (LF or CRLF)."""
+        return self.take(self.find_eol(0, deadline) + 1)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,25 @@
+"""Shared fixtures: a real embedded Dovecot per test session (per xdist worker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.targets.managed_dovecot import ManagedDovecot
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    with ManagedDovecot(accounts=12) as dc:
+        yield dc
+
+
+@pytest.fixture(scope="session")
+def target(dovecot):
+    return dovecot.target
+
+
+@pytest.fixture
+def target_file(target, tmp_path):
+    path = tmp_path / "target.yaml"
+    target.dump(path)
+    return path

@@ -1,0 +1,107 @@
+"""The embedded Dovecot: starts on loopback, serves both protocols, leaves nothing behind."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import TargetUnavailable
+from harness.targets import managed_dovecot
+from harness.targets.managed_dovecot import ManagedDovecot
+
+
+def instance_processes(marker: str) -> list[int]:
+    pids = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                if marker.encode() in (pid_dir / "cmdline").read_bytes():
+                    pids.append(int(pid_dir.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_starts_serves_both_protocols_and_stops_clean():
+    dc = ManagedDovecot(accounts=2)
+    target = dc.start()
+    root = dc.root
+    try:
+        assert target.imap.host == target.pop3.host == target.lmtp.host == "127.0.0.1"
+        assert len({target.imap.port, target.pop3.port, target.lmtp.port}) == 3
+        assert target.disposable and target.profile == "dovecot"
+        a1, a2 = target.accounts
+        imap = imaplib.IMAP4(target.imap.host, target.imap.port)
+        assert imap.login(a1.user, a1.password)[0] == "OK"
+        names = b" ".join(imap.list()[1])
+        for special in (b"\\Sent", b"\\Drafts", b"\\Trash"):
+            assert special in names
+        assert imap.getquotaroot("INBOX")[0] == "OK"
+        # LMTP delivery lands in the INBOX that IMAP and POP3 read
+        with smtplib.LMTP(target.lmtp.host, target.lmtp.port) as lmtp:
+            lmtp.sendmail("t@localhost", [f"{a2.user}@localhost"], b"Subject: hi\r\n\r\nbody\r\n")
+        pop = poplib.POP3(target.pop3.host, target.pop3.port)
+        pop.user(a2.user)
+        assert pop.pass_(a2.password).startswith(b"+OK")
+        assert pop.stat()[0] == 1
+        with pytest.raises(poplib.error_proto):
+            bad = poplib.POP3(target.pop3.host, target.pop3.port)
+            bad.user(a1.user)
+            bad.pass_("wrong password")
+        assert instance_processes(root.name), "no Dovecot processes while running?"
+        # leave the clients connected: stop must still take every process down
+    finally:
+        dc.stop()
+    time.sleep(0.2)
+    assert instance_processes(root.name) == []
+    assert not root.exists()
+
+
+def test_two_instances_side_by_side():
+    with ManagedDovecot(accounts=1) as one, ManagedDovecot(accounts=1) as two:
+        assert one.target.imap.port != two.target.imap.port
+        for dc in (one, two):
+            acc = dc.target.accounts[0]
+            m = imaplib.IMAP4("127.0.0.1", dc.target.imap.port)
+            assert m.login(acc.user, acc.password)[0] == "OK"
+            m.logout()
+
+
+def test_pop3_lock_setting():
+    with ManagedDovecot(accounts=1, pop3_lock=True) as dc:
+        acc = dc.target.accounts[0]
+        first = poplib.POP3("127.0.0.1", dc.target.pop3.port)
+        first.user(acc.user)
+        first.pass_(acc.password)
+        first.stat()
+        second = poplib.POP3("127.0.0.1", dc.target.pop3.port)
+        second.user(acc.user)
+        with pytest.raises(poplib.error_proto, match=r"IN-USE"):
+            second.pass_(acc.password)
+        assert dc.target.profile == "dovecot-lock"
+
+
+def test_missing_dovecot_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(managed_dovecot.shutil, "which", lambda name: None)
+    monkeypatch.setattr(managed_dovecot.os.path, "exists", lambda p: False)
+    with pytest.raises(TargetUnavailable, match="apt-get install -y dovecot-imapd dovecot-pop3d dovecot-lmtpd"):
+        ManagedDovecot(accounts=1).start()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the embedded Dovecot runs as root")
+def test_detached_up_and_down():
+    dc = ManagedDovecot(accounts=1)
+    dc.start()
+    state = dc.detach()
+    marker = Path(state["root"]).name
+    assert instance_processes(marker)
+    ManagedDovecot.stop_detached(state)
+    time.sleep(0.2)
+    assert instance_processes(marker) == []
+    assert not Path(state["root"]).exists()
