@@ -85,9 +85,11 @@ def make_tests() -> list[dict]:
                   message="expected BODY[]<0> {0}, got the full literal"),
         make_test("imap.idle.notify-exists", "failed", title="IDLE reports new mail with EXISTS",
                   file="suites/imap/idle.yaml", line=7, rfc=["RFC2177 §3"],
-                  message="no untagged EXISTS within 5 s after LMTP delivery",
+                  # As the engine words it: the message restates the structured failure.
+                  message="imap.idle.notify-exists: step 4 `i1: wait EXISTS` at suites/imap/idle.yaml:18\n"
+                          "  expected: `* 2 EXISTS`\n  got:      (nothing within 5 s)",
                   failure={"file": "suites/imap/idle.yaml", "line": 18, "step": "i1: wait EXISTS",
-                           "expected": "* 2 EXISTS", "got": "(nothing within 5 s)"},
+                           "expected": "`* 2 EXISTS`", "got": "(nothing within 5 s)"},
                   transcript=IDLE_TRANSCRIPT, metrics={"notify_latency_s": 5.0}),
         make_test("imap.idle.done-ends", rfc=["RFC2177 §3"], metrics={"notify_latency_s": 0.21}),
         make_test("imap.quota.getquotaroot", "skipped", rfc=["RFC9208 §4.3"],
@@ -140,6 +142,18 @@ def with_outcomes(results: dict, **outcomes: str) -> dict:
         if outcome == "passed":
             by_id[test_id].update(message="", failure=None)
     results.update(summarize(results["tests"]))
+    return results
+
+
+def with_evidence(results: dict) -> dict:
+    """Copy of ``results`` where tests that have their ``make_tests()`` outcome get its message, failure and
+    transcript back (``passing_results`` drops them; a candidate that fails again should carry them)."""
+    results = copy.deepcopy(results)
+    originals = {t["id"]: t for t in make_tests()}
+    for test in results["tests"]:
+        original = originals.get(test["id"])
+        if original and original["outcome"] == test["outcome"]:
+            test.update({k: original[k] for k in ("message", "failure", "transcript", "profile_reason", "metrics")})
     return results
 
 

@@ -100,6 +100,27 @@ class ImapClient:
         self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
         return out
 
+    def append(self, mailbox: str, message: bytes, *, name: str = "IMAP APPEND") -> None:
+        """APPEND with a synchronising literal (LITERAL+ is not universal): wait for "+" before the data."""
+        started = perf_counter()
+        received = self._received()
+        try:
+            conn = self.conn
+            if conn is None:
+                raise WireError(f"{name}: not connected")
+            self._tag += 1
+            tag = b"a%d " % self._tag
+            conn.send(tag + b"APPEND " + quote(mailbox) + b" {%d}\r\n" % len(message))
+            line = conn.read_line()
+            if not line.startswith(b"+"):
+                raise CommandFailed(f"{name}: {line[:300].decode(errors='replace')}")
+            conn.send(message + _CRLF)
+            self._read_until_tagged(tag, name, collect=False)
+        except Exception as exc:
+            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
+            raise
+        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
+
     def _exchange(self, command: bytes, name: str, collect: bool) -> bytes:
         conn = self.conn
         if conn is None:
@@ -110,9 +131,10 @@ class ImapClient:
         return self._read_until_tagged(tag, name, collect)
 
     def _read_until_tagged(self, tag: bytes, name: str, collect: bool) -> bytes:
-        """The hot loop: find line ends in the buffer, skip literals, stop at the tagged status."""
+        if not collect:
+            return self._skip_until_tagged(tag, name)
         conn = self.conn
-        out = bytearray() if collect else None
+        out = bytearray()
         while True:
             buf = conn.buf
             pos = conn.pos
@@ -124,23 +146,59 @@ class ImapClient:
                 brace = buf.rfind(b"{", pos, eol)
                 digits = buf[brace + 1 : eol - 1]
                 if brace >= 0 and digits.isdigit():
-                    if out is not None:
-                        out += buf[pos : eol + 2]
+                    out += buf[pos : eol + 2]
                     conn.pos = eol + 2
-                    if out is not None:
-                        out += conn.take(int(digits))
-                    else:
-                        conn.skip(int(digits))
+                    out += conn.take(int(digits))
                     continue  # the response goes on after the literal
-            if buf.startswith(tag, pos):
-                status = bytes(buf[pos + len(tag) : eol])
-                conn.pos = eol + 2
-                if status.startswith(b"OK"):
-                    return bytes(out) if out is not None else b""
-                raise CommandFailed(f"{name}: {status[:300].decode(errors='replace')}")
-            if out is not None:
-                out += buf[pos : eol + 2]
             conn.pos = eol + 2
+            if buf.startswith(tag, pos):
+                return self._status(buf[pos + len(tag) : eol], name, bytes(out))
+            out += buf[pos : eol + 2]
+
+    def _skip_until_tagged(self, tag: bytes, name: str) -> bytes:
+        """The hot path: jump from literal to literal (counting, not copying) until the tagged line.
+
+        Lines between literals are not looked at one by one: a literal marker "{n}" CRLF can only
+        end a line, and the tagged status line ends the response, so the first tag line after
+        the last literal is the answer.
+        """
+        conn = self.conn
+        tag_line = _CRLF + tag
+        while True:
+            buf = conn.buf
+            pos = conn.pos
+            close = buf.find(b"}\r\n", pos)
+            while close >= 0:
+                brace = buf.rfind(b"{", pos, close)
+                digits = buf[brace + 1 : close]
+                if brace >= 0 and digits.isdigit():
+                    break
+                close = buf.find(b"}\r\n", close + 3)  # a "}" ending a line that is not a literal
+            if close >= 0:
+                end = close + 3 + int(digits)
+                if end <= len(buf):
+                    conn.pos = end
+                else:
+                    conn.pos = close + 3
+                    conn.skip(end - close - 3)
+                continue
+            if buf.startswith(tag, pos):
+                start = pos
+            else:
+                start = buf.find(tag_line, pos)
+                start = start + 2 if start >= 0 else -1
+            if start >= 0:
+                eol = buf.find(_CRLF, start)
+                if eol >= 0:
+                    conn.pos = eol + 2
+                    return self._status(buf[start + len(tag) : eol], name, b"")
+            conn.fill()
+
+    @staticmethod
+    def _status(status: bytearray, name: str, untagged: bytes) -> bytes:
+        if status.startswith(b"OK"):
+            return untagged
+        raise CommandFailed(f"{name}: {bytes(status[:300]).decode(errors='replace')}")
 
     # -- IDLE ------------------------------------------------------------------------
     def idle(self) -> None:

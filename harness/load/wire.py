@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import weakref
+from time import perf_counter
 from typing import Callable
 
 from harness.targets.target_file import Endpoint
@@ -39,41 +41,109 @@ def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
     return ctx
 
 
+class Watchdog:
+    """Per-command timeouts for many connections from one periodic check.
+
+    A socket timeout under gevent costs a timer object per blocking read; at thousands of
+    commands per second that is a third of the generator's CPU. Instead, a command arms its
+    connection with a deadline, and ``run`` (one greenlet per process) shuts down any
+    connection past its deadline, which wakes the blocked read with a TimeoutError.
+    Resolution is ``interval`` seconds.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def check(self) -> int:
+        now, expired = perf_counter(), 0
+        for conn in list(self.connections):
+            if conn.deadline and now > conn.deadline:
+                conn.expire()
+                expired += 1
+        return expired
+
+    def run(self, sleep: Callable[[float], object]) -> None:
+        while True:
+            sleep(self.interval)
+            self.check()
+
+
 class Connection:
     """One TCP (or TLS) connection and what has been received but not yet consumed.
 
     ``buf[pos:]`` is unread data; protocol clients scan it in place (``find``/``startswith``
     with offsets) instead of splitting it into line objects, which keeps the hot path cheap.
     ``received`` counts every byte read, for Locust's response_length.
+
+    Timeouts: without a watchdog, an ordinary socket timeout; with one, the socket blocks
+    without a timeout and clients ``arm()`` a deadline around each command.
     """
 
-    __slots__ = ("sock", "buf", "pos", "received", "endpoint", "ca_file")
+    __slots__ = ("sock", "buf", "pos", "received", "endpoint", "ca_file", "timeout", "read_timeout",
+                 "deadline", "expired", "__weakref__")
 
-    def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None):
+    def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None, watchdog: Watchdog | None = None):
         self.endpoint = endpoint
         self.ca_file = ca_file
+        self.timeout = timeout
+        self.deadline = 0.0
+        self.expired = False
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if endpoint.tls:
             sock = tls_context(endpoint, ca_file).wrap_socket(sock, server_hostname=endpoint.host)
+        self.read_timeout = None if watchdog else timeout
+        sock.settimeout(self.read_timeout)
         self.sock = sock
         self.buf = bytearray()
         self.pos = 0
         self.received = 0
+        if watchdog:
+            watchdog.connections.add(self)
+
+    def arm(self) -> None:
+        """A command starts: it must be answered within ``timeout`` (enforced by the watchdog)."""
+        self.deadline = perf_counter() + self.timeout
+
+    def disarm(self) -> None:
+        self.deadline = 0.0
+
+    def expire(self) -> None:
+        self.expired = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _lost(self) -> WireError | TimeoutError:
+        if self.expired:
+            return TimeoutError(f"no answer within {self.timeout:g}s")
+        return ConnectionClosed("server closed the connection")
 
     def start_tls(self) -> None:
         """Upgrade after STARTTLS/STLS was accepted (nothing may be buffered at this point)."""
         self.sock = tls_context(self.endpoint, self.ca_file).wrap_socket(self.sock, server_hostname=self.endpoint.host)
+        self.sock.settimeout(self.read_timeout)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def _recv(self) -> bytes:
+        try:
+            chunk = self.sock.recv(RECV_SIZE)
+        except OSError:
+            if self.expired:
+                raise self._lost() from None
+            raise
+        if not chunk:
+            raise self._lost()
+        self.received += len(chunk)
+        return chunk
+
     def fill(self) -> None:
         """Read at least one more byte into the buffer; drop consumed data first."""
-        chunk = self.sock.recv(RECV_SIZE)
-        if not chunk:
-            raise ConnectionClosed("server closed the connection")
-        self.received += len(chunk)
+        chunk = self._recv()
         if self.pos:
             del self.buf[: self.pos]
             self.pos = 0
@@ -99,10 +169,7 @@ class Connection:
         self.buf.clear()
         self.pos = 0
         while count > 0:
-            chunk = self.sock.recv(RECV_SIZE)
-            if not chunk:
-                raise ConnectionClosed("server closed the connection inside a literal")
-            self.received += len(chunk)
+            chunk = self._recv()
             if len(chunk) > count:
                 self.buf += chunk[count:]
             count -= len(chunk)

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.errors import ConfigError
-from harness.reports.formatting import format_when, one_line, plural
+from harness.reports.formatting import format_when, headline, one_line, plural
 from harness.reports.results import BAD_OUTCOMES, OUTCOME_LABELS, failure_location, load_results, validate_results
 from harness.reports.terminal import OUTCOME_STYLE, Painter, want_color
 
 DESCRIPTION = """\
-Compare a candidate run with a baseline, typically the last certified release of the same server.
+Compare a candidate run with a baseline, typically the last certified release of the same server:
+keep the results.json of every certified run, test the new release with the same profile, compare.
 
   mailharness compare certified/dovecot-2.3.19.json reports/demo/results.json
   mailharness compare last.json new.json --html diff.html --json diff.json
@@ -145,17 +146,9 @@ def _entry(test: dict, before: dict | None, removed: bool = False) -> dict:
         "location": "" if removed else failure_location(test),
         "before": before["outcome"] if before else None,
         "after": None if removed else test["outcome"],
-        "message": "" if removed else _why(test),
+        # Why the candidate has this outcome, in one line; a passing test needs no explanation.
+        "message": "" if removed or test["outcome"] == "passed" else headline(test, width=300),
     }
-
-
-def _why(test: dict) -> str:
-    """The candidate's explanation of its outcome; a passing test needs none."""
-    if test["outcome"] == "passed":
-        return ""
-    if test["outcome"] in ("xfailed", "xpassed", "skipped") and test["profile_reason"]:
-        return test["profile_reason"] if not test["message"] else f"{test['message']} (profile: {test['profile_reason']})"
-    return test["message"]
 
 
 def _run_identity(results: dict) -> dict:

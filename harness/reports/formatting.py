@@ -78,5 +78,34 @@ def one_line(text: str, width: int = 160) -> str:
     return ""
 
 
+def restates_failure(test: dict) -> bool:
+    """True when ``message`` only repeats the structured ``failure`` (expected and got), as the engine's does."""
+    failure = test.get("failure") or {}
+    message = test.get("message") or ""
+    expected, got = str(failure.get("expected") or ""), str(failure.get("got") or "")
+    return bool(message and expected and got and expected in message and got in message)
+
+
+def restates_reason(test: dict) -> bool:
+    """True when ``message`` only repeats the profile's reason (xfail/skip messages often do)."""
+    reason = (test.get("profile_reason") or "").strip()
+    return bool(reason and reason in (test.get("message") or ""))
+
+
+def headline(test: dict, width: int = 160) -> str:
+    """One line saying why a test did not simply pass, for lists and CI logs ("" for a clean pass)."""
+    failure = test.get("failure")
+    if failure and (not test.get("message") or restates_failure(test)):
+        step = f"{failure['step']}: " if failure.get("step") else ""
+        return one_line(f"{step}expected {one_line(str(failure.get('expected')), 60)}, "
+                        f"got {one_line(str(failure.get('got')), 60)}", width)
+    message = test.get("message") or ""
+    # The engine prefixes errors with the test id, which every list already shows.
+    message = message.removeprefix(f"{test.get('id')}: ")
+    if test.get("outcome") == "xpassed" and test.get("profile_reason") and not restates_reason(test):
+        message = f"profile expected a deviation: {test['profile_reason']}"
+    return one_line(message or test.get("profile_reason") or "", width)
+
+
 def plural(n: int, word: str, plural_word: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural_word or word + 's')}"

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import TextIO
 
-from harness.reports.formatting import format_duration, format_when, one_line, plural
+from harness.reports.formatting import format_duration, format_when, headline, plural
 from harness.reports.results import BAD_OUTCOMES, counts_by, failure_location, validate_results
 
 # Short column headings; the HTML report spells them out.
@@ -71,10 +71,9 @@ def print_summary(results: dict, stream: TextIO | None = None, color: bool | Non
             tag = paint(TAGS[test["outcome"]].ljust(width), OUTCOME_STYLE[test["outcome"]], "bold")
             where = failure_location(test)
             out.append(f"  {tag}  {test['id']}" + (f"  {paint(where, 'dim')}" if where else ""))
-            text = test["message"] or (f"profile expected a deviation: {test['profile_reason']}"
-                                       if test["outcome"] == "xpassed" and test["profile_reason"] else "")
+            text = headline(test)
             if text:
-                out.append(f"  {' ' * width}  {one_line(text)}")
+                out.append(f"  {' ' * width}  {text}")
 
     out.append("")
     out.append(verdict_line(results, paint))
@@ -117,7 +116,8 @@ def verdict_line(results: dict, paint: Painter | None = None) -> str:
     if results.get("duration_s") is not None:
         extra += f", {format_duration(results['duration_s'])}"
     word = "PASS" if results["verdict"] == "pass" else "FAIL"
-    return paint(f"{word}:", "bold", "green" if word == "PASS" else "red") + f" {detail or 'no tests'} ({extra})"
+    text = f" {detail} ({extra})" if detail else " no tests ran"
+    return paint(f"{word}:", "bold", "green" if word == "PASS" else "red") + text
 
 
 def _count(summary: dict, outcome: str) -> str:

@@ -24,7 +24,8 @@ class Session:
         self.name = name
         self.transcript = transcript
         self.timeout = timeout
-        self.url = f"{self.scheme}{'s' if tls else ''}://{host}:{port}"
+        netloc = f"[{host}]" if ":" in host else host  # IPv6 literal
+        self.url = f"{self.scheme}{'s' if tls else ''}://{netloc}:{port}"
         self._tls_verify, self._ca_file = tls_verify, ca_file
         self._secrets: set[str] = set()
         self.closed = False
@@ -77,9 +78,11 @@ class Session:
         try:
             self.wire.send(data, deadline)
         except WireTimeout:
-            raise self._fail(ProtocolTimeout(f"could not send `{self._describe(what)}` to {self.url} in time")) from None
+            cmd = self._describe(what)
+            raise self._fail(ProtocolTimeout(f"could not send `{cmd}` to {self.url} in time")) from None
         except WireClosed as exc:
-            raise self._fail(ConnectionClosed(f"cannot send `{self._describe(what)}`: {self.url}: {exc}")) from None
+            cmd = self._describe(what)
+            raise self._fail(ConnectionClosed(f"cannot send `{cmd}`: {self.url}: {exc}")) from None
 
     def _record(self, data: bytes, *, literals: bool | None = None) -> None:
         if self.transcript:

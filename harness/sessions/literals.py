@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 MARKER_AT_END = re.compile(rb"~?\{(\d+)(\+?)\}$")
-MARKER_ANYWHERE = re.compile(r"~?\{(\d+)(\+?)\}")
+MARKER_ANYWHERE = re.compile(rb"~?\{(\d+)(\+?)\}")
 
 
 @dataclass(frozen=True)

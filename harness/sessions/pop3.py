@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from harness.sessions.base import Session
 from harness.sessions.errors import ProtocolError
@@ -18,7 +18,7 @@ MULTILINE_WITHOUT_ARG = {"LIST", "UIDL"}
 @dataclass
 class POP3Response:
     ok: bool
-    status: str  # "+OK" or "-ERR"; "+" for a SASL continuation request (only during AUTH)
+    status: str  # "+OK" or "-ERR"
     text: str  # the status line after the status indicator
     line: str  # the whole status line
     lines: list[bytes] | None = None  # multi-line body, dot-unstuffed, without line ends
@@ -45,8 +45,10 @@ class POP3Session(Session):
         raw = self._readline(deadline, None, seconds, None)
         self._record(raw)
         self.greeting = _strip_eol(raw).decode("utf-8", "backslashreplace")
-        if not self.greeting.startswith("+OK"):
-            raise self._fail(ProtocolError(f"{self.url} refused the session: {self.greeting}"))
+        status, _ = _parse_status(self.greeting)
+        if status != "+OK":
+            problem = "refused the session" if status else "sent a malformed greeting"
+            raise self._fail(ProtocolError(f"{self.url} {problem}: {self.greeting!r}"))
         if starttls:
             resp = self.command("STLS")
             if not resp.ok:
@@ -146,8 +148,8 @@ class POP3Session(Session):
             return
         try:
             self.command("QUIT", timeout=min(self.timeout, 2.0), multiline=False)
-        except Exception:  # noqa: BLE001 - closing must not fail a test that already has a result
-            pass
+        except Exception as exc:  # noqa: BLE001 - closing must not fail a test that already has its result
+            self._note(f"no clean QUIT: {exc}")
         finally:
             self.drop()
 

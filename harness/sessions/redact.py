@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-from harness.sessions.literals import frame
-
 MASK = b"***"
 _LITERAL = re.compile(rb"~?\{(\d+)\+?\}\r?\n")
 
@@ -110,6 +108,10 @@ class ClientRedactor:
             self._command, self._mid_command = None, False
             self.sasl = opens_sasl
         return masked
+
+    def abandon(self) -> None:
+        """The command in progress ended early (the server refused it before its literal data)."""
+        self._command, self._mid_command = None, False
 
     def server(self, chunk: bytes) -> None:
         """A SASL exchange ends with the first server answer that is not a continuation request."""

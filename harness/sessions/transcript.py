@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from harness.sessions.literals import frame
 from harness.sessions.redact import MASK, ClientRedactor
@@ -66,7 +66,12 @@ class Transcript:
         """What the server sent: a complete response, or (POP3) a status line or a multi-line body."""
         data = _bytes(text)
         with self._lock:
-            self._state(session).redactor.server(data)
+            state = self._state(session)
+            state.redactor.server(data)
+            if state.client_due and not data.startswith((b"* ", b"+")):
+                # Answered instead of "+": the announced literal will never come.
+                state.client_due = 0
+                state.redactor.abandon()
             self._append(session, "S", self._scrub(data), literals, 0)
 
     def note(self, session: str, text: str) -> None:
@@ -147,7 +152,7 @@ def _display_line(line: bytes, *, show_eol: bool = False) -> str:
     `show_eol`: CR and LF as \\r and \\n (so a preview of many lines stays on one)."""
     out = []
     for c in line.decode("utf-8", "backslashreplace"):
-        if c == "\t" or (" " <= c and c != "\x7f"):
+        if c == "\t" or (c >= " " and c != "\x7f"):
             out.append(c)
         elif show_eol and c in "\r\n":
             out.append("\\r" if c == "\r" else "\\n")

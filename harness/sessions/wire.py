@@ -8,6 +8,7 @@ raised here into messages that name the command being answered.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -132,15 +133,15 @@ class Wire:
         return self.take(self.find_eol(0, deadline) + 1)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     if isinstance(exc, OSError) and exc.strerror:

@@ -1,0 +1,106 @@
+"""The measured process of `mailharness bench`: Locust users in this process only, nothing else.
+
+Run as ``python -m harness.load.bench_generator`` with a JSON job on stdin; prints one JSON
+result line. Kept apart from the parent so that the CPU time measured (time.process_time())
+is the generator's alone: not the embedded server's, not the seeding's, not the report's.
+
+Modes:
+  commands  users run the scenario's user kinds with no think time; counts commands per CPU-second
+  idle      users hold IDLE while mail arrives; reports the peak number of connections idling
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import gevent
+from locust import events
+from locust.env import Environment
+
+from harness.load.accounts import AccountAllocator
+from harness.load.locust_plugin import build_run, configure_user_classes, raise_open_file_limit
+from harness.load.users import IdleUser, MailDelivery, WebmailReader
+
+NOT_COMMANDS = {"IMAP connect", "POP3 connect", "LMTP connect", "IMAP notify latency"}
+
+
+def _snapshot(env: Environment) -> dict[str, tuple[int, int]]:
+    return {name: (entry.num_requests, entry.num_failures) for (name, _), entry in env.stats.entries.items()}
+
+
+def _rusage_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_job(job: dict) -> dict:
+    fd_limit = raise_open_file_limit()
+    load = build_run(job["target_file"], job["scenario_file"], None)
+    user_classes = [IdleUser, MailDelivery] if job["mode"] == "idle" else [WebmailReader]
+    env = Environment(user_classes=user_classes, events=events)
+    env.mailharness = load
+    configure_user_classes(env, load.scenario)
+    load.allocator = AccountAllocator(load.plan)
+    runner = env.create_local_runner()
+    users, spawn_rate = job["users"], job["spawn_rate"]
+    runner.start(users, spawn_rate=spawn_rate)
+
+    if job["mode"] == "idle":
+        # Wait until every IDLE user got its "+ idling" (or the ramp deadline passes).
+        ramp_deadline = time.monotonic() + job["ramp_timeout"]
+        idle_users = users - (load.scenario.delivery.senders if load.scenario.delivery else 0)
+        while IdleUser.idling < idle_users and time.monotonic() < ramp_deadline:
+            gevent.sleep(0.2)
+        ramp_seconds = job["ramp_timeout"] - max(0.0, ramp_deadline - time.monotonic())
+    else:
+        gevent.sleep(job["warmup"])
+        ramp_seconds = job["warmup"]
+
+    before, cpu0, wall0 = _snapshot(env), time.process_time(), time.perf_counter()
+    peak_idling = low_idling = IdleUser.idling
+    end = wall0 + job["duration"]
+    while (left := end - time.perf_counter()) > 0:
+        gevent.sleep(min(0.5, left))
+        peak_idling = max(peak_idling, IdleUser.idling)
+        low_idling = min(low_idling, IdleUser.idling)
+    after, cpu1, wall1 = _snapshot(env), time.process_time(), time.perf_counter()
+    runner.quit()
+
+    per_name = {}
+    for name, (requests, failures) in after.items():
+        r0, f0 = before.get(name, (0, 0))
+        per_name[name] = {"requests": requests - r0, "failures": failures - f0}
+    commands = sum(v["requests"] for n, v in per_name.items() if n not in NOT_COMMANDS)
+    notify = env.stats.entries.get(("IMAP notify latency", "IMAP"))
+    return {
+        "mode": job["mode"],
+        "users": users,
+        "commands": commands,
+        "failures": sum(v["failures"] for v in per_name.values()),
+        "cpu_seconds": cpu1 - cpu0,
+        "wall_seconds": wall1 - wall0,
+        "ramp_seconds": ramp_seconds,
+        "per_name": per_name,
+        "idling_peak": peak_idling,
+        "idling_low": low_idling,
+        "notify_samples": notify.num_requests if notify else 0,
+        "notify_p50_ms": notify.get_response_time_percentile(0.5) if notify and notify.num_requests else None,
+        "notify_p95_ms": notify.get_response_time_percentile(0.95) if notify and notify.num_requests else None,
+        "max_rss_mb": _rusage_mb(),
+        "fd_limit": fd_limit,
+    }
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    result = run_job(job)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

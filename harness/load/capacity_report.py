@@ -1,0 +1,153 @@
+"""capacity.html: what a capacity planner needs from one load run, on one self-contained page.
+
+Built from Locust's own CSVs in the run directory (<prefix>_stats.csv, _stats_history.csv with
+--csv-full-history, _failures.csv) plus the run's verdicts and mail accounting:
+throughput and p50/p95/p99 latency per command over time, users over time, errors by kind,
+new-mail notification latency, delivered-vs-retrieved, thresholds. Charts are inline SVG.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from harness.load.svg_charts import Series, bar_chart, line_chart
+
+NOTIFY = "IMAP notify latency"
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+RATE_WINDOW = 3  # history samples per throughput point: smooths the 3 s reporting beat of workers
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _num(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _ms(value) -> str:
+    number = _num(value)
+    return "n/a" if number is None else f"{number:.0f}"
+
+
+@dataclass
+class CsvSet:
+    stats: list[dict]
+    history: list[dict]
+    failures: list[dict]
+
+    @classmethod
+    def load(cls, run_dir: Path, prefix: str = "locust") -> "CsvSet":
+        return cls(
+            stats=read_csv(run_dir / f"{prefix}_stats.csv"),
+            history=read_csv(run_dir / f"{prefix}_stats_history.csv"),
+            failures=read_csv(run_dir / f"{prefix}_failures.csv"),
+        )
+
+    def request_counts(self) -> dict[str, int]:
+        return {row["Name"]: int(row["Request Count"]) for row in self.stats if row["Name"] != "Aggregated"}
+
+
+def _history_by_name(history: list[dict]) -> tuple[dict[str, list[dict]], float]:
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for row in history:
+        if _num(row.get("Timestamp")) is not None:
+            by_name[row["Name"]].append(row)
+    for rows in by_name.values():
+        rows.sort(key=lambda r: float(r["Timestamp"]))
+    start = min((float(rows[0]["Timestamp"]) for rows in by_name.values()), default=0.0)
+    return by_name, start
+
+
+def _throughput(rows: list[dict], start: float) -> list[tuple[float, float]]:
+    points = []
+    for i in range(1, len(rows)):
+        j = max(0, i - RATE_WINDOW)
+        dt = float(rows[i]["Timestamp"]) - float(rows[j]["Timestamp"])
+        if dt > 0:
+            done = int(rows[i]["Total Request Count"]) - int(rows[j]["Total Request Count"])
+            points.append((float(rows[i]["Timestamp"]) - start, done / dt))
+    return points
+
+
+def _percentile_series(rows: list[dict], start: float, column: str) -> list[tuple[float, float]]:
+    # Before the first request Locust writes 0 (or N/A), which would draw a false drop to zero.
+    return [(float(r["Timestamp"]) - start, v) for r in rows
+            if (v := _num(r.get(column))) is not None and int(r["Total Request Count"]) > 0]
+
+
+def _latency_chart(name: str, rows: list[dict], start: float, width: int = 430) -> str:
+    series = [Series(label, _percentile_series(rows, start, column), color)
+              for label, column, color in (("p50", "50%", "#2ca02c"), ("p95", "95%", "#ff7f0e"), ("p99", "99%", "#d62728"))]
+    return line_chart(series, title=name, y_label="ms", width=width, height=210)
+
+
+def build_charts(csvs: CsvSet) -> dict:
+    by_name, start = _history_by_name(csvs.history)
+    total = by_name.pop("Aggregated", [])
+    commands = sorted(n for n in by_name if n != NOTIFY)
+    charts: dict = {}
+    charts["users"] = line_chart(
+        [Series("users", [(float(r["Timestamp"]) - start, float(r["User Count"])) for r in total], "#393b79")],
+        title="Users", y_label="concurrent users")
+    charts["total_rps"] = line_chart(
+        [Series("all commands", _throughput(total, start), "#1f77b4"),
+         Series("failures", [(float(r["Timestamp"]) - start, _num(r["Failures/s"]) or 0.0) for r in total], "#d62728", True)],
+        title="Throughput, all commands", y_label="commands/s")
+    by_protocol: dict[str, list[str]] = defaultdict(list)
+    for name in commands:
+        by_protocol[name.split(" ", 1)[0]].append(name)
+    charts["throughput"] = [
+        line_chart([Series(n, _throughput(by_name[n], start)) for n in names],
+                   title=f"{proto} throughput per command", y_label="commands/s")
+        for proto, names in sorted(by_protocol.items())
+    ]
+    charts["latency"] = [_latency_chart(n, by_name[n], start) for n in commands]
+    charts["notify"] = _latency_chart(NOTIFY + " (delivery to EXISTS seen)", by_name.get(NOTIFY, []), start, width=640)
+    errors = defaultdict(float)
+    for row in csvs.failures:
+        errors[f"{row['Name']}: {row['Error'][:90]}"] += _num(row.get("Occurrences")) or 0
+    charts["errors"] = bar_chart(list(errors.items()), title="Errors by kind (occurrences)")
+    return charts
+
+
+def stats_table(csvs: CsvSet) -> list[dict]:
+    rows = []
+    for row in csvs.stats:
+        requests = int(row["Request Count"])
+        rows.append({
+            "type": row["Type"], "name": row["Name"], "requests": requests, "failures": int(row["Failure Count"]),
+            "fail_pct": (int(row["Failure Count"]) / requests * 100) if requests else 0.0,
+            "rps": _num(row["Requests/s"]) or 0.0,
+            "p50": _ms(row.get("50%")), "p95": _ms(row.get("95%")), "p99": _ms(row.get("99%")),
+            "max": _ms(row.get("Max Response Time")),
+            "avg_bytes": _num(row.get("Average Content Size")) or 0.0,
+        })
+    return rows
+
+
+def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, accounting: dict | None,
+                          problems: list[str], csvs: CsvSet | None = None) -> Path:
+    """Render capacity.html into ``run_dir``; ``problems`` are the reasons the run failed (empty: passed)."""
+    csvs = csvs or CsvSet.load(run_dir)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    notify = next((r for r in stats_table(csvs) if r["name"] == NOTIFY), None)
+    html = env.get_template("capacity.html.j2").render(
+        facts=facts, verdicts=verdicts, accounting=accounting, problems=problems,
+        charts=build_charts(csvs), stats=stats_table(csvs), notify=notify,
+    )
+    path = run_dir / "capacity.html"
+    path.write_text(html, encoding="utf-8")
+    return path

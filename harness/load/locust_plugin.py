@@ -1,0 +1,159 @@
+"""Locust glue: command-line options, loading the target and scenario, configuring the user classes.
+
+Imported by loadtests/locustfile.py. Options (also settable as environment variables or in
+a locust.conf, like any Locust option):
+
+  --target-file FILE     MAILHARNESS_TARGET     the server and accounts (docs/targets.md)
+  --scenario NAME|PATH   MAILHARNESS_SCENARIO   loadtests/scenarios/NAME.yaml or a path (default term-start)
+  --ledger-dir DIR       MAILHARNESS_LEDGER_DIR where to journal deliveries/retrievals (lost/duplicated check)
+
+Each process (master, every worker) loads the target and scenario itself at Locust's init
+event; a worker learns its slice of the accounts from the master when the test starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from dataclasses import dataclass
+
+from locust import between, constant_throughput, events
+from locust.runners import MasterRunner, WorkerRunner
+
+from harness.errors import HarnessError
+from harness.load.accounts import AccountAllocator, AccountPlan
+from harness.load.ledger import Ledger
+from harness.load.scenario import Scenario, load_scenario
+from harness.targets.target_file import Target, load_target
+
+log = logging.getLogger("mailharness")
+LAYOUT_MESSAGE = "mailharness_layout"
+
+
+@dataclass
+class LoadRun:
+    """What every user of this process needs; hung on the Locust Environment as ``.mailharness``."""
+
+    target: Target
+    scenario: Scenario
+    plan: AccountPlan
+    ledger: Ledger | None
+    timeout: float
+    allocator: AccountAllocator | None = None
+
+
+def run_of(environment) -> LoadRun:
+    run = getattr(environment, "mailharness", None)
+    if run is None:
+        raise HarnessError("the mailharness users need the locust_plugin init hook (import loadtests/locustfile.py)")
+    return run
+
+
+def raise_open_file_limit() -> int:
+    """Every user holds a socket; lift the soft fd limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def configure_user_classes(environment, scenario: Scenario) -> None:
+    """Keep the user kinds the scenario names, with its weights and think times; size the delivery."""
+    keep = []
+    for cls in environment.user_classes:
+        role = getattr(cls, "role", None)
+        if role == "delivery":
+            if scenario.delivery is None:
+                continue
+            cls.fixed_count = scenario.delivery.senders
+            cls.wait_time = constant_throughput(scenario.delivery.rate / scenario.delivery.senders)
+        elif role in scenario.users:
+            kind = scenario.users[role]
+            if kind.weight <= 0:
+                continue
+            cls.weight = kind.weight
+            cls.wait_time = between(*kind.think_time)
+        elif role is not None:
+            continue
+        keep.append(cls)
+    if not keep:
+        raise HarnessError(f"{scenario.source}: no user kind of the scenario is defined in the locustfile")
+    environment.user_classes[:] = keep
+
+
+def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> LoadRun:
+    target = load_target(target_path)
+    scenario = load_scenario(scenario_name)
+    plan = AccountPlan.for_scenario(target.accounts, scenario)
+    return LoadRun(
+        target=target,
+        scenario=scenario,
+        plan=plan,
+        ledger=Ledger(ledger_dir) if ledger_dir else None,
+        timeout=scenario.timeout or max(target.timeout, 10.0),
+    )
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser) -> None:
+    group = parser.add_argument_group("mailharness", "Target and scenario for the POP3/IMAP users (see loadtests/README.md)")
+    group.add_argument("--target-file", env_var="MAILHARNESS_TARGET", default=None,
+                       help="Target file: server endpoints and accounts (create one with `mailharness target up --write target.yaml`)")
+    group.add_argument("--scenario", env_var="MAILHARNESS_SCENARIO", default="term-start",
+                       help="Scenario name (loadtests/scenarios/NAME.yaml) or path to a YAML file. Default: term-start")
+    group.add_argument("--ledger-dir", env_var="MAILHARNESS_LEDGER_DIR", default=None,
+                       help="Journal deliveries and retrievals here, for the lost/duplicated check of `mailharness load`")
+
+
+@events.init.add_listener
+def _on_init(environment, runner=None, **_kw) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return  # used as a library (e.g. the benchmark): the caller attaches the LoadRun itself
+    if not options.target_file:
+        sys.stderr.write(
+            "mailharness: no target. Give --target-file FILE or set MAILHARNESS_TARGET.\n"
+            "  Start a throwaway Dovecot with: mailharness target up --write target.yaml\n"
+            "  or let `mailharness load` do everything (server, seeding, run, reports).\n"
+        )
+        raise SystemExit(2)
+    try:
+        run = build_run(options.target_file, options.scenario, options.ledger_dir)
+        configure_user_classes(environment, run.scenario)
+    except HarnessError as exc:
+        sys.stderr.write(f"mailharness: {exc}\n")
+        raise SystemExit(exc.exit_code) from None
+    environment.mailharness = run
+    limit = raise_open_file_limit()
+    log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d",
+             run.target.name, run.scenario.name, run.plan.describe(), limit)
+
+    if isinstance(runner, WorkerRunner):
+        def on_layout(environment, msg, **_):
+            run.allocator = AccountAllocator(run.plan, msg.data["index"], msg.data["count"])
+
+        runner.register_message(LAYOUT_MESSAGE, on_layout)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_kw) -> None:
+    run = getattr(environment, "mailharness", None)
+    runner = environment.runner
+    if run is None:
+        return
+    if isinstance(runner, MasterRunner):
+        # Sent before the spawn messages, so each worker knows its slice before its first user starts.
+        workers = sorted(runner.clients.all, key=lambda c: runner.get_worker_index(c.id))
+        for index, client in enumerate(workers):
+            runner.send_message(LAYOUT_MESSAGE, {"index": index, "count": len(workers)}, client_id=client.id)
+    elif isinstance(runner, WorkerRunner):
+        if run.allocator is None:  # a master without this plugin: fall back to Locust's own numbering
+            count = getattr(environment.parsed_options, "expect_workers", 1) or 1
+            run.allocator = AccountAllocator(run.plan, max(0, runner.worker_index), count)
+    else:
+        run.allocator = AccountAllocator(run.plan, 0, 1)

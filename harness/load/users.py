@@ -1,0 +1,335 @@
+"""The Locust users: how students' mail clients behave at the start of term.
+
+Every protocol command fires Locust's ``request`` event (request_type "POP3"/"IMAP"/"LMTP",
+name e.g. "IMAP FETCH headers", response time in ms, bytes received, the exception on
+-ERR/NO/BAD/timeouts/disconnects), so Locust's statistics, HTML report, CSVs and
+distributed mode work unchanged. A failed command is reported once by the wire client;
+the user then drops the connection and starts afresh after its think time.
+
+Importing this module imports Locust, which monkey-patches the process for gevent.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import secrets
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from itertools import count
+
+from gevent.lock import BoundedSemaphore
+from locust import User, task
+from locust.exception import StopUser
+from locust.user.task import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
+
+from harness.load.imap_client import ImapClient
+from harness.load.lmtp_client import LmtpClient, dot_stuff
+from harness.load.locust_plugin import run_of
+from harness.load.messages import ID_HEADER, SENT_HEADER, DeliveryFactory
+from harness.load.pop3_client import Pop3Client
+from harness.load.wire import WireError
+
+NETWORK_ERRORS = (WireError, OSError)  # already reported as a failed request by the wire client
+HEADER_FIELDS = b"(DATE FROM TO CC SUBJECT MESSAGE-ID CONTENT-TYPE)"
+_MULTIPART_MIXED = re.compile(rb'\) "mixed"', re.I)  # BODYSTRUCTURE: (part)(part) "mixed" (params)
+_SENT = re.compile(rb"^\* (\d+) FETCH .*?" + SENT_HEADER + rb":\s*([\d.]+)", re.I | re.M | re.S)
+_FETCHED = re.compile(rb"^\* (\d+) FETCH", re.M)
+
+# Two download-and-delete sessions on one mailbox would race for the same messages; when this
+# process has more such users than accounts, the ones sharing a mailbox take turns.
+_mailbox_turns: defaultdict[str, BoundedSemaphore] = defaultdict(BoundedSemaphore)
+
+
+class MailUser(User):
+    """Common ground: the run context, an account from this process's slice, request reporting."""
+
+    abstract = True
+    role = ""
+    request_type = ""
+    devices = 1  # users sharing one account (multi-device IDLE)
+
+    def on_start(self) -> None:
+        self.run = run_of(self.environment)
+        self.kind = self.run.scenario.users[self.role]
+        self.account = self.run.allocator.next_account(self.role, self.kind.options.get("devices", self.devices))
+        self._fire = self.environment.events.request.fire
+
+    def report(self, name: str, response_time: float, response_length: int, exception: BaseException | None) -> None:
+        self._fire(request_type=self.request_type, name=name, response_time=response_time,
+                   response_length=response_length, exception=exception, context={})
+
+    @contextmanager
+    def interruptible(self):
+        """Let Locust stop this user at once while it only waits on the server (a long IDLE).
+
+        Locust kills users immediately only in its "waiting" state (think time); a task in
+        progress is otherwise allowed to finish, which an IDLE of minutes never does in time.
+        """
+        if self._state == LOCUST_STATE_STOPPING:
+            raise StopUser()
+        self._state = LOCUST_STATE_WAITING
+        try:
+            yield
+        finally:
+            self._state = LOCUST_STATE_RUNNING
+
+    def _pop3(self) -> Pop3Client:
+        return Pop3Client(self.run.target.pop3, timeout=self.run.timeout, ca_file=self.run.target.ca_file, report=self.report)
+
+    def _imap(self) -> ImapClient:
+        return ImapClient(self.run.target.imap, timeout=self.run.timeout, ca_file=self.run.target.ca_file, report=self.report)
+
+
+class Pop3DeletePoller(MailUser):
+    """A POP3 client set to download and delete: STAT, RETR + DELE every message, QUIT.
+
+    Every X-Mailharness-Id it retrieves is journalled before QUIT and confirmed after,
+    for the delivered == retrieved check.
+    """
+
+    role = "pop3_delete"
+    request_type = "POP3"
+
+    @task
+    def poll(self) -> None:
+        ledger = self.run.ledger
+        with _mailbox_turns[self.account.user]:
+            client = self._pop3()
+            try:
+                client.connect()
+                client.login(self.account.user, self.account.password)
+                messages, _ = client.stat()
+                ids = []
+                for number in range(1, messages + 1):
+                    message_id = client.retr(number, header=ID_HEADER)
+                    if message_id:
+                        ids.append(message_id.decode())
+                    client.dele(number)
+                session = secrets.token_hex(8)
+                if ledger and ids:
+                    ledger.quit_sent(session, self.account.user, ids)
+                client.quit()
+                if ledger and ids:
+                    ledger.committed(session)
+            except NETWORK_ERRORS:
+                pass
+            finally:
+                client.close()
+
+
+class Pop3KeepPoller(MailUser):
+    """A POP3 client that leaves mail on the server: UIDL, RETR only UIDs it has not seen, QUIT.
+
+    It remembers the UIDs it downloaded (per Locust user, like one mail client's state file).
+    first_poll: download-all (a newly set-up client fetches the backlog) or skip-existing.
+    """
+
+    role = "pop3_keep"
+    request_type = "POP3"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.seen: set[bytes] | None = None
+
+    @task
+    def poll(self) -> None:
+        client = self._pop3()
+        try:
+            client.connect()
+            client.login(self.account.user, self.account.password)
+            listing = client.uidl()
+            on_server = {uid for _, uid in listing}
+            if self.seen is None and self.kind.options.get("first_poll", "download-all") == "skip-existing":
+                self.seen = on_server
+            seen = self.seen or set()
+            for number, uid in listing:
+                if uid not in seen:
+                    client.retr(number)
+                    seen.add(uid)
+            self.seen = seen & on_server  # forget what was deleted elsewhere; memory stays bounded
+            client.quit()
+        except NETWORK_ERRORS:
+            pass
+        finally:
+            client.close()
+
+
+class WebmailReader(MailUser):
+    """A webmail session: per page view LIST, SELECT INBOX, FETCH headers of the newest N,
+    open one message (BODYSTRUCTURE + text part), fetch its attachment part if it has one,
+    set \\Seen. Logs out and in again after actions_per_session page views.
+    """
+
+    role = "imap_webmail"
+    request_type = "IMAP"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.client: ImapClient | None = None
+        self.views = 0
+        self.headers = int(self.kind.options.get("headers", 50))
+        self.views_per_session = int(self.kind.options.get("actions_per_session", 10))
+
+    @task
+    def view_inbox(self) -> None:
+        try:
+            if self.client is None:
+                self.client = self._imap()
+                self.client.connect()
+                self.client.login(self.account.user, self.account.password)
+                self.views = 0
+            self.page_view(self.client)
+            self.views += 1
+            if self.views >= self.views_per_session:
+                client, self.client = self.client, None
+                client.logout()
+        except NETWORK_ERRORS:
+            self._drop()
+
+    def page_view(self, client: ImapClient) -> None:
+        client.command("IMAP LIST", b'LIST "" "*"')
+        newest = client.select("INBOX")
+        if not newest:
+            return
+        oldest = max(1, newest - self.headers + 1)
+        client.command("IMAP FETCH headers",
+                       b"FETCH %d:%d (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS %s])" % (oldest, newest, HEADER_FIELDS))
+        opened = random.randint(oldest, newest)
+        structure = client.command("IMAP FETCH body", b"FETCH %d (BODYSTRUCTURE BODY.PEEK[1])" % opened, collect=True)
+        if _MULTIPART_MIXED.search(structure):
+            client.command("IMAP FETCH attachment", b"FETCH %d BODY.PEEK[2]" % opened)
+        client.command("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened)
+
+    def _drop(self) -> None:
+        if self.client:
+            self.client.close()
+            self.client = None
+
+    def on_stop(self) -> None:
+        self._drop()
+
+
+class IdleUser(MailUser):
+    """A phone (or laptop) holding IDLE on INBOX. On EXISTS: DONE, fetch the new messages'
+    headers, IDLE again; every reidle_after seconds DONE + IDLE as RFC 2177 asks.
+
+    New-mail notification latency: the delivery user stamps X-Mailharness-Sent; the time
+    from then to this client seeing EXISTS is reported as "IMAP notify latency" (one sample
+    per device and message; clocks must agree when generators run on several machines).
+    """
+
+    role = "imap_idle"
+    request_type = "IMAP"
+    idling = 0  # connections of this process currently in IDLE (the benchmark reports the peak)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.client: ImapClient | None = None
+        self.fetched = 0  # highest sequence number whose headers this device has fetched
+        self.reidle_after = float(self.kind.options.get("reidle_after", 600))
+
+    @task
+    def hold_idle(self) -> None:
+        try:
+            if self.client is None:
+                self.client = self._imap()
+                self.client.connect()
+                self.client.login(self.account.user, self.account.password)
+                self.fetched = self.client.select("INBOX")
+            client = self.client
+            client.idle()
+            IdleUser.idling += 1
+            try:
+                self.idle_until_reidle(client)
+            finally:
+                IdleUser.idling -= 1
+            client.done()
+        except NETWORK_ERRORS:
+            self._drop()
+
+    def idle_until_reidle(self, client: ImapClient) -> None:
+        deadline = time.monotonic() + self.reidle_after
+        while True:
+            if client.exists <= self.fetched:  # else EXISTS came with the IDLE continuation already
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                with self.interruptible():
+                    if client.wait_for_exists(remaining) is None:
+                        return
+            seen_at = time.time()
+            client.done()
+            self.fetch_new(client, seen_at)
+            client.idle()
+
+    def fetch_new(self, client: ImapClient, seen_at: float) -> None:
+        if client.exists <= self.fetched:
+            return
+        data = client.command("IMAP FETCH new",
+                              b"FETCH %d:%d (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT FROM " % (self.fetched + 1, client.exists)
+                              + SENT_HEADER + b")])", collect=True)
+        for _, sent in _SENT.findall(data):
+            self.report("IMAP notify latency", max(0.0, (seen_at - float(sent)) * 1000), 0, None)
+        numbers = [int(n) for n in _FETCHED.findall(data)]
+        self.fetched = max([self.fetched, *numbers])
+
+    def _drop(self) -> None:
+        if self.client:
+            self.client.close()
+            self.client = None
+
+    def on_stop(self) -> None:
+        self._drop()
+
+
+class MailDelivery(User):
+    """New mail arriving over LMTP at the scenario's rate (senders share it), to mailboxes of the
+    user kinds in delivery.to. Each message carries a unique X-Mailharness-Id and its send time.
+    """
+
+    role = "delivery"
+    fixed_count = 1
+    _ids = count(1)
+
+    def on_start(self) -> None:
+        self.run = run_of(self.environment)
+        spec = self.run.scenario.delivery
+        self.roles = list(spec.to)
+        self.role_weights = list(spec.to.values())
+        self.factory = DeliveryFactory(spec.size_mix)
+        self.prefix = secrets.token_hex(5)  # unique across processes and machines
+        self.client: LmtpClient | None = None
+        self._fire = self.environment.events.request.fire
+
+    def report(self, name: str, response_time: float, response_length: int, exception: BaseException | None) -> None:
+        self._fire(request_type="LMTP", name=name, response_time=response_time,
+                   response_length=response_length, exception=exception, context={})
+
+    @task
+    def deliver(self) -> None:
+        role = random.choices(self.roles, self.role_weights)[0]
+        account = random.choice(self.run.plan.pools[role])
+        message_id = f"{self.prefix}-{next(self._ids)}"
+        ledger = self.run.ledger
+        try:
+            if self.client is None:
+                target = self.run.target
+                self.client = LmtpClient(target.delivery, timeout=self.run.timeout, ca_file=target.ca_file, report=self.report)
+                self.client.connect()
+            if ledger:
+                ledger.sending(message_id, account.user, role)
+            message = dot_stuff(self.factory.message(message_id, time.time()))
+            results = self.client.deliver([account.user], message)
+            if ledger and results.get(account.user) is None:
+                ledger.delivered(message_id)
+        except NETWORK_ERRORS:
+            if self.client:
+                self.client.close()
+                self.client = None
+
+    def on_stop(self) -> None:
+        if self.client:
+            self.client.close()
+            self.client = None

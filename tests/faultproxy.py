@@ -1,0 +1,1208 @@
+"""A fault-injecting POP3/IMAP proxy: proof that the conformance suites can fail.
+
+``FaultProxy`` listens on 127.0.0.1 (an ephemeral port) in front of a real server and relays each
+client connection to its own upstream connection. It frames the protocol in both directions (POP3
+status lines and multi-line bodies; IMAP commands, responses and literals, synchronizing or not) so
+that one named fault from ``FAULTS`` can rewrite, drop or answer exactly the thing it breaks.
+Without a fault it is transparent: every byte goes through unchanged, and a client that drops
+its connection becomes a dropped connection upstream (the server never sees a QUIT or LOGOUT).
+
+    with FaultProxy(host, port, "pop3", "pop3-dele-ignored") as proxy:
+        poplib.POP3("127.0.0.1", proxy.port) ...
+
+    with proxied_target(target, imap_fault="imap-close-keeps-deleted") as t:
+        t.dump(path)            # the same Target, its pop3/imap endpoints pointing at proxies
+
+``proxy.fired`` lists what the fault did ("dropped * 3 EXISTS during IDLE"), so a test can tell
+"the fault never had a chance" from "the suite did not notice". Not for TLS endpoints: the proxy
+must read the protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import re
+import secrets
+import socket
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import NamedTuple, Self
+
+__all__ = ["FAULTS", "Fault", "FaultProxy", "FaultSpec", "proxied_target"]
+
+# A line that ends in a literal marker: {N} (synchronizing), {N+} (LITERAL+), ~{N} (literal8).
+LITERAL_AT_END = re.compile(rb"~?\{(\d+)(\+?)\}\r?\n\Z")
+DRAIN_WAIT = 2.0  # at most this long, a new connection waits for dropped ones to reach the server
+
+
+def _eol(line: bytes) -> bytes:
+    return b"\r\n" if line.endswith(b"\r\n") else b"\n" if line.endswith(b"\n") else b""
+
+
+def _chomp(line: bytes) -> bytes:
+    return line[: len(line) - len(_eol(line))]
+
+
+class _Reader:
+    """Buffered reads from a socket; a reset counts as end of stream (that is what a drop looks like)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+        self.eof = False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        try:
+            data = self.sock.recv(262144)
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def readline(self) -> bytes:
+        """One line with its line end; at the end of the stream what is left, then EOFError."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if i >= 0:
+                line = bytes(self.buf[: i + 1])
+                del self.buf[: i + 1]
+                return line
+            start = len(self.buf)
+            if not self._fill():
+                if self.buf:
+                    line = bytes(self.buf)
+                    self.buf.clear()
+                    return line
+                raise EOFError
+
+    def read_exact(self, n: int) -> bytes:
+        """n bytes, or fewer if the stream ends first."""
+        while len(self.buf) < n and self._fill():
+            pass
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands and responses as the faults see them
+
+
+@dataclasses.dataclass
+class Pop3Command:
+    verb: str  # upper case; "" for an empty line
+    args: list[str]
+    raw: bytes  # as the client sent it, line end included
+    local: bytes | None = None  # the proxy's own answer, for a command it does not forward
+
+    @property
+    def multiline(self) -> bool:
+        """Does a +OK answer to this command carry a body (RFC 1939, 2449; Dovecot's bare AUTH)?"""
+        return self.verb in ("RETR", "TOP", "CAPA") or (self.verb in ("LIST", "UIDL", "AUTH") and not self.args)
+
+
+@dataclasses.dataclass
+class ImapCommand:
+    tag: bytes
+    name: str  # upper case, "UID FETCH" for UID commands
+    line: bytes  # the first line as the client sent it (up to the first literal), line end included
+    wire: bytearray = dataclasses.field(default_factory=bytearray)  # all of it as sent upstream, if small
+
+    def arguments(self, count: int) -> list[bytes | None]:
+        """The first `count` arguments as strings (quoted, atom or literal; None if not known).
+
+        Complete once the command has been sent (in imap_response); in imap_command only the first line is."""
+        skip = 3 if self.name.startswith("UID ") else 2
+        parts = bytes(self.wire or self.line).split(b" ", skip)
+        return _astrings(parts[skip] if len(parts) > skip else b"", count)
+
+    @property
+    def args(self) -> bytes:
+        """The first line after tag and command name, without its line end."""
+        words = _chomp(self.line).split(b" ", 3 if self.name.startswith("UID ") else 2)
+        return words[-1] if len(words) > (3 if self.name.startswith("UID ") else 2) else b""
+
+
+class Local(NamedTuple):
+    """A fault's verdict on a command: answer it here with `text`, never forward it."""
+
+    text: bytes
+
+
+@dataclasses.dataclass
+class ImapResponse:
+    """One IMAP response: [line, literal, line, literal, ..., line]; lines keep their line ends."""
+
+    segments: list[bytes]
+
+    @property
+    def line(self) -> bytes:
+        return self.segments[0]
+
+    @property
+    def kind(self) -> str:
+        """"+" (continuation), "*" (untagged) or "tagged"."""
+        return "+" if self.line.startswith(b"+") else "*" if self.line.startswith(b"* ") else "tagged"
+
+    @property
+    def tag(self) -> bytes:
+        return self.line.split(b" ", 1)[0]
+
+    @property
+    def untagged(self) -> tuple[int | None, str]:
+        """(number, KEYWORD) of an untagged response: (3, "EXISTS"), (None, "LIST")."""
+        words = _chomp(self.line).split(b" ", 3)
+        if len(words) < 2:
+            return None, ""
+        if words[1].isdigit() and len(words) > 2:
+            return int(words[1]), words[2].upper().decode("latin-1")
+        return None, words[1].upper().decode("latin-1")
+
+    @property
+    def status(self) -> str:
+        """OK / NO / BAD of a tagged response."""
+        words = self.line.split(b" ", 2)
+        return words[1].upper().decode("latin-1").strip() if len(words) > 1 else ""
+
+    def lines(self) -> Iterator[int]:
+        return iter(range(0, len(self.segments), 2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults
+
+
+class FaultSpec(NamedTuple):
+    protocol: str  # "pop3" or "imap"
+    area: str  # the suite area whose tests must catch it
+    description: str
+    implementation: type[Fault]
+
+
+FAULTS: dict[str, FaultSpec] = {}
+
+
+def _register(name: str, protocol: str, area: str, description: str) -> Callable[[type[Fault]], type[Fault]]:
+    def deco(cls: type[Fault]) -> type[Fault]:
+        if name in FAULTS:
+            raise ValueError(f"fault {name} registered twice")
+        cls.name = name
+        FAULTS[name] = FaultSpec(protocol, area, description, cls)
+        return cls
+
+    return deco
+
+
+class Fault:
+    """The transparent proxy; each fault overrides the hooks it needs.
+
+    One instance per proxy: attributes set in __init__ are shared by all its connections
+    (guard them with self.lock); per-connection state lives in `conn.state`.
+    """
+
+    name: str | None = None
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    # POP3 ----------------------------------------------------------------------------------------
+    def pop3_command(self, conn: Pop3Conn, cmd: Pop3Command) -> bytes | Local:
+        """What to send upstream for `cmd` (normally cmd.raw), or Local(answer)."""
+        return cmd.raw
+
+    def pop3_response(self, conn: Pop3Conn, cmd: Pop3Command | None, status: bytes,
+                      body: list[bytes] | None) -> tuple[bytes, list[bytes] | None]:
+        """The status line and body lines (still dot-stuffed, terminator excluded) to pass on."""
+        return status, body
+
+    def pop3_client_dropped(self, conn: Pop3Conn) -> bytes | None:
+        """Bytes to send upstream when the client drops without QUIT; None: drop upstream too."""
+        return None
+
+    # IMAP ----------------------------------------------------------------------------------------
+    def imap_command(self, conn: ImapConn, cmd: ImapCommand) -> Local | None:
+        """Local(b"OK ...") to answer the command here (tag added, literals swallowed); None to forward."""
+        return None
+
+    def imap_client_line(self, conn: ImapConn, cmd: ImapCommand, line: bytes, first: bool) -> bytes:
+        """A line of a forwarded command (literal markers and data are not to be touched)."""
+        return line
+
+    def imap_response(self, conn: ImapConn, cmd: ImapCommand | None, resp: ImapResponse) -> ImapResponse | None:
+        """The response to pass on, or None to drop it. `cmd` is set for tagged responses;
+        for untagged ones, conn.pending_names() says which commands are in progress."""
+        return resp
+
+
+# -- POP3 ---------------------------------------------------------------------------------------------
+
+
+@_register("pop3-dele-ignored", "pop3", "deletion", "DELE is answered +OK by the proxy and never reaches the server")
+class Pop3DeleIgnored(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "DELE" and conn.authenticated:
+            conn.fire(f"swallowed DELE {' '.join(cmd.args)}")
+            return Local(b"+OK Marked to be deleted.\r\n")
+        return cmd.raw
+
+
+@_register("pop3-rset-ignored", "pop3", "deletion", "RSET is answered +OK by the proxy and never reaches the server")
+class Pop3RsetIgnored(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "RSET" and conn.authenticated:
+            conn.fire("swallowed RSET")
+            return Local(b"+OK\r\n")
+        return cmd.raw
+
+
+@_register("pop3-drop-commits", "pop3", "deletion",
+           "a client that drops the connection without QUIT gets a QUIT sent for it, so DELE marks commit")
+class Pop3DropCommits(Fault):
+    def pop3_client_dropped(self, conn):
+        if conn.authenticated:
+            conn.fire("sent QUIT for a dropped client")
+            return b"QUIT\r\n"
+        return None
+
+
+@_register("pop3-stat-counts-deleted", "pop3", "deletion",
+           "STAT and LIST still count messages marked by DELE in this session")
+class Pop3StatCountsDeleted(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        st = conn.state
+        marks: set[int] = st.setdefault("marks", set())
+        sizes: dict[int, int] = st.setdefault("sizes", {})
+        if cmd is None:
+            return status, body
+        ok = status.startswith(b"+OK")
+        args = cmd.args
+
+        def size(n: int) -> int:
+            return sizes.get(n, st.get("avg", 1024))
+
+        if cmd.verb == "DELE" and ok and args and args[0].isdigit():
+            marks.add(int(args[0]))
+        elif cmd.verb == "RSET" and ok:
+            marks.clear()
+        elif cmd.verb == "RETR" and ok and args and args[0].isdigit():
+            m = re.match(rb"\+OK (\d+)", status)
+            if m:
+                sizes[int(args[0])] = int(m[1])
+        elif cmd.verb == "STAT" and ok:
+            m = re.match(rb"\+OK (\d+) (\d+)(.*)$", _chomp(status), re.DOTALL)
+            if m:
+                count, octets = int(m[1]), int(m[2])
+                if count and not marks:
+                    st["avg"] = octets // count
+                if marks:
+                    conn.fire(f"STAT counts {len(marks)} marked message(s)")
+                    status = b"+OK %d %d%s%s" % (count + len(marks), octets + sum(size(n) for n in marks),
+                                                 m[3], _eol(status))
+        elif cmd.verb == "LIST" and not args and ok and body is not None:
+            listed = {}
+            for line in body:
+                words = line.split()
+                if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+                    listed[int(words[0])] = line
+                    sizes[int(words[0])] = int(words[1])
+            if marks - listed.keys():
+                conn.fire(f"LIST shows marked message(s) {sorted(marks - listed.keys())}")
+                for n in marks - listed.keys():
+                    listed[n] = b"%d %d\r\n" % (n, size(n))
+                body = [listed[n] for n in sorted(listed)]
+        elif cmd.verb == "LIST" and args and args[0].isdigit():
+            n = int(args[0])
+            if ok:
+                words = status.split()
+                if len(words) >= 3 and words[2].isdigit():
+                    sizes[n] = int(words[2])
+            elif n in marks:
+                conn.fire(f"LIST {n} answered for a marked message")
+                status = b"+OK %d %d\r\n" % (n, size(n))
+        return status, body
+
+
+def _rewrite_uidl(cmd: Pop3Command | None, status: bytes, body: list[bytes] | None,
+                  new: Callable[[bytes], bytes]) -> tuple[bytes, list[bytes] | None, bool]:
+    """Apply `new` to each unique-id in a UIDL answer; returns status, body, changed."""
+    if cmd is None or cmd.verb != "UIDL" or not status.startswith(b"+OK"):
+        return status, body, False
+    if body is not None:
+        out = []
+        for line in body:
+            words = _chomp(line).split(b" ")
+            if len(words) >= 2:
+                line = b"%s %s%s" % (words[0], new(words[1]), _eol(line))
+            out.append(line)
+        return status, out, out != body
+    words = _chomp(status).split(b" ")
+    if len(words) >= 3:
+        return b"+OK %s %s%s" % (words[1], new(words[2]), _eol(status)), body, True
+    return status, body, False
+
+
+@_register("pop3-uidl-unstable", "pop3", "leave-on-server",
+           "every UIDL unique-id gets a random suffix that differs from connection to connection")
+class Pop3UidlUnstable(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        suffix = conn.state.setdefault("suffix", b"-" + secrets.token_hex(3).encode())
+        status, body, changed = _rewrite_uidl(cmd, status, body, lambda uid: uid + suffix)
+        if changed:
+            conn.fire("UIDL ids suffixed " + suffix.decode())
+        return status, body
+
+
+@_register("pop3-uidl-duplicate", "pop3", "leave-on-server", "every UIDL unique-id is the same string")
+class Pop3UidlDuplicate(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        status, body, changed = _rewrite_uidl(cmd, status, body, lambda uid: b"same-uidl-for-all")
+        if changed:
+            conn.fire("UIDL ids made identical")
+        return status, body
+
+
+@_register("pop3-dot-unstuffed", "pop3", "retrieval",
+           "multi-line responses lose the server's dot-stuffing (a line '..x' goes out as '.x')")
+class Pop3DotUnstuffed(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if body is None:
+            return status, body
+        out = []
+        for line in body:
+            # a lone "." would end the response early and desynchronise the whole session: keep those
+            if line.startswith(b"..") and _chomp(line) != b"..":
+                conn.fire(f"unstuffed {_chomp(line)[:30]!r}")
+                line = line[1:]
+            out.append(line)
+        return status, out
+
+
+@_register("pop3-top-ignores-lines", "pop3", "partial-fetch", "TOP n k is sent to the server as TOP n 0")
+class Pop3TopIgnoresLines(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "TOP" and len(cmd.args) == 2 and cmd.args[1] != "0":
+            conn.fire(f"TOP {cmd.args[0]} {cmd.args[1]} sent as TOP {cmd.args[0]} 0")
+            return b"TOP %s 0%s" % (cmd.args[0].encode(), _eol(cmd.raw))
+        return cmd.raw
+
+
+@_register("pop3-retr-truncated", "pop3", "retrieval", "the last line of every RETR response is dropped")
+class Pop3RetrTruncated(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "RETR" and body:
+            conn.fire(f"dropped last line {_chomp(body[-1])[:30]!r} of RETR")
+            body = body[:-1]
+        return status, body
+
+
+@_register("pop3-bad-pass-accepted", "pop3", "auth", "a PASS the server rejects is answered +OK")
+class Pop3BadPassAccepted(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "PASS" and status.startswith(b"-ERR"):
+            conn.fire("PASS -ERR turned into +OK")
+            status = b"+OK Logged in.\r\n"
+        return status, body
+
+
+# -- IMAP ---------------------------------------------------------------------------------------------
+
+_LITERAL_ARG = re.compile(rb"~?\{(\d+)\+?\}\r?\n")
+WIRE_KEPT = 65536  # bytes of a command kept for parsing its arguments later
+
+
+def _astrings(data: bytes, count: int) -> list[bytes | None]:
+    """The first `count` astrings/atoms/lists of `data`; None for one sent as a literal (and all after it)."""
+    out: list[bytes | None] = []
+    i, n = 0, len(data)
+    while len(out) < count:
+        while i < n and data[i:i + 1] == b" ":
+            i += 1
+        if i >= n:
+            break
+        c = data[i:i + 1]
+        if c == b'"':
+            i += 1
+            buf = bytearray()
+            while i < n and data[i:i + 1] != b'"':
+                if data[i:i + 1] == b"\\" and i + 1 < n:
+                    i += 1
+                buf += data[i:i + 1]
+                i += 1
+            out.append(bytes(buf))
+            i += 1
+        elif c in (b"{", b"~"):
+            m = _LITERAL_ARG.match(data, i)
+            if not m or m.end() + int(m[1]) > n:
+                out.extend([None] * (count - len(out)))
+                break
+            i = m.end() + int(m[1])
+            out.append(data[m.end():i])
+        elif c == b"(":
+            depth, start = 0, i
+            while i < n:
+                depth += {b"(": 1, b")": -1}.get(data[i:i + 1], 0)
+                i += 1
+                if depth == 0:
+                    break
+            out.append(data[start:i])
+        else:
+            start = i
+            while i < n and data[i:i + 1] not in (b" ", b"\r", b"\n"):
+                i += 1
+            out.append(data[start:i])
+    return out
+
+
+def _mailbox_key(conn: ImapConn, name: bytes) -> tuple[bytes | None, bytes]:
+    name = name.rstrip(b"/")
+    return conn.user, b"INBOX" if name.upper() == b"INBOX" else name
+
+
+def _list_name(resp: ImapResponse) -> bytes | None:
+    """The mailbox name of `* LIST (flags) "/" name` (also LSUB), literal or not."""
+    m = re.match(rb"\* (?:LIST|LSUB) \((?:[^()]*)\) (?:NIL|\"(?:[^\"\\]|\\.)*\") ?(.*)$", _chomp(resp.line), re.IGNORECASE)
+    if not m:
+        return None
+    if len(resp.segments) > 1 and LITERAL_AT_END.search(resp.line):
+        return resp.segments[1]
+    names = _astrings(m[1], 1)
+    return names[0] if names else None
+
+
+def _pending_any(conn: ImapConn, names: set[str]) -> bool:
+    return bool(names & set(conn.pending_names()))
+
+
+@_register("imap-idle-no-exists", "imap", "notification", "untagged EXISTS is dropped while the client is in IDLE")
+class ImapIdleNoExists(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] == "EXISTS" and "IDLE" in conn.pending_names():
+            conn.fire(f"dropped {_chomp(resp.line).decode('latin-1')} during IDLE")
+            return None
+        return resp
+
+
+_EXPUNGING = {"EXPUNGE", "UID EXPUNGE", "CLOSE", "MOVE", "UID MOVE"}
+
+
+@_register("imap-no-expunge-notify", "imap", "notification",
+           "untagged EXPUNGE (and VANISHED) is dropped unless this connection's own EXPUNGE/CLOSE/MOVE is running")
+class ImapNoExpungeNotify(Fault):
+    def imap_response(self, conn, cmd, resp):
+        word = resp.untagged[1]
+        announces = word == "EXPUNGE" or (word == "VANISHED" and b"(EARLIER)" not in resp.line.upper())
+        if resp.kind == "*" and announces and not _pending_any(conn, _EXPUNGING):
+            conn.fire(f"dropped {_chomp(resp.line).decode('latin-1')} (not our expunge)")
+            return None
+        return resp
+
+
+_OWN_FLAGS = {"FETCH", "UID FETCH", "STORE", "UID STORE"}
+
+
+@_register("imap-no-flag-notify", "imap", "notification",
+           "unsolicited FETCH (FLAGS ...) is dropped unless this connection's own FETCH/STORE is running")
+class ImapNoFlagNotify(Fault):
+    def imap_response(self, conn, cmd, resp):
+        unsolicited = not _pending_any(conn, _OWN_FLAGS)
+        if resp.kind == "*" and resp.untagged[1] == "FETCH" and b"FLAGS" in resp.line.upper() and unsolicited:
+            conn.fire(f"dropped {_chomp(resp.line).decode('latin-1')} (unsolicited)")
+            return None
+        return resp
+
+
+_FETCHES = {"FETCH", "UID FETCH"}
+
+
+@_register("imap-peek-sets-seen", "imap", "partial-fetch", "BODY.PEEK[...] (and BINARY.PEEK) is sent as BODY[...]")
+class ImapPeekSetsSeen(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name in _FETCHES:
+            new = re.sub(rb"(?i)\b(BODY|BINARY)\.PEEK\[", rb"\1[", line)
+            if new != line:
+                conn.fire("BODY.PEEK sent as BODY")
+                return new
+        return line
+
+
+@_register("imap-partial-ignored", "imap", "partial-fetch", "<offset.length> partial specifiers are stripped from FETCH")
+class ImapPartialIgnored(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name in _FETCHES:
+            new = re.sub(rb"\]<\d+\.\d+>", b"]", line)
+            if new != line:
+                conn.fire("partial specifier stripped")
+                return new
+        return line
+
+
+@_register("imap-list-hides-new", "imap", "folders",
+           "LIST/LSUB leave out mailboxes another connection through this proxy created or renamed to")
+class ImapListHidesNew(Fault):
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: dict[tuple[bytes | None, bytes], int] = {}  # (user, mailbox) -> connection id
+
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and resp.status == "OK" and cmd.name in ("CREATE", "RENAME"):
+            names = cmd.arguments(2)
+            name = names[0] if cmd.name == "CREATE" else (names[1] if len(names) > 1 else None)
+            if name is not None:
+                with self.lock:
+                    self.made[_mailbox_key(conn, name)] = conn.id
+        elif resp.kind == "*" and resp.untagged[1] in ("LIST", "LSUB"):
+            name = _list_name(resp)
+            if name is not None:
+                with self.lock:
+                    maker = self.made.get(_mailbox_key(conn, name))
+                if maker is not None and maker != conn.id:
+                    conn.fire(f"hid {name!r} from LIST")
+                    return None
+        return resp
+
+
+@_register("imap-expunge-ignored", "imap", "deletion",
+           "EXPUNGE (and UID EXPUNGE) is answered OK by the proxy and never reaches the server")
+class ImapExpungeIgnored(Fault):
+    def imap_command(self, conn, cmd):
+        if cmd.name in ("EXPUNGE", "UID EXPUNGE"):
+            conn.fire(f"swallowed {cmd.name}")
+            return Local(b"OK Expunge completed.")
+        return None
+
+
+@_register("imap-close-keeps-deleted", "imap", "deletion", "CLOSE is sent to the server as UNSELECT (no expunge)")
+class ImapCloseKeepsDeleted(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if first and cmd.name == "CLOSE":
+            conn.fire("CLOSE sent as UNSELECT")
+            return b"%s UNSELECT%s" % (cmd.tag, _eol(line))
+        return line
+
+
+@_register("imap-uidvalidity-changes", "imap", "uid",
+           "UIDVALIDITY (and APPENDUID/COPYUID validity) differs on every connection")
+class ImapUidvalidityChanges(Fault):
+    PATTERN = re.compile(rb"(?i)((?:UIDVALIDITY|\[APPENDUID|\[COPYUID) )(\d+)")
+
+    def imap_response(self, conn, cmd, resp):
+        offset = conn.state.setdefault("offset", 1 + secrets.randbelow(1 << 30))
+        segs = list(resp.segments)
+        for i in resp.lines():
+            segs[i] = self.PATTERN.sub(lambda m: m[1] + b"%d" % ((int(m[2]) + offset - 1) % 0xFFFFFFFF + 1), segs[i])
+        if segs != resp.segments:
+            conn.fire(f"UIDVALIDITY shifted by {offset}")
+            return ImapResponse(segs)
+        return resp
+
+
+@_register("imap-search-misses", "imap", "search", "untagged SEARCH responses lose their last number")
+class ImapSearchMisses(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] == "SEARCH":
+            m = re.match(rb"(\* SEARCH)((?: \d+)*)(.*)$", _chomp(resp.line), re.IGNORECASE | re.DOTALL)
+            if m and m[2]:
+                nums = m[2].split()
+                conn.fire(f"dropped {nums[-1].decode()} from SEARCH")
+                return ImapResponse([m[1] + b"".join(b" " + n for n in nums[:-1]) + m[3] + _eol(resp.line)])
+        return resp
+
+
+@_register("imap-rename-ignored", "imap", "folders", "RENAME is answered OK by the proxy and never reaches the server")
+class ImapRenameIgnored(Fault):
+    def imap_command(self, conn, cmd):
+        if cmd.name == "RENAME":
+            conn.fire("swallowed RENAME")
+            return Local(b"OK Rename completed.")
+        return None
+
+
+@_register("imap-fetch-corrupt", "imap", "retrieval",
+           "one byte in the middle of every literal in a FETCH response is changed (length kept)")
+class ImapFetchCorrupt(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind != "*" or resp.untagged[1] != "FETCH" or len(resp.segments) < 3:
+            return resp
+        segs = list(resp.segments)
+        for i in range(1, len(segs), 2):
+            data = bytearray(segs[i])
+            if not data:
+                continue
+            mid = len(data) // 2
+            # the alphanumeric byte nearest the middle, so line structure stays intact; else the middle one
+            window = range(max(0, mid - 100), min(len(data), mid + 100))
+            pos = min((j for j in window if chr(data[j]).isalnum()), key=lambda j: abs(j - mid), default=mid)
+            c = data[pos]
+            data[pos] = ord(chr(c).swapcase()) if chr(c).isalpha() else (48 + (c - 47) % 10 if chr(c).isdigit() else c ^ 1)
+            segs[i] = bytes(data)
+            conn.fire(f"changed byte {pos} of a {len(data)}-byte literal")
+        return ImapResponse(segs)
+
+
+@_register("imap-overquota-accepted", "imap", "quota",
+           "APPEND/COPY/MOVE refused with NO [OVERQUOTA] is reported as OK")
+class ImapOverquotaAccepted(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if (resp.kind == "tagged" and cmd is not None and resp.status == "NO"
+                and cmd.name in ("APPEND", "COPY", "UID COPY", "MOVE", "UID MOVE")
+                and (b"OVERQUOTA" in resp.line.upper() or b"QUOTA" in resp.line.upper())):
+            conn.fire(f"{cmd.name} NO [OVERQUOTA] turned into OK")
+            return ImapResponse([b"%s OK %s completed.\r\n" % (resp.tag, cmd.name.title().encode())])
+        return resp
+
+
+@_register("imap-sent-invisible", "imap", "sent",
+           "APPEND to the Sent mailbox is answered OK by the proxy; the message is thrown away")
+class ImapSentInvisible(Fault):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_names = {b"SENT", b"SENT ITEMS", b"SENT MESSAGES"}  # upper case; \Sent names from LIST join
+
+    def imap_command(self, conn, cmd):
+        if cmd.name == "APPEND":
+            name = cmd.arguments(1)
+            with self.lock:
+                sent = bool(name) and name[0] is not None and name[0].rstrip(b"/").upper() in self.sent_names
+            if sent:
+                conn.fire(f"threw away an APPEND to {name[0]!r}")
+                return Local(b"OK Append completed.")
+        return None
+
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] in ("LIST", "XLIST") and b"\\SENT" in resp.line.upper():
+            name = _list_name(resp)
+            if name is not None:
+                with self.lock:
+                    self.sent_names.add(name.upper())
+        return resp
+
+
+@_register("imap-move-copies", "imap", "copy-move", "MOVE is sent to the server as COPY (the source message stays)")
+class ImapMoveCopies(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if first and cmd.name in ("MOVE", "UID MOVE"):
+            conn.fire(f"{cmd.name} sent as COPY")
+            return re.sub(rb"(?i)^(\S+ (?:UID )?)MOVE", rb"\1COPY", line, count=1)
+        return line
+
+
+@_register("imap-store-ignored", "imap", "flags", "STORE is answered OK by the proxy and never reaches the server")
+class ImapStoreIgnored(Fault):
+    def imap_command(self, conn, cmd):
+        if cmd.name in ("STORE", "UID STORE"):
+            conn.fire(f"swallowed {cmd.name}")
+            return Local(b"OK Store completed.")
+        return None
+
+
+@_register("imap-bad-login-accepted", "imap", "auth", "a LOGIN or AUTHENTICATE the server refuses is answered OK")
+class ImapBadLoginAccepted(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and cmd.name in ("LOGIN", "AUTHENTICATE") and resp.status == "NO":
+            conn.fire(f"{cmd.name} NO turned into OK")
+            return ImapResponse([b"%s OK Logged in\r\n" % resp.tag])
+        return resp
+
+
+# ---------------------------------------------------------------------------------------------------
+# Connections
+
+
+class _Conn:
+    """One client connection and its upstream connection; two pumps, one per direction."""
+
+    def __init__(self, proxy: FaultProxy, conn_id: int, client: socket.socket, server: socket.socket):
+        self.proxy, self.id = proxy, conn_id
+        self.fault = proxy.fault
+        self.client, self.server = client, server
+        self.creader, self.sreader = _Reader(client), _Reader(server)
+        self.lock = threading.RLock()  # guards the state below and every write to the client
+        self.state: dict = {}  # per-connection state of the fault
+        self.client_gone = False
+        self.server_gone = False
+
+    # plumbing --------------------------------------------------------------------------------
+    def fire(self, what: str) -> None:
+        self.proxy._fired(f"conn {self.id}: {what}")
+
+    def write_client(self, data: bytes) -> None:
+        if not data:
+            return
+        with self.lock:
+            if self.client_gone:
+                return
+            try:
+                self.client.sendall(data)
+            except OSError:
+                self.client_gone = True
+
+    def write_server(self, data: bytes) -> None:
+        if not data or self.server_gone:
+            return
+        try:
+            self.server.sendall(data)
+        except OSError:
+            self.server_gone = True
+
+    def run(self) -> None:
+        s2c = threading.Thread(target=self._guard, args=(self.server_loop, "server->client"), daemon=True,
+                               name=f"faultproxy-{self.proxy.protocol}-{self.id}-s2c")
+        s2c.start()
+        self._guard(self.client_loop, "client->server")
+        # the client has gone (or was cut off because the server went): let the server side finish
+        with self.proxy._cond:
+            self.proxy._draining.add(self.id)
+        self.client_dropped()
+        s2c.join(DRAIN_WAIT + 3)
+        self.abort()
+
+    def _guard(self, loop: Callable[[], None], where: str) -> None:
+        try:
+            loop()
+        except (EOFError, OSError):
+            pass
+        except Exception:  # noqa: BLE001 - a bug in the proxy or a fault: record it, cut the connection
+            self.proxy.errors.append(f"conn {self.id} {where}:\n{traceback.format_exc()}")
+            self.abort()
+
+    def client_dropped(self) -> None:
+        """The client closed (or reset) its side: close the upstream side so the server sees a drop."""
+        _shutdown(self.server, socket.SHUT_WR)
+
+    def server_closed(self) -> None:
+        """The server closed: pass that on, and stop reading the client."""
+        self.server_gone = True
+        _shutdown(self.client, socket.SHUT_RDWR)
+
+    def abort(self) -> None:
+        for s in (self.client, self.server):
+            _shutdown(s, socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for s in (self.client, self.server):
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(how)
+
+
+class Pop3Conn(_Conn):
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.pending: deque[Pop3Command] = deque()  # sent (or answered locally), response not yet passed on
+        self.sasl_line_due = False  # the server asked "+ " during AUTH: the client's next line is SASL data
+        self.authenticated = False
+        self.quit_sent = False
+
+    def client_loop(self) -> None:
+        while True:
+            line = self.creader.readline()
+            with self.lock:
+                sasl, self.sasl_line_due = self.sasl_line_due, False
+            if sasl:
+                self.write_server(line)
+                continue
+            words = line.decode("latin-1").split()
+            cmd = Pop3Command(words[0].upper() if words else "", words[1:], line)
+            out = self.fault.pop3_command(self, cmd)
+            if isinstance(out, Local):
+                cmd.local = out.text
+                with self.lock:  # answered in turn: after the answers still due from the server
+                    if self.pending:
+                        self.pending.append(cmd)
+                    else:
+                        self.write_client(out.text)
+                continue
+            with self.lock:
+                self.pending.append(cmd)
+                if cmd.verb == "QUIT":
+                    self.quit_sent = True
+            self.write_server(out)
+
+    def client_dropped(self) -> None:
+        with self.lock:
+            quit_line = None if self.quit_sent or self.server_gone else self.fault.pop3_client_dropped(self)
+            if quit_line:
+                self.pending.append(Pop3Command("QUIT", [], quit_line))
+                self.quit_sent = True
+        if quit_line:
+            self.write_server(quit_line)  # the server answers and closes; no half-close before that
+        else:
+            _shutdown(self.server, socket.SHUT_WR)
+
+    def server_loop(self) -> None:
+        try:
+            self.write_client(self.fault.pop3_response(self, None, self.sreader.readline(), None)[0])  # greeting
+            while True:
+                self._one_response()
+        finally:
+            self.server_closed()
+
+    def _one_response(self) -> None:
+        line = self.sreader.readline()
+        with self.lock:
+            cmd = self.pending[0] if self.pending else None
+        if cmd is not None and cmd.verb == "AUTH" and (line.startswith(b"+ ") or _chomp(line) == b"+"):
+            with self.lock:
+                self.sasl_line_due = True
+                self.write_client(line)
+            return
+        body: list[bytes] | None = None
+        end = b""
+        if cmd is not None and cmd.multiline and line.startswith(b"+OK") and _eol(line):
+            body = []
+            try:
+                while True:
+                    part = self.sreader.readline()
+                    if _chomp(part) == b"." and _eol(part):
+                        end = part
+                        break
+                    body.append(part)
+            except EOFError:
+                pass  # cut short: pass on what came, then the close
+        status, body = self.fault.pop3_response(self, cmd, line, body)
+        with self.lock:
+            if cmd is not None:
+                self.pending.popleft()
+                if cmd.verb in ("PASS", "APOP", "AUTH") and line.startswith(b"+OK") and (cmd.args or cmd.verb != "AUTH"):
+                    self.authenticated = True
+            self.write_client(status + b"".join(body or ()) + end)
+            while self.pending and self.pending[0].local is not None:
+                self.write_client(self.pending.popleft().local)
+        if body is not None and not end:
+            raise EOFError
+
+
+class ImapConn(_Conn):
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.pending: dict[bytes, ImapCommand] = {}  # tag -> command sent, not completed
+        self.idle_tag: bytes | None = None  # IDLE in progress and DONE not yet sent
+        self.sasl_tag: bytes | None = None
+        self.sasl_line_due = False
+        self.literal_cv = threading.Condition(self.lock)
+        self.literal_tag: bytes | None = None  # a synchronizing literal of this command waits for "+"
+        self.literal_go: bool | None = None
+        self.user: bytes | None = None
+
+    def pending_names(self) -> list[str]:
+        with self.lock:
+            return [c.name for c in self.pending.values()]
+
+    def client_loop(self) -> None:
+        while True:
+            line = self.creader.readline()
+            with self.lock:
+                sasl, self.sasl_line_due = self.sasl_line_due, False
+                done = self.idle_tag is not None
+                self.idle_tag = None
+            if sasl:
+                self._note_sasl_user(line)
+                self.write_server(line)
+                continue
+            if done:  # the DONE that ends IDLE
+                self.write_server(line)
+                continue
+            cmd = _parse_command(line)
+            local = self.fault.imap_command(self, cmd) if cmd.tag else None
+            if local is not None:
+                self._answer_locally(cmd, line, local.text)
+                continue
+            if cmd.name == "AUTHENTICATE":
+                words = cmd.args.split()
+                if len(words) == 2:
+                    self._note_sasl_user(words[1])
+            with self.lock:
+                if cmd.tag:
+                    self.pending[cmd.tag] = cmd
+                if cmd.name == "IDLE":
+                    self.idle_tag = cmd.tag
+                elif cmd.name == "AUTHENTICATE":
+                    self.sasl_tag = cmd.tag
+            self._forward(cmd, line)
+            if cmd.name == "LOGIN":
+                self.user = cmd.arguments(1)[0] if cmd.arguments(1) else None
+
+    def _forward(self, cmd: ImapCommand, line: bytes) -> None:
+        first = True
+        while True:
+            line = self.fault.imap_client_line(self, cmd, line, first)
+            first = False
+            self._keep(cmd, line)
+            m = LITERAL_AT_END.search(line)
+            sync = bool(m) and not m[2]
+            if sync:
+                with self.lock:
+                    self.literal_tag, self.literal_go = cmd.tag, None
+            self.write_server(line)
+            if not m:
+                return
+            if sync:
+                with self.literal_cv:
+                    while self.literal_go is None:
+                        self.literal_cv.wait()
+                    go, self.literal_tag, self.literal_go = self.literal_go, None, None
+                if not go:  # the server answered the command instead: the client sends no literal
+                    return
+            data = self.creader.read_exact(int(m[1]))
+            self._keep(cmd, data)
+            self.write_server(data)
+            line = self.creader.readline()
+
+    @staticmethod
+    def _keep(cmd: ImapCommand, data: bytes) -> None:
+        cmd.wire += data[: max(0, WIRE_KEPT - len(cmd.wire))]  # a cut-off literal parses as unknown
+
+    def _answer_locally(self, cmd: ImapCommand, line: bytes, text: bytes) -> None:
+        while True:
+            m = LITERAL_AT_END.search(line)
+            if not m:
+                break
+            if not m[2]:
+                self.write_client(b"+ OK\r\n")
+            self.creader.read_exact(int(m[1]))
+            line = self.creader.readline()
+        self.write_client(b"%s %s\r\n" % (cmd.tag, text))
+
+    def _note_sasl_user(self, line: bytes) -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            parts = base64.b64decode(_chomp(line), validate=True).split(b"\0")
+            if len(parts) == 3:
+                self.user = parts[1]
+
+    def server_loop(self) -> None:
+        try:
+            while True:
+                segs = [self.sreader.readline()]
+                complete = True
+                while complete and (m := LITERAL_AT_END.search(segs[-1])):
+                    data = self.sreader.read_exact(int(m[1]))
+                    segs.append(data)
+                    try:
+                        segs.append(self.sreader.readline())
+                    except EOFError:
+                        segs.append(b"")
+                        complete = False
+                    complete = complete and len(data) == int(m[1])
+                self._one_response(ImapResponse(segs))
+                if not complete:
+                    return
+        finally:
+            with self.literal_cv:
+                self.server_gone = True
+                if self.literal_tag is not None and self.literal_go is None:
+                    self.literal_go = False
+                self.literal_cv.notify_all()
+            self.server_closed()
+
+    def _one_response(self, resp: ImapResponse) -> None:
+        kind = resp.kind
+        cmd = None
+        if kind == "tagged":
+            with self.lock:
+                cmd = self.pending.get(resp.tag)
+        out = self.fault.imap_response(self, cmd, resp)
+        with self.lock:
+            if kind == "+":
+                if self.literal_tag is not None and self.literal_go is None:
+                    self.literal_go = True
+                    self.literal_cv.notify_all()
+                elif self.sasl_tag is not None:
+                    self.sasl_line_due = True
+            elif kind == "tagged":
+                self.pending.pop(resp.tag, None)
+                if resp.tag == self.literal_tag and self.literal_go is None:
+                    self.literal_go = False
+                    self.literal_cv.notify_all()
+                if resp.tag == self.idle_tag:
+                    self.idle_tag = None
+                if resp.tag == self.sasl_tag:
+                    self.sasl_tag, self.sasl_line_due = None, False
+            if out is not None:
+                self.write_client(b"".join(out.segments))
+
+
+def _parse_command(line: bytes) -> ImapCommand:
+    words = _chomp(line).split(b" ", 3)
+    tag = words[0] if words and words[0] else b""
+    name = words[1].upper().decode("latin-1") if len(words) > 1 else ""
+    if name == "UID" and len(words) > 2:
+        name = "UID " + words[2].upper().decode("latin-1")
+    return ImapCommand(tag, name, line)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The proxy
+
+
+class FaultProxy:
+    """``FaultProxy(host, port, "pop3" | "imap", fault=None)``; ``.start()`` returns the local port."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, protocol: str, fault: str | None = None):
+        if protocol not in ("pop3", "imap"):
+            raise ValueError(f"protocol must be pop3 or imap, not {protocol!r}")
+        if fault is not None:
+            if fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
+            if FAULTS[fault].protocol != protocol:
+                raise ValueError(f"fault {fault} is for {FAULTS[fault].protocol}, this proxy speaks {protocol}")
+        self.upstream = (upstream_host, upstream_port)
+        self.protocol = protocol
+        self.fault_name = fault
+        self.fault: Fault = FAULTS[fault].implementation() if fault else Fault()
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.fired: list[str] = []  # what the fault did, in order
+        self.errors: list[str] = []  # tracebacks from inside the proxy: a test should see none
+        self.connections = 0  # accepted so far
+        self._cond = threading.Condition()
+        self._conns: dict[int, _Conn] = {}
+        self._draining: set[int] = set()  # client gone, upstream not yet closed
+        self._active = 0
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._ids = iter(range(1, 1 << 62))
+
+    def __repr__(self) -> str:
+        return (f"FaultProxy({self.protocol} 127.0.0.1:{self.port} -> {self.upstream[0]}:{self.upstream[1]}, "
+                f"fault={self.fault_name})")
+
+    # lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> int:
+        if self._listener is not None:
+            raise RuntimeError("already started")
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((self.host, 0))
+        self._listener.listen(256)
+        self.port = self._listener.getsockname()[1]
+        t = threading.Thread(target=self._accept_loop, daemon=True, name=f"faultproxy-{self.protocol}-accept")
+        t.start()
+        self._threads.append(t)
+        return self.port
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._listener is not None:
+            _shutdown(self._listener, socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        with self._cond:
+            conns = list(self._conns.values())
+        for conn in conns:
+            conn.abort()
+        for t in list(self._threads):
+            t.join(5)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until every connection so far has closed on both sides (e.g. after a drop)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._active == 0, timeout)
+
+    # internals ----------------------------------------------------------------------------------
+    def _fired(self, what: str) -> None:
+        with self._cond:
+            self.fired.append(what)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._stopping:
+                client.close()
+                return
+            with self._cond:
+                self._active += 1
+                self.connections += 1
+            t = threading.Thread(target=self._serve, args=(client,), daemon=True,
+                                 name=f"faultproxy-{self.protocol}-conn")
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        conn_id = next(self._ids)
+        try:
+            # a client that dropped a connection and reconnects must find the drop already done upstream
+            with self._cond:
+                self._cond.wait_for(lambda: not self._draining, DRAIN_WAIT)
+            try:
+                server = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                client.close()
+                return
+            server.settimeout(None)
+            for s in (client, server):
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = (Pop3Conn if self.protocol == "pop3" else ImapConn)(self, conn_id, client, server)
+            with self._cond:
+                self._conns[conn_id] = conn
+            if self._stopping:
+                conn.abort()
+            try:
+                conn.run()
+            finally:
+                conn.close()
+        finally:
+            with self._cond:
+                self._conns.pop(conn_id, None)
+                self._draining.discard(conn_id)
+                self._active -= 1
+                self._cond.notify_all()
+
+
+@contextlib.contextmanager
+def proxied_target(target, pop3_fault: str | None = None, imap_fault: str | None = None, *,
+                   fault: str | None = None):
+    """A copy of `target` whose POP3 and IMAP endpoints go through FaultProxy instances (LMTP/SMTP untouched).
+
+    `fault` picks pop3_fault or imap_fault by the fault's protocol. The proxies are in `.proxies`
+    ({"pop3": FaultProxy, "imap": FaultProxy}) of the Target yielded.
+    """
+    if fault is not None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}")
+        if FAULTS[fault].protocol == "pop3":
+            pop3_fault = fault
+        else:
+            imap_fault = fault
+    with contextlib.ExitStack() as stack:
+        changes, proxies = {}, {}
+        for proto, name in (("pop3", pop3_fault), ("imap", imap_fault)):
+            ep = getattr(target, proto)
+            if ep is None:
+                if name:
+                    raise ValueError(f"fault {name} needs a {proto} endpoint, and the target has none")
+                continue
+            if ep.tls or ep.starttls:
+                raise ValueError(f"{ep.url}: the fault proxy cannot read TLS; use a plain-text endpoint")
+            proxy = stack.enter_context(FaultProxy(ep.host, ep.port, proto, name))
+            changes[proto] = dataclasses.replace(ep, host=proxy.host, port=proxy.port)
+            proxies[proto] = proxy
+        faults = ", ".join(f for f in (pop3_fault, imap_fault) if f) or "transparent"
+        proxied = dataclasses.replace(target, name=f"{target.name} via fault proxy ({faults})", **changes)
+        proxied.proxies = proxies
+        yield proxied

@@ -1,0 +1,339 @@
+"""The suite engine end to end: YAML tests run against the real embedded Dovecot.
+
+Tests written to fail check that the failure says what was expected, what came,
+and where in the YAML; malformed files must name file, line and key.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.engine.model import load_suite
+from harness.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=300
+    )
+
+
+def write_suite(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+# -- malformed suites: file, line, key, no traceback ---------------------------------
+
+MALFORMED = [
+    ("unknown test key", """
+        tests:
+          - id: t.one
+            title: x
+            area: deletion
+            rfc: [RFC1939 §6]
+            sessions: {p: pop3}
+            stesp: []
+            steps: [{p: NOOP}]
+        """, ":7:", "unknown key 'stesp'"),
+    ("unknown area", """
+        tests:
+          - id: t.one
+            title: x
+            area: deleting
+            rfc: [RFC1939 §6]
+            sessions: {p: pop3}
+            steps: [{p: NOOP}]
+        """, ":4:", "area"),
+    ("step names a session the test lacks", """
+        tests:
+          - id: t.one
+            title: x
+            area: deletion
+            rfc: [RFC1939 §6]
+            sessions: {p: pop3}
+            steps:
+              - p: STAT
+              - q: STAT
+        """, ":9:", "'q' is neither a session of this test (p)"),
+    ("unknown corpus message", """
+        tests:
+          - id: t.one
+            title: x
+            area: deletion
+            rfc: [RFC1939 §6]
+            sessions: {p: pop3}
+            setup: {INBOX: [plian]}
+            steps: [{p: STAT}]
+        """, ":7:", "no corpus message named 'plian'"),
+    ("variable used before capture", """
+        tests:
+          - id: t.one
+            title: x
+            area: uid
+            rfc: [RFC3501 §2.3.1.1]
+            sessions: {a: imap}
+            steps:
+              - a: SELECT INBOX
+              - a: UID FETCH $uid FLAGS
+        """, ":9:", "$uid is used before any step captures it"),
+    ("IMAP check on a POP3 session", """
+        tests:
+          - id: t.one
+            title: x
+            area: deletion
+            rfc: [RFC1939 §6]
+            sessions: {p: pop3}
+            steps:
+              - p: STAT
+                untagged: ["* 1 EXISTS"]
+        """, ":9:", "untagged: only for IMAP sessions"),
+    ("YAML syntax", """
+        tests:
+          - id: t.one
+            title: [unclosed
+        """, ":", "YAML syntax error"),
+    ("duplicate id", """
+        tests:
+          - {id: t.one, title: x, area: deletion, rfc: [RFC1939 §6], sessions: {p: pop3}, steps: [{p: STAT}]}
+          - {id: t.one, title: y, area: deletion, rfc: [RFC1939 §6], sessions: {p: pop3}, steps: [{p: STAT}]}
+        """, ":3:", "duplicate test id 't.one' (first at line 2)"),
+    ("bad rfc reference", """
+        tests:
+          - {id: t.one, title: x, area: deletion, rfc: [rfc-1939], sessions: {p: pop3}, steps: [{p: STAT}]}
+        """, ":2:", "rfc"),
+]
+
+
+@pytest.mark.parametrize("label, text, line, fragment", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_suite_names_file_line_and_problem(tmp_path, label, text, line, fragment):
+    path = write_suite(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}{line}"), message
+    assert fragment in message, message
+
+
+def test_examples_validate():
+    specs = load_suite(ROOT / "examples" / "basics.yaml")
+    assert [s.protocol for s in specs] == ["pop3", "imap", "pop3+imap"]
+
+
+def test_malformed_suite_via_cli_exits_2_without_traceback(tmp_path, target_file):
+    path = write_suite(tmp_path, MALFORMED[2][1])
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(path), "--report-dir", str(tmp_path / "r"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"{path}:9:" in out
+    assert "Traceback" not in out
+
+
+# -- passing and failing runs -------------------------------------------------------
+
+def test_examples_pass_with_two_workers(tmp_path, target_file):
+    report = tmp_path / "report"
+    proc = run_cli("run", "--target", str(target_file), "--suite", "examples/", "-n", "2", "--report-dir", str(report))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((report / "results.json").read_text())
+    assert results["summary"]["passed"] == 3, results["summary"]
+    idle = next(t for t in results["tests"] if t["id"] == "example.imap.idle-sees-append")
+    assert 0 <= idle["metrics"]["notify_latency_s"] < 3
+    assert (report / "junit.xml").exists() and (report / "report.html").exists()
+    for test in results["tests"]:
+        assert "PASS " in test["transcript"] or "LOGIN" in test["transcript"]
+    password = next(iter(replace_target_passwords(target_file)))
+    for name in ("results.json", "junit.xml", "report.html"):
+        assert password not in (report / name).read_text(), name
+
+
+def replace_target_passwords(target_file: Path) -> set[str]:
+    from harness.targets.target_file import load_target
+
+    return load_target(target_file).passwords
+
+
+FAILING = """
+    tests:
+      - id: fail.count
+        title: wrong expected message count
+        area: deletion
+        rfc: [RFC1939 §5]
+        sessions: {p: pop3}
+        setup: {INBOX: [plain, plain-long]}
+        steps:
+          - p: STAT
+            expect: "+OK 3 $octets"
+            why: two messages were stored
+      - id: fail.untagged
+        title: missing untagged response
+        area: notification
+        rfc: [RFC3501 §7.3.1]
+        sessions: {a: imap}
+        setup: {INBOX: [plain]}
+        steps:
+          - a: SELECT INBOX
+            untagged: ["* 5 EXISTS"]
+      - id: fail.bytes
+        title: wrong bytes
+        area: partial-fetch
+        rfc: [RFC3501 §6.4.5]
+        sessions: {a: imap}
+        setup: {INBOX: [multipart-alternative]}
+        steps:
+          - a: SELECT INBOX
+          - a: FETCH 1 (BODY.PEEK[1])
+            fetch:
+              "BODY[1]": {message: multipart-alternative, section: "2"}
+      - id: fail.await
+        title: nothing arrives
+        area: notification
+        rfc: [RFC2177]
+        sessions: {a: imap}
+        steps:
+          - a: SELECT INBOX
+          - a: {idle: start}
+          - a: {await: ["* 1 EXISTS"], within: 0.5}
+      - id: pass.after.failures
+        title: the run goes on after failures
+        area: deletion
+        rfc: [RFC1939 §5]
+        sessions: {p: pop3}
+        steps:
+          - p: STAT
+            expect: "+OK 0 0"
+"""
+
+
+def test_failures_say_expected_got_and_where(tmp_path, target_file):
+    path = write_suite(tmp_path, FAILING)
+    report = tmp_path / "report"
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(path), "--report-dir", str(report))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    results = json.loads((report / "results.json").read_text())
+    by_id = {t["id"]: t for t in results["tests"]}
+    assert by_id["pass.after.failures"]["outcome"] == "passed"
+
+    count = by_id["fail.count"]
+    assert count["outcome"] == "failed"
+    assert count["failure"]["line"] == 9 and count["failure"]["step"] == "p: STAT"
+    assert count["failure"]["expected"] == "`+OK 3 $octets`"
+    assert count["failure"]["got"].startswith("+OK 2 ")
+    assert f"{path}:9" in count["message"] and "two messages were stored" in count["message"]
+
+    untagged = by_id["fail.untagged"]
+    assert "`* 5 EXISTS`" in untagged["failure"]["expected"]
+    assert "* 1 EXISTS" in untagged["failure"]["got"]
+
+    wrong = by_id["fail.bytes"]["failure"]
+    assert "multipart-alternative section 2" in wrong["expected"]
+    assert "first difference at offset" in wrong["got"]
+
+    waited = by_id["fail.await"]
+    assert "within 0.5 s" in waited["failure"]["expected"]
+    assert waited["duration_s"] < 5
+    # the terminal shows the failure with its location too
+    assert f"{path}:9" in proc.stdout
+
+
+# -- a hung or garbage-spewing server fails its test, not the run ---------------------
+
+class MisbehavingProxy:
+    """Forwards POP3 lines to the real server, but hangs on DELE and spews garbage on NOOP."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket):
+        server = socket.create_connection(self.upstream)
+        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+        buf = b""
+        try:
+            while chunk := client.recv(4096):
+                buf += chunk
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    verb = line.split(b" ")[0].upper()
+                    if verb == b"DELE":
+                        continue  # never answer
+                    if verb == b"NOOP":
+                        self._spew(client)
+                        return
+                    server.sendall(line + b"\r\n")
+        except OSError:
+            pass
+
+    @staticmethod
+    def _spew(client: socket.socket):
+        try:
+            while True:
+                client.sendall(b"\x00garbage" * 8192)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_hung_and_garbage_servers_fail_their_test_within_the_timeout(tmp_path, target):
+    proxy = MisbehavingProxy((target.pop3.host, target.pop3.port))
+    proxied = replace(target, pop3=replace(target.pop3, port=proxy.port))
+    target_path = tmp_path / "target.yaml"
+    proxied.dump(target_path)
+    suite = write_suite(tmp_path, """
+        defaults: {area: deletion, rfc: [RFC1939 §6], sessions: {p: pop3}, setup: {INBOX: [plain]}}
+        tests:
+          - id: hang.dele
+            title: server never answers DELE
+            steps: [{p: DELE 1, timeout: 1}]
+          - id: garbage.noop
+            title: server spews garbage
+            steps: [{p: NOOP, timeout: 1}]
+          - id: still.runs
+            title: later tests still run
+            steps: [{p: STAT}]
+        """)
+    report = tmp_path / "report"
+    try:
+        proc = run_cli("run", "--target", str(target_path), "--suite", str(suite), "--report-dir", str(report))
+    finally:
+        proxy.close()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    by_id = {t["id"]: t for t in json.loads((report / "results.json").read_text())["tests"]}
+    assert by_id["hang.dele"]["outcome"] == "failed"
+    assert "no response to `DELE 1` within 1" in by_id["hang.dele"]["message"]
+    assert by_id["hang.dele"]["duration_s"] < 5
+    assert by_id["garbage.noop"]["outcome"] == "failed"
+    assert by_id["garbage.noop"]["duration_s"] < 5
+    assert by_id["still.runs"]["outcome"] == "passed"

@@ -1,0 +1,707 @@
+"""The fault proxy against the embedded Dovecot: transparent when asked, and each fault really breaks
+the one behaviour it names.
+
+Every fault in FAULTS needs a demonstration in DEMOS: a small scenario that returns True when the
+behaviour is broken. It runs twice: through a transparent proxy (must return False, so the scenario
+is sound) and through the faulty one (must return True, and the fault must have fired).
+"""
+
+from __future__ import annotations
+
+import poplib
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.faultproxy import FAULTS, Fault, FaultProxy, proxied_target
+
+# dot-stuffing material, a bare "." line, a fake literal marker, 8-bit bytes: the awkward cases in one message
+MSG = (b"From: Alice <alice@example.com>\r\nTo: bob@example.com\r\nSubject: fault proxy\r\n"
+       b"Message-ID: <fp-1@example.com>\r\n\r\n"
+       b"first line\r\n.dot line\r\n..two dots\r\n.\r\nnot a literal {5}\r\n\xc3\xa9t\xc3\xa9 \xff\r\n"
+       b"middle " + b"abcdefghij" * 20 + b"\r\nlast line\r\n")
+MSG2 = b"From: carol@example.com\r\nSubject: second\r\n\r\nshort body\r\n"
+SPECIAL = {"INBOX", "Sent", "Drafts", "Trash", "Junk"}
+AREAS = {"deletion", "leave-on-server", "retrieval", "lock", "auth", "session", "folders", "notification",
+         "partial-fetch", "flags", "search", "quota", "uid", "copy-move", "append", "sent", "cross-protocol",
+         "capability", "syntax"}
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A raw IMAP client: lines and literals, deadlines, nothing hidden
+
+
+@dataclass
+class Resp:
+    text: bytes  # the lines joined, literal markers kept, literal data left out
+    literals: list[bytes] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Resp({self.text!r})"
+
+
+def _parse(buf: bytes) -> tuple[Resp, int] | None:
+    pos, text, lits = 0, b"", []
+    while True:
+        i = buf.find(b"\r\n", pos)
+        if i < 0:
+            return None
+        line = buf[pos:i]
+        text += line
+        pos = i + 2
+        m = re.search(rb"\{(\d+)\+?\}$", line)
+        if not m:
+            return Resp(text, lits), pos
+        n = int(m[1])
+        if len(buf) < pos + n:
+            return None
+        lits.append(buf[pos:pos + n])
+        pos += n
+
+
+class Imap:
+    def __init__(self, host: str, port: int, account=None):
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.buf = b""
+        self.n = 0
+        self.unclaimed: list[Resp] = []
+        self.greeting = self.read(5)
+        assert self.greeting and self.greeting.text.startswith(b"* OK"), self.greeting
+        if account is not None:
+            tagged, _ = self.cmd(f"LOGIN {account.user} {account.password}")
+            assert tagged.text.split()[1] == b"OK", tagged
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, timeout: float) -> Resp | None:
+        """One complete response, or None if none is complete within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            parsed = _parse(self.buf)
+            if parsed:
+                resp, used = parsed
+                self.buf = self.buf[used:]
+                return resp
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not data:
+                raise EOFError("server closed the connection")
+            self.buf += data
+
+    def _tag(self) -> bytes:
+        self.n += 1
+        return b"t%d" % self.n
+
+    def _until_tagged(self, tag: bytes, timeout: float = 5) -> tuple[Resp, list[Resp]]:
+        untagged = []
+        while True:
+            r = self.read(timeout)
+            assert r is not None, f"no tagged response for {tag!r}"
+            if r.text.startswith(tag + b" "):
+                return r, untagged
+            if r.text.startswith(b"*"):
+                untagged.append(r)
+
+    def cmd(self, line: str | bytes, literal: bytes | None = None, plus: bool = False) -> tuple[Resp, list[Resp]]:
+        """Send `line` (with one trailing literal if given) and read up to the tagged response."""
+        tag = self._tag()
+        line = line.encode() if isinstance(line, str) else line
+        if literal is None:
+            self.send(tag + b" " + line + b"\r\n")
+            return self._until_tagged(tag)
+        self.send(tag + b" " + line + b" {%d%s}\r\n" % (len(literal), b"+" if plus else b""))
+        if not plus:
+            r = self.read(5)
+            assert r is not None
+            if r.text.startswith(tag + b" "):
+                return r, []
+            assert r.text.startswith(b"+"), r
+        self.send(literal + b"\r\n")
+        return self._until_tagged(tag)
+
+    def ok(self, line: str | bytes, literal: bytes | None = None) -> list[Resp]:
+        tagged, untagged = self.cmd(line, literal)
+        assert tagged.text.split()[1] == b"OK", tagged
+        return untagged
+
+    def idle_start(self) -> None:
+        self.idle_tag = self._tag()
+        self.send(self.idle_tag + b" IDLE\r\n")
+        while True:
+            r = self.read(5)
+            assert r is not None, "no + for IDLE"
+            if r.text.startswith(b"+"):
+                return
+            self.unclaimed.append(r)
+
+    def idle_done(self) -> list[Resp]:
+        self.send(b"DONE\r\n")
+        tagged, untagged = self._until_tagged(self.idle_tag)
+        assert tagged.text.split()[1] == b"OK", tagged
+        return untagged
+
+    def wait_for(self, pattern: bytes, timeout: float, give_up: Callable[[], bool] = lambda: False) -> Resp | None:
+        """The first (unclaimed or arriving) response matching `pattern`, or None."""
+        for r in self.unclaimed:
+            if re.match(pattern, r.text):
+                return r
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not give_up():
+            r = self.read(0.05)
+            if r is None:
+                continue
+            if re.match(pattern, r.text):
+                return r
+            self.unclaimed.append(r)
+        return None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# The test environment: one account, emptied before use; direct access for checking
+
+
+class Env:
+    def __init__(self, target, account):
+        self.target, self.account = target, account
+        self.clients: list = []
+        self.proxies: list[FaultProxy] = []
+        self.admin = self.imap()
+        self.reset()
+
+    # connections -------------------------------------------------------------------------------
+    def imap(self, proxy: FaultProxy | None = None, login: bool = True) -> Imap:
+        host, port = (proxy.host, proxy.port) if proxy else (self.target.imap.host, self.target.imap.port)
+        c = Imap(host, port, self.account if login else None)
+        self.clients.append(c)
+        return c
+
+    def pop(self, proxy: FaultProxy | None = None, login: bool = True) -> poplib.POP3:
+        host, port = (proxy.host, proxy.port) if proxy else (self.target.pop3.host, self.target.pop3.port)
+        p = poplib.POP3(host, port, timeout=5)
+        self.clients.append(p)
+        if login:
+            p.user(self.account.user)
+            p.pass_(self.account.password)
+        return p
+
+    def proxy(self, protocol: str, fault: str | None) -> FaultProxy:
+        ep = getattr(self.target, protocol)
+        proxy = FaultProxy(ep.host, ep.port, protocol, fault)
+        proxy.start()
+        self.proxies.append(proxy)
+        return proxy
+
+    def close(self) -> None:
+        for c in self.clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001, S110 - best effort
+                pass
+        self.clients.clear()
+        for p in self.proxies:
+            p.stop()
+        self.proxies.clear()
+
+    # mail ----------------------------------------------------------------------------------------
+    def seed(self, *messages: bytes, mailbox: str = "INBOX") -> None:
+        for m in messages:
+            self.admin.ok(f"APPEND {mailbox}", m)
+
+    def count(self, mailbox: str = "INBOX") -> int:
+        untagged = self.admin.ok(f"STATUS {mailbox} (MESSAGES)")
+        return int(re.search(rb"MESSAGES (\d+)", untagged[0].text)[1])
+
+    def flags(self, n: int = 1) -> bytes:
+        c = self.imap()
+        c.ok("EXAMINE INBOX")
+        untagged = c.ok(f"FETCH {n} FLAGS")
+        c.close()
+        return re.search(rb"FLAGS \(([^)]*)\)", untagged[0].text)[1]
+
+    def mailboxes(self) -> list[str]:
+        names = []
+        for r in self.admin.ok('LIST "" "*"'):
+            m = re.match(rb'\* LIST \([^)]*\) (?:NIL|"[^"]*") "?([^"]*)"?$', r.text)
+            names.append(m[1].decode())
+        return names
+
+    def reset(self) -> None:
+        for name in sorted(self.mailboxes(), key=len, reverse=True):
+            if name not in SPECIAL:
+                self.admin.ok(f'DELETE "{name}"')
+        for name in SPECIAL:
+            if self.count(name):
+                self.admin.ok(f"SELECT {name}")
+                self.admin.ok("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+                self.admin.ok("CLOSE")
+
+
+@pytest.fixture
+def env(target):
+    e = Env(target, target.accounts[-1])
+    yield e
+    e.close()
+
+
+def drop(p: poplib.POP3) -> None:
+    """Close a POP3 connection without QUIT."""
+    p.file.close()
+    p.sock.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transparent mode
+
+
+def _pop3_stream(host: str, port: int, account) -> bytes:
+    """Everything the server says to a pipelined POP3 session, up to its close."""
+    script = (f"USER {account.user}\r\nPASS {account.password}\r\nSTAT\r\nLIST\r\nUIDL\r\nRETR 1\r\nTOP 1 3\r\n"
+              "LIST 2\r\nUIDL 2\r\nCAPA\r\nRETR 2\r\nTOP 2 0\r\nNOOP\r\nRETR 9\r\nQUIT\r\n").encode()
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.recv(1024)  # the greeting, then the rest in one go
+        s.sendall(script)
+        out = b""
+        while data := s.recv(65536):
+            out += data
+    return out
+
+
+def test_transparent_pop3_is_byte_exact(env):
+    env.seed(MSG, MSG2)
+    proxy = env.proxy("pop3", None)
+    direct = _pop3_stream(env.target.pop3.host, env.target.pop3.port, env.account)
+    via = _pop3_stream(proxy.host, proxy.port, env.account)
+    assert b"...two dots\r\n" in direct and direct.endswith(b"+OK Logging out.\r\n")
+    assert via == direct
+    # and, one command at a time, with a stock client
+    p, q = env.pop(), env.pop(proxy)
+    assert q.retr(1) == p.retr(1)
+    assert q.top(1, 2) == p.top(1, 2)
+    assert q.capa() == p.capa()
+    # bare AUTH (before login): Dovecot lists the mechanisms as a multi-line answer
+    p, q = env.pop(login=False), env.pop(proxy, login=False)
+    assert q._longcmd("AUTH") == p._longcmd("AUTH")
+    assert q.user(env.account.user).startswith(b"+OK")
+    assert not proxy.errors and not proxy.fired
+
+
+def test_transparent_pop3_sasl_and_drop(env):
+    """AUTH PLAIN's continuation passes; a dropped client is a dropped session upstream; QUIT commits."""
+    import base64
+
+    env.seed(MSG)
+    proxy = env.proxy("pop3", None)
+    with socket.create_connection((proxy.host, proxy.port), timeout=5) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(b"AUTH PLAIN\r\n")
+        assert f.readline().startswith(b"+ ")
+        s.sendall(base64.b64encode(b"\0%s\0%s" % (env.account.user.encode(), env.account.password.encode())) + b"\r\n")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(b"STAT\r\n")
+        assert f.readline().startswith(b"+OK 1 ")
+        f.close()
+    p = env.pop(proxy)
+    p.dele(1)
+    drop(p)
+    assert proxy.wait_idle(5)
+    assert env.count() == 1, "a dropped POP3 session through the proxy committed its DELE"
+    p = env.pop(proxy)
+    p.dele(1)
+    p.quit()
+    assert env.count() == 0
+    assert not proxy.errors
+
+
+def test_transparent_imap_literals(env):
+    proxy = env.proxy("imap", None)
+    a = env.imap(proxy)
+    a.ok("APPEND INBOX", MSG)  # synchronizing literal, containing a line that looks like a literal marker
+    tagged, _ = a.cmd("APPEND INBOX (\\Seen)", MSG2, plus=True)  # LITERAL+
+    assert tagged.text.split()[1] == b"OK"
+    # refused before the literal is sent: the proxy must not wait for (or swallow) literal data
+    tagged, _ = a.cmd("APPEND NoSuchBox", MSG)
+    assert b"NO [TRYCREATE]" in tagged.text
+    a.ok("NOOP")
+    tagged, _ = a.cmd("APPEND INBOX {60000000}")  # over quota: refused before the data, too
+    assert b"NO [OVERQUOTA]" in tagged.text
+    a.ok("SELECT INBOX")
+    via = a.ok("FETCH 1:2 (BODY.PEEK[] BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    d = env.imap()
+    d.ok("SELECT INBOX")
+    direct = d.ok("FETCH 1:2 (BODY.PEEK[] BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert [r.literals for r in via] == [r.literals for r in direct]
+    assert via[0].literals[0] == MSG and via[1].literals[0] == MSG2
+    # a literal in a command's middle, and quoted strings with specials
+    a.ok(b"CREATE {7}\r\nFP lit1")  # sent as one chunk: the client here does not wait for "+" (server must)
+    assert "FP lit1" in env.mailboxes()
+    assert not proxy.errors and not proxy.fired
+
+
+def test_transparent_imap_idle_and_sasl(env):
+    import base64
+
+    proxy = env.proxy("imap", None)
+    a = env.imap(proxy, login=False)
+    a.send(b"t1 AUTHENTICATE PLAIN\r\n")
+    assert a.read(5).text.startswith(b"+")
+    a.n = 1
+    a.send(base64.b64encode(b"\0%s\0%s" % (env.account.user.encode(), env.account.password.encode())) + b"\r\n")
+    r = a.read(5)
+    assert r.text.startswith(b"t1 OK"), r
+    a.ok("SELECT INBOX")
+    a.idle_start()
+    env.seed(MSG)
+    assert a.wait_for(rb"\* 1 EXISTS", 5), "no EXISTS during IDLE through the transparent proxy"
+    a.idle_done()
+    a.ok("NOOP")
+    assert not proxy.errors
+
+
+def test_proxied_target(target, tmp_path):
+    from harness.targets.target_file import load_target
+
+    with proxied_target(target, imap_fault="imap-search-misses") as t:
+        assert t.lmtp == target.lmtp
+        assert t.pop3.port == t.proxies["pop3"].port != target.pop3.port
+        assert t.proxies["imap"].fault_name == "imap-search-misses" and t.proxies["pop3"].fault_name is None
+        t.dump(tmp_path / "t.yaml")
+        loaded = load_target(tmp_path / "t.yaml")
+        assert (loaded.imap.host, loaded.imap.port) == ("127.0.0.1", t.imap.port)
+        p = poplib.POP3(t.pop3.host, t.pop3.port, timeout=5)
+        assert p.getwelcome().startswith(b"+OK")
+        p.quit()
+    with proxied_target(target, fault="pop3-dele-ignored") as t:
+        assert t.proxies["pop3"].fault_name == "pop3-dele-ignored"
+    with pytest.raises(ValueError):
+        FaultProxy("127.0.0.1", 1, "pop3", "imap-search-misses")
+
+
+def test_pipelined_local_answers_stay_in_order(env):
+    """A command the fault answers itself is answered after the server's answers to earlier commands."""
+    env.seed(MSG, MSG2)
+    proxy = env.proxy("pop3", "pop3-dele-ignored")
+    with socket.create_connection((proxy.host, proxy.port), timeout=5) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(f"USER {env.account.user}\r\nPASS {env.account.password}\r\n".encode())
+        f.readline(), f.readline()
+        s.sendall(b"LIST\r\nDELE 1\r\nSTAT\r\nDELE 2\r\nUIDL\r\nQUIT\r\n")
+        lines = f.read().split(b"\r\n")
+    assert lines[0].startswith(b"+OK") and lines[1:4] == [b"1 %d" % len(MSG), b"2 %d" % len(MSG2), b"."]
+    assert lines[4] == b"+OK Marked to be deleted."
+    assert lines[5].startswith(b"+OK 2 ")
+    assert lines[6] == b"+OK Marked to be deleted."
+    assert lines[7].startswith(b"+OK") and lines[10] == b"." and lines[11].startswith(b"+OK Logging out")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One demonstration per fault: True when the behaviour is broken
+
+DEMOS: dict[str, Callable[[Env, FaultProxy], bool]] = {}
+
+
+def demo(name: str):
+    def deco(fn):
+        DEMOS[name] = fn
+        return fn
+
+    return deco
+
+
+@demo("pop3-dele-ignored")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    p.dele(1)
+    p.quit()
+    return env.count() == 1
+
+
+@demo("pop3-rset-ignored")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    p.dele(1)
+    p.rset()
+    p.quit()
+    return env.count() == 0
+
+
+@demo("pop3-drop-commits")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    p.dele(1)
+    drop(p)
+    assert proxy.wait_idle(5)
+    return env.count() == 0
+
+
+@demo("pop3-stat-counts-deleted")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    p = env.pop(proxy)
+    p.dele(1)
+    count = p.stat()[0]
+    listed = p.list()[1]
+    return count != 1 or listed != [b"2 %d" % len(MSG2)]
+
+
+@demo("pop3-uidl-unstable")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    first = p.uidl()[1]
+    p.quit()
+    q = env.pop(proxy)
+    return q.uidl()[1] != first
+
+
+@demo("pop3-uidl-duplicate")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    p = env.pop(proxy)
+    ids = [line.split()[1] for line in p.uidl()[1]]
+    return len(set(ids)) != 2
+
+
+@demo("pop3-dot-unstuffed")
+def _(env, proxy):
+    env.seed(MSG)
+    lines = env.pop(proxy).retr(1)[1]  # poplib undoes the stuffing: ".." -> "."
+    return b"..two dots" not in lines
+
+
+@demo("pop3-top-ignores-lines")
+def _(env, proxy):
+    env.seed(MSG)
+    lines = env.pop(proxy).top(1, 2)[1]
+    return lines[lines.index(b"") + 1:] != [b"first line", b".dot line"]
+
+
+@demo("pop3-retr-truncated")
+def _(env, proxy):
+    env.seed(MSG)
+    return env.pop(proxy).retr(1)[1] != MSG.split(b"\r\n")[:-1]
+
+
+@demo("pop3-bad-pass-accepted")
+def _(env, proxy):
+    p = env.pop(proxy, login=False)
+    p.user(env.account.user)
+    try:
+        p.pass_("not the password")
+    except poplib.error_proto:
+        return False
+    return True
+
+
+@demo("imap-idle-no-exists")
+def _(env, proxy):
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.idle_start()
+    env.seed(MSG)
+    fired_at = []
+
+    def dropped() -> bool:  # the proxy threw the EXISTS away: no need to sit out the whole timeout
+        if proxy.fired and not fired_at:
+            fired_at.append(time.monotonic())
+        return bool(fired_at) and time.monotonic() - fired_at[0] > 0.2
+
+    got = a.wait_for(rb"\* 1 EXISTS", 5, dropped)
+    a.idle_done()
+    return got is None
+
+
+@demo("imap-no-expunge-notify")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    b = env.imap()
+    b.ok("SELECT INBOX")
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+    return not any(re.match(rb"\* 1 EXPUNGE", r.text) for r in a.ok("NOOP"))
+
+
+@demo("imap-no-flag-notify")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    b = env.imap()
+    b.ok("SELECT INBOX")
+    b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")
+    own = a.ok("STORE 1 +FLAGS (\\Answered)")  # its own STORE's FETCH still comes through
+    assert any(b"\\Answered" in r.text for r in own)
+    b.ok("STORE 1 -FLAGS.SILENT (\\Answered)")
+    return not any(re.match(rb"\* 1 FETCH \(.*FLAGS", r.text) for r in a.ok("NOOP"))
+
+
+@demo("imap-peek-sets-seen")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    got = a.ok("FETCH 1 BODY.PEEK[]")
+    assert got[0].literals == [MSG]
+    return b"\\Seen" in env.flags(1)
+
+
+@demo("imap-partial-ignored")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    got = a.ok("FETCH 1 BODY.PEEK[]<0.10>")
+    return got[0].literals != [MSG[:10]] or b"BODY[]<0>" not in got[0].text
+
+
+@demo("imap-list-hides-new")
+def _(env, proxy):
+    a, b = env.imap(proxy), env.imap(proxy)
+    a.ok('CREATE "FP new"')
+    a.ok(b"RENAME {6+}\r\nFP new {6+}\r\nFP two")
+    assert any(b"FP two" in r.text for r in a.ok('LIST "" "*"'))  # its creator still sees it
+    return not any(b"FP two" in r.text for r in b.ok('LIST "" "*"'))
+
+
+@demo("imap-expunge-ignored")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.ok("EXPUNGE")
+    return env.count() == 1
+
+
+@demo("imap-close-keeps-deleted")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.ok("CLOSE")
+    return env.count() == 1
+
+
+@demo("imap-uidvalidity-changes")
+def _(env, proxy):
+    def uidvalidity(c: Imap) -> bytes:
+        return next(re.search(rb"UIDVALIDITY (\d+)", r.text)[1] for r in c.ok("SELECT INBOX") if b"UIDVALIDITY" in r.text)
+
+    return uidvalidity(env.imap(proxy)) != uidvalidity(env.imap(proxy))
+
+
+@demo("imap-search-misses")
+def _(env, proxy):
+    env.seed(MSG, MSG2, MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return [r.text for r in a.ok("SEARCH ALL")] != [b"* SEARCH 1 2 3"]
+
+
+@demo("imap-rename-ignored")
+def _(env, proxy):
+    env.admin.ok('CREATE "FP old"')
+    env.imap(proxy).ok('RENAME "FP old" "FP renamed"')
+    return "FP renamed" not in env.mailboxes()
+
+
+@demo("imap-fetch-corrupt")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    got = a.ok("FETCH 1 BODY.PEEK[]")[0].literals[0]
+    assert len(got) == len(MSG)
+    return got != MSG
+
+
+@demo("imap-overquota-accepted")
+def _(env, proxy):
+    tagged, _ = env.imap(proxy).cmd("APPEND INBOX {60000000}")  # 60 MB into a 50 MB quota
+    return tagged.text.split()[1] == b"OK"
+
+
+@demo("imap-sent-invisible")
+def _(env, proxy):
+    a = env.imap(proxy)
+    a.ok('LIST "" "*"')
+    a.ok("APPEND Sent (\\Seen)", MSG2)
+    a.ok("APPEND INBOX", MSG2)
+    assert env.count("INBOX") == 1
+    return env.count("Sent") == 0
+
+
+@demo("imap-move-copies")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("MOVE 1 Trash")
+    assert env.count("Trash") == 1
+    return env.count("INBOX") == 1
+
+
+@demo("imap-store-ignored")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("STORE 1 +FLAGS (\\Flagged)")
+    return b"\\Flagged" not in env.flags(1)
+
+
+@demo("imap-bad-login-accepted")
+def _(env, proxy):
+    tagged, _ = env.imap(proxy, login=False).cmd(f"LOGIN {env.account.user} not-the-password")
+    return tagged.text.split()[1] == b"OK"
+
+
+def test_fault_registry():
+    assert len(FAULTS) >= 21
+    for name, (protocol, area, description, impl) in FAULTS.items():
+        assert name.startswith(protocol + "-") and protocol in ("pop3", "imap")
+        assert area in AREAS, f"{name}: area {area} is not a suite area"
+        assert description and issubclass(impl, Fault) and impl is not Fault
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_fault_breaks_its_behaviour(env, name):
+    scenario = DEMOS.get(name)
+    assert scenario is not None, f"fault {name} has no demonstration in DEMOS"
+    protocol = FAULTS[name].protocol
+    clean = env.proxy(protocol, None)
+    assert scenario(env, clean) is False, f"{name}: the scenario fails even without the fault"
+    env.close()  # fresh connections and an empty account for the faulty run
+    env.admin = env.imap()
+    env.reset()
+    faulty = env.proxy(protocol, name)
+    assert scenario(env, faulty) is True, f"{name}: the fault did not break the behaviour (fired: {faulty.fired})"
+    assert faulty.fired, f"{name}: behaviour changed but the fault never fired?"
+    assert not clean.fired
+    assert not clean.errors and not faulty.errors, clean.errors + faulty.errors

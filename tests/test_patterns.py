@@ -1,0 +1,56 @@
+"""Response patterns: captures, wildcards, regexes."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.engine.patterns import Pattern, PatternError, substitute
+
+
+def test_capture_then_compare():
+    p = Pattern("* $n EXISTS")
+    assert p.match("* 3 EXISTS", {}) == {"n": "3"}
+    assert p.match("* 3 EXISTS", {"n": "3"}) == {}
+    assert p.match("* 4 EXISTS", {"n": "3"}) is None
+    assert p.match("* 3 RECENT", {}) is None
+
+
+def test_case_and_whitespace_insensitive():
+    assert Pattern("* ok [uidvalidity $uv] ...").match("* OK  [UIDVALIDITY 1700000000] UIDs valid", {}) == {"uv": "1700000000"}
+
+
+def test_capture_stops_at_brackets_and_parens():
+    assert Pattern("OK [APPENDUID $v $u] ...").match("OK [APPENDUID 17 42] Append completed.", {}) == {"v": "17", "u": "42"}
+    assert Pattern("* $n FETCH (UID $uid)").match("* 1 FETCH (UID 9)", {}) == {"n": "1", "uid": "9"}
+
+
+def test_wildcard_and_tail():
+    assert Pattern("* 1 FETCH (FLAGS (...\\Seen...))").match("* 1 FETCH (FLAGS (\\Answered \\Seen))", {}) == {}
+    assert Pattern("-ERR").match("-ERR no such message", {}, allow_tail=True) == {}
+    assert Pattern("-ERR").match("-ERR no such message", {}) is None
+    assert Pattern("+OK").match("+OKAY", {}, allow_tail=True) is None
+
+
+def test_same_new_variable_twice_must_be_equal():
+    p = Pattern("$a $a")
+    assert p.match("x x", {}) == {"a": "x"}
+    assert p.match("x y", {}) is None
+
+
+def test_regex_pattern():
+    assert Pattern(r"re:\+OK (?P<count>\d+) \d+").match("+OK 2 640", {}) == {"count": "2"}
+
+
+def test_size_function():
+    from harness import corpus
+
+    size = len(corpus.message("plain"))
+    assert Pattern("+OK 1 ${size:plain}").match(f"+OK 1 {size}", {}) == {}
+    with pytest.raises(PatternError, match="no corpus message"):
+        Pattern("${size:nope}").match("1", {})
+
+
+def test_substitute():
+    assert substitute("UID FETCH $uid FLAGS", {"uid": "7"}) == "UID FETCH 7 FLAGS"
+    with pytest.raises(PatternError, match=r"\$uid is not set"):
+        substitute("UID FETCH $uid FLAGS", {})
