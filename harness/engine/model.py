@@ -281,7 +281,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
             step.fetch[item.upper()] = _patterns(ctx, keys + ["fetch", item], spec)[0]
         else:
             step.fetch[item.upper()] = _body(ctx, keys + ["fetch", item], spec)
-    step.timeout = raw.get("timeout")
+    step.timeout = raw.get("timeout", step.timeout)
     step.why = raw.get("why")
     step.metric = raw.get("metric")
     for pattern in step.expect + step.untagged + step.lines:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from time import perf_counter
 
-from harness.load.wire import CommandFailed, Connection, Reporter, WireError
+from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
 from harness.targets.target_file import Endpoint
 
 EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.M)
@@ -33,32 +33,34 @@ def quote(text: str) -> bytes:
 class ImapClient:
     """One IMAP session. Every command is reported as (name, ms, bytes received, exception)."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None, report: Reporter | None = None):
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None,
+                 report: Reporter | None = None, watchdog: Watchdog | None = None):
         self.endpoint = endpoint
         self.timeout = timeout
         self.ca_file = ca_file
         self.report = report or _no_report
+        self.watchdog = watchdog
         self.conn: Connection | None = None
         self.exists = 0  # message count of the selected mailbox, as last announced by the server
         self._tag = 0
+        self._idle_tag = b""
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> None:
         """TCP connect, greeting (and STARTTLS when the endpoint asks for it): "IMAP connect"."""
-        started = perf_counter()
         try:
-            self.conn = Connection(self.endpoint, self.timeout, self.ca_file)
-            greeting = self.conn.read_line()
-            if not greeting.startswith(b"* OK"):
-                raise CommandFailed(f"IMAP greeting: {greeting[:200].decode(errors='replace')}")
-            if self.endpoint.starttls:
-                self._exchange(b"STARTTLS", "IMAP STARTTLS", collect=False)
-                self.conn.start_tls()
-        except Exception as exc:
-            self.report("IMAP connect", (perf_counter() - started) * 1000, self._received(), exc)
+            with Step(self, "IMAP connect"):
+                self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
+                self.conn.arm()
+                greeting = self.conn.read_line()
+                if not greeting.startswith(b"* OK"):
+                    raise CommandFailed(f"IMAP greeting: {greeting[:200].decode(errors='replace')}")
+                if self.endpoint.starttls:
+                    self._read_until_tagged(self._send(b"STARTTLS"), "IMAP STARTTLS", collect=False)
+                    self.conn.start_tls()
+        except BaseException:
             self.close()
             raise
-        self.report("IMAP connect", (perf_counter() - started) * 1000, self.conn.received, None)
 
     def login(self, user: str, password: str) -> None:
         self.command("IMAP LOGIN", b"LOGIN " + quote(user) + b" " + quote(password))
@@ -90,46 +92,48 @@ class ImapClient:
         With ``collect`` the untagged responses (literals included) come back as one bytes
         object; otherwise they are only counted and b"" is returned.
         """
+        # The hot path: the same as ``with Step(...)``, written out to save its per-command cost.
+        conn = self.conn
         started = perf_counter()
-        received = self._received()
+        received = conn.received if conn else 0
         try:
-            out = self._exchange(command, name, collect)
+            if conn is None:
+                raise WireError(f"{name}: not connected")
+            conn.deadline = started + self.timeout
+            out = self._read_until_tagged(self._send(command), name, collect)
         except Exception as exc:
-            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
+            self.report(name, (perf_counter() - started) * 1000, conn.received - received if conn else 0, exc)
             raise
-        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
+        finally:
+            if conn:
+                conn.deadline = 0.0
+        self.report(name, (perf_counter() - started) * 1000, conn.received - received, None)
         return out
 
     def append(self, mailbox: str, message: bytes, *, name: str = "IMAP APPEND") -> None:
         """APPEND with a synchronising literal (LITERAL+ is not universal): wait for "+" before the data."""
-        started = perf_counter()
-        received = self._received()
-        try:
-            conn = self.conn
-            if conn is None:
-                raise WireError(f"{name}: not connected")
-            self._tag += 1
-            tag = b"a%d " % self._tag
-            conn.send(tag + b"APPEND " + quote(mailbox) + b" {%d}\r\n" % len(message))
+        with Step(self, name):
+            conn = self._connected(name)
+            tag = self._send(b"APPEND " + quote(mailbox) + b" {%d}" % len(message))
             line = conn.read_line()
             if not line.startswith(b"+"):
                 raise CommandFailed(f"{name}: {line[:300].decode(errors='replace')}")
             conn.send(message + _CRLF)
             self._read_until_tagged(tag, name, collect=False)
-        except Exception as exc:
-            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
-            raise
-        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
 
-    def _exchange(self, command: bytes, name: str, collect: bool) -> bytes:
-        conn = self.conn
-        if conn is None:
+    def _connected(self, name: str) -> Connection:
+        if self.conn is None:
             raise WireError(f"{name}: not connected")
+        return self.conn
+
+    def _send(self, command: bytes) -> bytes:
+        """Send a command under a new tag; returns the tag (with its trailing space)."""
         self._tag += 1
         tag = b"a%d " % self._tag
-        conn.send(tag + command + _CRLF)
-        return self._read_until_tagged(tag, name, collect)
+        self.conn.send(tag + command + _CRLF)
+        return tag
 
+    # -- reading responses -----------------------------------------------------------
     def _read_until_tagged(self, tag: bytes, name: str, collect: bool) -> bytes:
         if not collect:
             return self._skip_until_tagged(tag, name)
@@ -203,67 +207,49 @@ class ImapClient:
     # -- IDLE ------------------------------------------------------------------------
     def idle(self) -> None:
         """Send IDLE and wait for the continuation: "IMAP IDLE" measures the time to "+ idling"."""
-        started = perf_counter()
-        received = self._received()
-        try:
-            conn = self.conn
-            if conn is None:
-                raise WireError("IMAP IDLE: not connected")
-            self._tag += 1
-            self._idle_tag = b"a%d " % self._tag
-            conn.send(self._idle_tag + b"IDLE\r\n")
+        with Step(self, "IMAP IDLE"):
+            conn = self._connected("IMAP IDLE")
+            self._idle_tag = self._send(b"IDLE")
             while True:
                 line = conn.read_line()
                 if line.startswith(b"+"):
-                    break
+                    return
                 if line.startswith(self._idle_tag):
                     raise CommandFailed(f"IMAP IDLE: {line[:300].decode(errors='replace')}")
                 self._note_untagged(line)
-        except Exception as exc:
-            self.report("IMAP IDLE", (perf_counter() - started) * 1000, self._received() - received, exc)
-            raise
-        self.report("IMAP IDLE", (perf_counter() - started) * 1000, conn.received - received, None)
 
     def wait_for_exists(self, timeout: float) -> int | None:
         """While idling: block until the server announces a larger message count; None on timeout.
 
         Keep-alives ("* OK Still here"), FLAGS and EXPUNGE updates are read and passed over.
         A timeout leaves a half-received line in the buffer, to be completed by the next read.
+        The wait is not a command: the watchdog leaves it alone, a socket timeout ends it.
         """
-        conn = self.conn
+        conn = self._connected("IMAP IDLE")
         before = self.exists
         conn.sock.settimeout(timeout)
         try:
             while True:
-                line = conn.read_line()
-                self._note_untagged(line)
+                self._note_untagged(conn.read_line())
                 if self.exists > before:
                     return self.exists
         except TimeoutError:
+            if conn.expired:
+                raise
             return None
         finally:
-            if self.conn is not None:
-                self.conn.sock.settimeout(self.timeout)
+            conn.sock.settimeout(conn.read_timeout)
 
     def done(self) -> None:
         """End IDLE: "IMAP DONE" measures DONE to the tagged OK of the IDLE command."""
-        started = perf_counter()
-        received = self._received()
-        try:
-            self.conn.send(b"DONE\r\n")
+        with Step(self, "IMAP DONE"):
+            self._connected("IMAP DONE").send(b"DONE\r\n")
             untagged = self._read_until_tagged(self._idle_tag, "IMAP DONE", collect=True)
             for line in untagged.split(_CRLF):
                 self._note_untagged(line)
-        except Exception as exc:
-            self.report("IMAP DONE", (perf_counter() - started) * 1000, self._received() - received, exc)
-            raise
-        self.report("IMAP DONE", (perf_counter() - started) * 1000, self.conn.received - received, None)
 
     def _note_untagged(self, line: bytes) -> None:
         if line.endswith(b" EXISTS") and line.startswith(b"* "):
             self.exists = int(line[2:-7])
         elif line.endswith(b" EXPUNGE") and line.startswith(b"* "):
             self.exists -= 1
-
-    def _received(self) -> int:
-        return self.conn.received if self.conn else 0

@@ -187,3 +187,38 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class Step:
+    """Times one protocol step and reports it when the block ends, failed if it raised.
+
+    Used as ``with Step(client, "IMAP IDLE"):``; the client's connection (if any) is armed
+    for the watchdog meanwhile. A greenlet being killed (GreenletExit, a BaseException) is
+    not a failed request and is not reported.
+    """
+
+    __slots__ = ("client", "name", "started", "received")
+
+    def __init__(self, client, name: str):
+        self.client = client
+        self.name = name
+
+    def __enter__(self) -> "Step":
+        conn = self.client.conn
+        self.received = conn.received if conn else 0
+        if conn:
+            conn.arm()
+        self.started = perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        elapsed = (perf_counter() - self.started) * 1000
+        conn = self.client.conn
+        received = (conn.received if conn else 0) - self.received
+        if conn:
+            conn.disarm()
+        if exc_type is None:
+            self.client.report(self.name, elapsed, max(0, received), None)
+        elif issubclass(exc_type, Exception):
+            self.client.report(self.name, elapsed, max(0, received), exc)
+        return False
