@@ -952,9 +952,9 @@ class ImapConn(_Conn):
                 return
             if sync:
                 with self.literal_cv:
-                    while self.literal_go is None:
-                        self.literal_cv.wait()
-                    go, self.literal_tag, self.literal_go = self.literal_go, None, None
+                    while self.literal_go is None and not self.server_gone:
+                        self.literal_cv.wait(1)
+                    go, self.literal_tag, self.literal_go = bool(self.literal_go), None, None
                 if not go:  # the server answered the command instead: the client sends no literal
                     return
             data = self.creader.read_exact(int(m[1]))

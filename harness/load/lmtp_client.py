@@ -8,9 +8,8 @@ with the same message and still tell which deliveries failed. Used by the seeder
 from __future__ import annotations
 
 import socket
-from time import perf_counter
 
-from harness.load.wire import CommandFailed, Connection, Reporter, WireError
+from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
 from harness.targets.target_file import Endpoint
 
 
@@ -31,8 +30,10 @@ def dot_stuff(message: bytes) -> bytes:
 class LmtpClient:
     """One LMTP (or SMTP) connection that can carry many transactions."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 30.0, ca_file: str | None = None, report: Reporter | None = None):
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 30.0, ca_file: str | None = None,
+                 report: Reporter | None = None, watchdog: Watchdog | None = None):
         self.endpoint = endpoint
+        self.watchdog = watchdog
         self.lmtp = endpoint.scheme == "lmtp"
         self.timeout = timeout
         self.ca_file = ca_file
@@ -43,21 +44,20 @@ class LmtpClient:
 
     def connect(self) -> None:
         """Greeting and LHLO/EHLO (and STARTTLS if asked): "LMTP connect"."""
-        started = perf_counter()
         try:
-            self.conn = Connection(self.endpoint, self.timeout, self.ca_file)
-            self._expect(self._reply(), 220, "greeting")
-            self._hello()
-            if self.endpoint.starttls:
-                self.conn.send(b"STARTTLS\r\n")
-                self._expect(self._reply(), 220, "STARTTLS")
-                self.conn.start_tls()
+            with Step(self, f"{self.proto} connect"):
+                self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
+                self.conn.arm()
+                self._expect(self._reply(), 220, "greeting")
                 self._hello()
-        except Exception as exc:
-            self.report(f"{self.proto} connect", (perf_counter() - started) * 1000, self._received(), exc)
+                if self.endpoint.starttls:
+                    self.conn.send(b"STARTTLS\r\n")
+                    self._expect(self._reply(), 220, "STARTTLS")
+                    self.conn.start_tls()
+                    self._hello()
+        except BaseException:
             self.close()
             raise
-        self.report(f"{self.proto} connect", (perf_counter() - started) * 1000, self.conn.received, None)
 
     def deliver(self, recipients: list[str], message: bytes, sender: str = "") -> dict[str, str | None]:
         """One transaction: {recipient: None if delivered, else the server's reply}.
@@ -65,17 +65,11 @@ class LmtpClient:
         ``message`` must already be dot-stuffed (see dot_stuff). Reported as "LMTP deliver";
         it counts as failed only if no recipient got the message.
         """
-        started = perf_counter()
-        received = self._received()
-        try:
+        with Step(self, f"{self.proto} deliver"):
             results = self._transaction(recipients, message, sender)
             if all(results.values()):
                 raise CommandFailed(f"{self.proto} deliver: " + "; ".join(sorted({r for r in results.values() if r})))
-        except Exception as exc:
-            self.report(f"{self.proto} deliver", (perf_counter() - started) * 1000, self._received() - received, exc)
-            raise
-        self.report(f"{self.proto} deliver", (perf_counter() - started) * 1000, self.conn.received - received, None)
-        return results
+            return results
 
     def quit(self) -> None:
         try:
@@ -157,5 +151,3 @@ class LmtpClient:
         if reply[0] != code:
             raise CommandFailed(f"{self.proto} {step}: {reply[0]} {reply[1][:300].decode(errors='replace')}")
 
-    def _received(self) -> int:
-        return self.conn.received if self.conn else 0

@@ -7,9 +7,7 @@ download-and-delete poller reads X-Mailharness-Id to account for every delivery)
 
 from __future__ import annotations
 
-from time import perf_counter
-
-from harness.load.wire import CommandFailed, Connection, Reporter, WireError
+from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
 from harness.targets.target_file import Endpoint
 
 _TERMINATOR = b"\r\n.\r\n"
@@ -22,29 +20,30 @@ def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> 
 class Pop3Client:
     """One POP3 session. Every command is reported as (name, ms, bytes received, exception)."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None, report: Reporter | None = None):
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None,
+                 report: Reporter | None = None, watchdog: Watchdog | None = None):
         self.endpoint = endpoint
         self.timeout = timeout
         self.ca_file = ca_file
         self.report = report or _no_report
+        self.watchdog = watchdog
         self.conn: Connection | None = None
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> None:
         """TCP connect and greeting (and STLS when the endpoint asks for it): "POP3 connect"."""
-        started = perf_counter()
         try:
-            self.conn = Connection(self.endpoint, self.timeout, self.ca_file)
-            self._status("POP3 connect")
-            if self.endpoint.starttls:
-                self.conn.send(b"STLS\r\n")
-                self._status("POP3 STLS")
-                self.conn.start_tls()
-        except Exception as exc:
-            self.report("POP3 connect", (perf_counter() - started) * 1000, self._received(), exc)
+            with Step(self, "POP3 connect"):
+                self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
+                self.conn.arm()
+                self._status("POP3 connect")
+                if self.endpoint.starttls:
+                    self.conn.send(b"STLS\r\n")
+                    self._status("POP3 STLS")
+                    self.conn.start_tls()
+        except BaseException:
             self.close()
             raise
-        self.report("POP3 connect", (perf_counter() - started) * 1000, self.conn.received, None)
 
     def login(self, user: str, password: str) -> None:
         if "\r" in user + password or "\n" in user + password:
@@ -78,7 +77,7 @@ class Pop3Client:
 
     def uidl(self) -> list[tuple[int, bytes]]:
         """[(message number, unique id)] for the whole maildrop."""
-        body = self._multiline_command("POP3 UIDL", b"UIDL", keep=True)
+        body = self._multiline("POP3 UIDL", b"UIDL", keep=True)
         out = []
         for line in body.split(b"\r\n"):
             if line:
@@ -88,26 +87,18 @@ class Pop3Client:
 
     def list(self) -> list[tuple[int, int]]:
         """[(message number, size)] for the whole maildrop."""
-        body = self._multiline_command("POP3 LIST", b"LIST", keep=True)
+        body = self._multiline("POP3 LIST", b"LIST", keep=True)
         return [(int(a), int(b)) for a, b in (line.split() for line in body.split(b"\r\n") if line)]
 
     def retr(self, number: int, header: bytes | None = None) -> bytes | None:
         """RETR a message; returns the value of ``header`` (e.g. b"X-Mailharness-Id") if asked for."""
-        return self._multiline_command("POP3 RETR", b"RETR %d" % number, header=header)
+        return self._multiline("POP3 RETR", b"RETR %d" % number, header=header)
 
     def command(self, name: str, command: bytes) -> bytes:
         """A single-line command; returns the +OK line. -ERR raises CommandFailed."""
-        started = perf_counter()
-        received = self._received()
-        try:
-            conn = self._connected(name)
-            conn.send(command + b"\r\n")
-            line = self._status(name)
-        except Exception as exc:
-            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
-            raise
-        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
-        return line
+        with Step(self, name):
+            self._connected(name).send(command + b"\r\n")
+            return self._status(name)
 
     # -- reading ---------------------------------------------------------------------
     def _connected(self, name: str) -> Connection:
@@ -121,19 +112,11 @@ class Pop3Client:
             raise CommandFailed(f"{name}: {line[:300].decode(errors='replace')}")
         return line
 
-    def _multiline_command(self, name: str, command: bytes, *, keep: bool = False, header: bytes | None = None):
-        started = perf_counter()
-        received = self._received()
-        try:
-            conn = self._connected(name)
-            conn.send(command + b"\r\n")
+    def _multiline(self, name: str, command: bytes, *, keep: bool = False, header: bytes | None = None):
+        with Step(self, name):
+            self._connected(name).send(command + b"\r\n")
             self._status(name)
-            result = self._read_body(keep, header)
-        except Exception as exc:
-            self.report(name, (perf_counter() - started) * 1000, self._received() - received, exc)
-            raise
-        self.report(name, (perf_counter() - started) * 1000, self.conn.received - received, None)
-        return result
+            return self._read_body(keep, header)
 
     def _read_body(self, keep: bool, header: bytes | None):
         """Consume a multi-line body up to CRLF.CRLF; return it (``keep``), one header's value, or None."""
@@ -156,9 +139,6 @@ class Pop3Client:
             result = _header_value(buf, pos, end, header)
         conn.pos = end + 5
         return result
-
-    def _received(self) -> int:
-        return self.conn.received if self.conn else 0
 
 
 def _header_value(buf: bytearray, start: int, end: int, name: bytes) -> bytes | None:

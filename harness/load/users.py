@@ -11,6 +11,7 @@ Importing this module imports Locust, which monkey-patches the process for geven
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import secrets
@@ -19,6 +20,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from itertools import count
 
+import gevent
 from gevent.lock import BoundedSemaphore
 from locust import User, task
 from locust.exception import StopUser
@@ -29,7 +31,7 @@ from harness.load.lmtp_client import LmtpClient, dot_stuff
 from harness.load.locust_plugin import run_of
 from harness.load.messages import ID_HEADER, SENT_HEADER, DeliveryFactory
 from harness.load.pop3_client import Pop3Client
-from harness.load.wire import WireError
+from harness.load.wire import Watchdog, WireError
 
 NETWORK_ERRORS = (WireError, OSError)  # already reported as a failed request by the wire client
 HEADER_FIELDS = b"(DATE FROM TO CC SUBJECT MESSAGE-ID CONTENT-TYPE)"
@@ -40,6 +42,19 @@ _FETCHED = re.compile(rb"^\* (\d+) FETCH", re.M)
 # Two download-and-delete sessions on one mailbox would race for the same messages; when this
 # process has more such users than accounts, the ones sharing a mailbox take turns.
 _mailbox_turns: defaultdict[str, BoundedSemaphore] = defaultdict(BoundedSemaphore)
+
+# One timer greenlet per process enforces every command's timeout (see wire.Watchdog).
+WATCHDOG = Watchdog()
+_watchdog_pid = None
+
+
+def watchdog() -> Watchdog:
+    global _watchdog_pid
+    if _watchdog_pid != os.getpid():  # first use in this process (Locust forks its --processes workers)
+        _watchdog_pid = os.getpid()
+        WATCHDOG.connections.clear()
+        gevent.spawn(WATCHDOG.run, gevent.sleep)
+    return WATCHDOG
 
 
 class MailUser(User):
@@ -76,10 +91,12 @@ class MailUser(User):
             self._state = LOCUST_STATE_RUNNING
 
     def _pop3(self) -> Pop3Client:
-        return Pop3Client(self.run.target.pop3, timeout=self.run.timeout, ca_file=self.run.target.ca_file, report=self.report)
+        return Pop3Client(self.run.target.pop3, timeout=self.run.timeout, ca_file=self.run.target.ca_file,
+                          report=self.report, watchdog=watchdog())
 
     def _imap(self) -> ImapClient:
-        return ImapClient(self.run.target.imap, timeout=self.run.timeout, ca_file=self.run.target.ca_file, report=self.report)
+        return ImapClient(self.run.target.imap, timeout=self.run.timeout, ca_file=self.run.target.ca_file,
+                          report=self.report, watchdog=watchdog())
 
 
 class Pop3DeletePoller(MailUser):
@@ -316,7 +333,8 @@ class MailDelivery(User):
         try:
             if self.client is None:
                 target = self.run.target
-                self.client = LmtpClient(target.delivery, timeout=self.run.timeout, ca_file=target.ca_file, report=self.report)
+                self.client = LmtpClient(target.delivery, timeout=self.run.timeout, ca_file=target.ca_file,
+                                         report=self.report, watchdog=watchdog())
                 self.client.connect()
             if ledger:
                 ledger.sending(message_id, account.user, role)
