@@ -1,0 +1,96 @@
+"""The harness never destroys mail it did not create."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.engine.accounts import admin_client, cleanup, prepare
+from harness.errors import UnsafeAccount
+
+ROOT = Path(__file__).resolve().parent.parent
+FOREIGN = b"From: boss@example.org\r\nSubject: keep me\r\nMessage-ID: <keep@example.org>\r\n\r\nimportant\r\n"
+
+
+@pytest.fixture
+def careful_target(target):
+    """Two accounts of the session's Dovecot, declared not disposable, emptied before and after."""
+    accounts = target.accounts[-2:]
+    wipeable = replace(target, accounts=accounts, disposable=True)
+    for account in accounts:
+        cleanup(wipeable, prepare(wipeable, account))
+    yield replace(target, accounts=accounts, disposable=False)
+    for account in accounts:
+        cleanup(wipeable, prepare(wipeable, account))
+
+
+def messages(target, account, folder="INBOX") -> list[bytes]:
+    with admin_client(target, account) as client:
+        client.select_folder(folder)
+        uids = client.search("ALL")
+        return [d[b"BODY[]"] for d in client.fetch(uids, ["BODY.PEEK[]"]).values()] if uids else []
+
+
+def test_run_refuses_an_account_holding_foreign_mail_and_touches_nothing(careful_target, tmp_path):
+    account = careful_target.accounts[0]
+    with admin_client(careful_target, account) as client:
+        client.append("INBOX", FOREIGN)
+        client.create_folder("Projects")
+    target_file = tmp_path / "t.yaml"
+    careful_target.dump(target_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--target", str(target_file), "--suite", "examples/", "--report-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"account {account.user} holds mail the harness did not create" in out
+    assert "disposable: true" in out
+    assert messages(careful_target, account) == [FOREIGN]
+    with admin_client(careful_target, account) as client:
+        assert client.folder_exists("Projects")
+
+
+def test_prepare_refuses_and_cleanup_removes_only_harness_mail(careful_target):
+    from harness import corpus
+
+    account = careful_target.accounts[1]
+    state = prepare(careful_target, account)  # empty: allowed
+    with admin_client(careful_target, account) as client:
+        client.append("INBOX", corpus.message("plain"))  # what a test stores
+        client.create_folder("Harness-made")
+        client.append("Harness-made", corpus.message("plain"))
+        client.create_folder("Mixed")
+        client.append("Mixed", corpus.message("plain"))
+        client.append("INBOX", FOREIGN)  # mail that arrived while the test ran
+        client.append("Mixed", FOREIGN)
+    notes = cleanup(careful_target, state)
+    assert messages(careful_target, account) == [FOREIGN]
+    with admin_client(careful_target, account) as client:
+        assert not client.folder_exists("Harness-made")
+        assert client.folder_exists("Mixed")
+    assert messages(careful_target, account, "Mixed") == [FOREIGN]
+    assert any("Mixed" in note and "did not create" in note for note in notes)
+    with pytest.raises(UnsafeAccount, match="refusing to touch it"):
+        prepare(careful_target, account)
+
+
+def test_run_on_empty_non_disposable_accounts_leaves_them_empty(careful_target, tmp_path):
+    target_file = tmp_path / "t.yaml"
+    careful_target.dump(target_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--target", str(target_file), "--suite", "examples/", "--report-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["summary"]["passed"] == 3
+    for account in careful_target.accounts:
+        with admin_client(careful_target, account) as client:
+            for flags, _, name in client.list_folders():
+                assert client.folder_status(name, ["MESSAGES"])[b"MESSAGES"] == 0, name
+            assert sorted(n for _, _, n in client.list_folders()) == ["Drafts", "INBOX", "Junk", "Sent", "Trash"]
