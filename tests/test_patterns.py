@@ -54,3 +54,10 @@ def test_substitute():
     assert substitute("UID FETCH $uid FLAGS", {"uid": "7"}) == "UID FETCH 7 FLAGS"
     with pytest.raises(PatternError, match=r"\$uid is not set"):
         substitute("UID FETCH $uid FLAGS", {})
+
+
+def test_literal_dollar_and_braced_variables():
+    assert substitute("STORE 1 +FLAGS ($$Forwarded)", {}) == "STORE 1 +FLAGS ($Forwarded)"
+    assert substitute("CREATE Projects${delim}Alpha", {"delim": "/"}) == "CREATE Projects/Alpha"
+    assert Pattern("* 1 FETCH (FLAGS ($$Forwarded))").match("* 1 FETCH (FLAGS ($Forwarded))", {}) == {}
+    assert Pattern("* LIST () \"${d}\" A${d}B").match('* LIST () "." A.B', {}) == {"d": "."}

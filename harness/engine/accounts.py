@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from harness.errors import UnsafeAccount
+from harness.errors import HarnessError, UnsafeAccount
 from harness.targets.target_file import Account, Target
 
 HARNESS_HEADER = "X-Mailharness-Corpus"
@@ -28,6 +28,10 @@ SPECIAL_USE = {b"\\Sent", b"\\Drafts", b"\\Trash", b"\\Junk", b"\\Archive", b"\\
 
 class NotEnoughAccounts(Exception):
     pass
+
+
+class AccountNotEmpty(HarnessError):
+    """A disposable account could not be emptied: the test cannot start from a known state."""
 
 
 class AccountPool:
@@ -110,6 +114,11 @@ def prepare(target: Target, account: Account) -> AccountState:
                 )
             _wipe(client, folders, counts)
             folders = _folders(client)
+            left = {n: c for n, c in _message_counts(client, folders).items() if c}
+            extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
+            if left or extra:  # the server acknowledged EXPUNGE/DELETE but kept things
+                held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
+                raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
         return AccountState(account, {name for _, _, name in folders})
 
 

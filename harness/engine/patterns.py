@@ -5,6 +5,8 @@ runs of white space matching any white space:
 
     $name        a token (no space, parentheses or brackets); captured the first
                  time, compared with the captured value afterwards
+    ${name}      the same, where letters follow: Projects${delim}Alpha
+    $$           a literal "$" (keywords such as $$Forwarded)
     ${size:NAME} the size in octets of corpus message NAME
     ...          anything, including nothing
     re:REGEX     the rest is a Python regex; (?P<name>...) groups are captured
@@ -21,7 +23,12 @@ from functools import lru_cache
 
 from harness import corpus
 
-_TOKEN = re.compile(r"\$\{(?P<fn>[a-z]+):(?P<arg>[A-Za-z0-9._-]+)\}|\$(?P<var>[A-Za-z_][A-Za-z0-9_]*)|(?P<any>\.\.\.)|(?P<ws>\s+)")
+_TOKEN = re.compile(
+    r"(?P<dollar>\$\$)"
+    r"|\$\{(?P<fn>[a-z]+):(?P<arg>[A-Za-z0-9._-]+)\}"
+    r"|\$\{(?P<bvar>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<var>[A-Za-z_][A-Za-z0-9_]*)"
+    r"|(?P<any>\.\.\.)|(?P<ws>\s+)"
+)
 _CAPTURE = r"[^\s()\[\]]+"
 
 
@@ -65,17 +72,19 @@ def _compile(source: str, bound: tuple, allow_tail: bool):
     for m in _TOKEN.finditer(source):
         out.append(re.escape(source[pos : m.start()]))
         pos = m.end()
-        if m.group("fn"):
+        if m.group("dollar"):
+            out.append(re.escape("$"))
+        elif m.group("fn"):
             out.append(re.escape(expand_function(m.group("fn"), m.group("arg"))))
-        elif m.group("var"):
-            name = m.group("var")
+        elif m.group("var") or m.group("bvar"):
+            name = m.group("var") or m.group("bvar")
             if name in bound_vars:
                 out.append(re.escape(bound_vars[name]))
             elif name in seen:  # same new variable twice in one pattern: must be equal
                 out.append(f"(?P={seen[name]})")
             else:
                 group = f"g{len(names)}"
-                names[group] = seen[name] = name
+                names[group] = name
                 seen[name] = group
                 out.append(f"(?P<{group}>{_CAPTURE})")
         elif m.group("any"):
@@ -93,10 +102,12 @@ def substitute(text: str, variables: dict[str, str]) -> str:
     """Fill $name and ${fn:arg} in a command line; an unknown variable is an error."""
 
     def repl(m: re.Match) -> str:
+        if m.group("dollar"):
+            return "$"
         if m.group("fn"):
             return expand_function(m.group("fn"), m.group("arg"))
-        if m.group("var"):
-            name = m.group("var")
+        if m.group("var") or m.group("bvar"):
+            name = m.group("var") or m.group("bvar")
             if name not in variables:
                 known = ", ".join(sorted("$" + v for v in variables)) or "none yet"
                 raise PatternError(f"${name} is not set at this step (set so far: {known})")
@@ -107,4 +118,4 @@ def substitute(text: str, variables: dict[str, str]) -> str:
 
 
 def variables_in(text: str) -> list[str]:
-    return [m.group("var") for m in _TOKEN.finditer(text) if m.group("var")]
+    return [m.group("var") or m.group("bvar") for m in _TOKEN.finditer(text) if m.group("var") or m.group("bvar")]

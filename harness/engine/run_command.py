@@ -80,8 +80,16 @@ def pytest_args(args) -> list[str]:
     if args.timeout:
         out += ["--mh-timeout", str(args.timeout)]
     out += args.pytest_arg
-    out += [str(s) for s in suites]
+    out += [_display_path(s) for s in suites]
     return out
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working directory when inside it: failures then read suites/pop3/x.yaml:12."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
 
 
 # pytest exit codes -> ours

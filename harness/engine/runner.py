@@ -317,4 +317,7 @@ def _fetch_value_text(value) -> str:
 
 
 def _quote(name: str) -> str:
+    """IMAP quoted string; a name captured from LIST may already be quoted."""
+    if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
+        return name
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

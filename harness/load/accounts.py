@@ -25,7 +25,7 @@ class AccountPlan:
         self.pools = pools
 
     @classmethod
-    def for_scenario(cls, accounts: list[Account], scenario: Scenario) -> "AccountPlan":
+    def for_scenario(cls, accounts: list[Account], scenario: Scenario) -> AccountPlan:
         roles = [r for r in ROLES if r in scenario.users and (scenario.users[r].weight > 0 or r in scenario.accounts)]
         fixed = {r: n for r, n in scenario.accounts.items() if r in roles}
         if sum(fixed.values()) > len(accounts):
@@ -76,14 +76,14 @@ class AccountAllocator:
         worker_index %= worker_count
         self.slices: dict[str, list[Account]] = {}
         for role, pool in plan.pools.items():
+            if role == "pop3_delete" and len(pool) < worker_count:
+                # Two processes deleting from one mailbox would race for the same messages.
+                raise ConfigError(
+                    f"pop3_delete has {len(pool)} account(s) for {worker_count} generator processes; "
+                    "give it at least one per process (scenario accounts: or a bigger target)"
+                )
             own = pool[worker_index::worker_count]
             if not own:
-                if role == "pop3_delete":
-                    # Two processes deleting from one mailbox would race for the same messages.
-                    raise ConfigError(
-                        f"pop3_delete has {len(pool)} account(s) for {worker_count} generator processes; "
-                        "give it at least one per process (scenario accounts: or a bigger target)"
-                    )
                 own = pool  # readers may share; start them at different accounts per process
                 shift = worker_index % len(pool)
                 own = own[shift:] + own[:shift]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -114,40 +115,57 @@ def _measure(args, idle: bool, users: int, target_file: Path, scenario_file: Pat
         "duration": args.duration,
         "ramp_timeout": max(30.0, users / 100 + 30),
     }
-    server_cpu_before = _server_cpu(dovecot)
+    server_cpu = ServerCpu(dovecot) if dovecot is not None else None
+    started = time.monotonic()
     timeout = job["ramp_timeout"] + args.warmup + args.duration + 120
     proc = subprocess.run([sys.executable, "-m", "harness.load.bench_generator"], input=json.dumps(job),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise HarnessError(f"the generator process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if dovecot is not None:
-        result["server_cpu_seconds"] = _server_cpu(dovecot) - server_cpu_before
-        result["server"] = target.name
-    else:
-        result["server"] = target.name
+    result["server"] = target.name
+    if server_cpu is not None:  # over the generator's whole life (warm-up included), not only the measured window
+        result["server_cpu_seconds"] = server_cpu.seconds()
+        result["server_wall_seconds"] = time.monotonic() - started
     result["commands_per_cpu_second"] = result["commands"] / result["cpu_seconds"] if result["cpu_seconds"] else 0.0
     result["commands_per_second"] = result["commands"] / result["wall_seconds"] if result["wall_seconds"] else 0.0
     return result
 
 
-def _server_cpu(dovecot) -> float:
-    """CPU seconds used so far by the embedded Dovecot's processes (exited children via the master's cutime)."""
-    if dovecot is None:
-        return 0.0
-    marker = dovecot.root.name.encode()
-    ticks = 0
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            if marker not in (pid_dir / "cmdline").read_bytes() and int(pid_dir.name) != dovecot.proc.pid:
+class ServerCpu:
+    """CPU seconds the embedded Dovecot spends between two snapshots, all its processes together.
+
+    A process that exits in between is counted through the master's reaped-children time,
+    which holds its whole life; its share from before the first snapshot is taken off again.
+    """
+
+    def __init__(self, dovecot):
+        self.dovecot = dovecot
+        self.start = self._snapshot()
+
+    def _snapshot(self) -> tuple[dict[int, int], int]:
+        marker, master = self.dovecot.root.name.encode(), self.dovecot.proc.pid
+        own, reaped = {}, 0
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
                 continue
-            fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+            pid = int(pid_dir.name)
+            try:
+                if pid != master and marker not in (pid_dir / "cmdline").read_bytes():
+                    continue
+                fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            own[pid] = int(fields[11]) + int(fields[12])  # utime + stime
+            if pid == master:
+                reaped = int(fields[13]) + int(fields[14])  # cutime + cstime
+        return own, reaped
+
+    def seconds(self) -> float:
+        (own0, reaped0), (own1, reaped1) = self.start, self._snapshot()
+        ticks = sum(cpu - own0.get(pid, 0) for pid, cpu in own1.items()) + (reaped1 - reaped0)
+        ticks -= sum(cpu for pid, cpu in own0.items() if pid not in own1)
+        return max(0, ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def _print(result: dict, idle: bool) -> None:
@@ -156,7 +174,13 @@ def _print(result: dict, idle: bool) -> None:
         print(f"  connections idling: peak {result['idling_peak']}, lowest during the hold {result['idling_low']} "
               f"(all were idling after {result['ramp_seconds']:.1f} s)")
         p50, p95 = result["notify_p50_ms"], result["notify_p95_ms"]
-        print(f"  new-mail notifications: {result['notify_samples']} samples, p50 {p50} ms, p95 {p95} ms")
+        delivered = result["per_name"].get("LMTP deliver", {}).get("requests", 0)
+        print(f"  new-mail notifications: {result['notify_samples']} for {delivered} deliveries during the hold, "
+              f"p50 {p50} ms, p95 {p95} ms")
+        if delivered and (result["notify_samples"] < 0.9 * delivered or (p95 or 0) > 5000):
+            print("  note: many deliveries were not announced promptly. On Linux, Dovecot watches a mailbox with one\n"
+                  "  inotify instance per IMAP process and falls back to polling (mailbox_idle_check_interval, 30 s)\n"
+                  "  beyond fs.inotify.max_user_instances (default 128) per mail uid; raise that sysctl on the server.")
         print(f"  failures: {result['failures']}; generator CPU {result['cpu_seconds'] / result['wall_seconds']:.0%} of a core; "
               f"max RSS {result['max_rss_mb']:.0f} MB; open-files limit {result['fd_limit']}")
         return
@@ -167,7 +191,7 @@ def _print(result: dict, idle: bool) -> None:
     print(f"  wall clock: {result['commands_per_second']:,.0f} commands/s; generator busy "
           f"{result['cpu_seconds'] / result['wall_seconds']:.0%} of one core", end="")
     if "server_cpu_seconds" in result:
-        print(f"; Dovecot used {result['server_cpu_seconds'] / result['wall_seconds']:.2f} cores")
+        print(f"; Dovecot used {result['server_cpu_seconds'] / result['server_wall_seconds']:.2f} cores")
     else:
         print()
     for name, counts in sorted(result["per_name"].items()):

@@ -12,6 +12,7 @@ Modes:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -59,14 +60,14 @@ def run_job(job: dict) -> dict:
         gevent.sleep(job["warmup"])
         ramp_seconds = job["warmup"]
 
-    before, cpu0, wall0 = _snapshot(env), time.process_time(), time.perf_counter()
+    before, cpu0, wall0, times0 = _snapshot(env), time.process_time(), time.perf_counter(), os.times()
     peak_idling = low_idling = IdleUser.idling
     end = wall0 + job["duration"]
     while (left := end - time.perf_counter()) > 0:
         gevent.sleep(min(0.5, left))
         peak_idling = max(peak_idling, IdleUser.idling)
         low_idling = min(low_idling, IdleUser.idling)
-    after, cpu1, wall1 = _snapshot(env), time.process_time(), time.perf_counter()
+    after, cpu1, wall1, times1 = _snapshot(env), time.process_time(), time.perf_counter(), os.times()
     runner.quit()
 
     per_name = {}
@@ -81,6 +82,8 @@ def run_job(job: dict) -> dict:
         "commands": commands,
         "failures": sum(v["failures"] for v in per_name.values()),
         "cpu_seconds": cpu1 - cpu0,
+        "cpu_user_seconds": times1.user - times0.user,
+        "cpu_system_seconds": times1.system - times0.system,  # mostly the kernel's loopback TCP work
         "wall_seconds": wall1 - wall0,
         "ramp_seconds": ramp_seconds,
         "per_name": per_name,

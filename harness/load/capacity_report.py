@@ -9,6 +9,7 @@ new-mail notification latency, delivered-vs-retrieved, thresholds. Charts are in
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from harness.load.svg_charts import Series, bar_chart, line_chart
 NOTIFY = "IMAP notify latency"
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 RATE_WINDOW = 3  # history samples per throughput point: smooths the 3 s reporting beat of workers
+PERCENTILE_WINDOW = 10  # seconds; Locust's CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -48,7 +50,7 @@ class CsvSet:
     failures: list[dict]
 
     @classmethod
-    def load(cls, run_dir: Path, prefix: str = "locust") -> "CsvSet":
+    def load(cls, run_dir: Path, prefix: str = "locust") -> CsvSet:
         return cls(
             stats=read_csv(run_dir / f"{prefix}_stats.csv"),
             history=read_csv(run_dir / f"{prefix}_stats_history.csv"),
@@ -70,21 +72,34 @@ def _history_by_name(history: list[dict]) -> tuple[dict[str, list[dict]], float]
     return by_name, start
 
 
-def _throughput(rows: list[dict], start: float) -> list[tuple[float, float]]:
+def _throughput(rows: list[dict], start: float, column: str = "Total Request Count") -> list[tuple[float, float]]:
+    """Requests (or failures) per second from the growth of Locust's running totals."""
     points = []
     for i in range(1, len(rows)):
         j = max(0, i - RATE_WINDOW)
         dt = float(rows[i]["Timestamp"]) - float(rows[j]["Timestamp"])
         if dt > 0:
-            done = int(rows[i]["Total Request Count"]) - int(rows[j]["Total Request Count"])
-            points.append((float(rows[i]["Timestamp"]) - start, done / dt))
+            points.append((float(rows[i]["Timestamp"]) - start, (int(rows[i][column]) - int(rows[j][column])) / dt))
     return points
 
 
 def _percentile_series(rows: list[dict], start: float, column: str) -> list[tuple[float, float]]:
-    # Before the first request Locust writes 0 (or N/A), which would draw a false drop to zero.
-    return [(float(r["Timestamp"]) - start, v) for r in rows
-            if (v := _num(r.get(column))) is not None and int(r["Total Request Count"]) > 0]
+    """Locust's current-window percentile at each sample, where that window held any requests.
+
+    An empty window reads 0 (or N/A), which would draw a false drop to zero; so does a window
+    the master has not yet filled from its workers' reports (its max reads 0 although every
+    request so far took a millisecond or more).
+    """
+    points, times, counts = [], [float(r["Timestamp"]) for r in rows], [int(r["Total Request Count"]) for r in rows]
+    earliest = 0
+    for i, row in enumerate(rows):
+        while times[earliest] < times[i] - PERCENTILE_WINDOW:
+            earliest += 1
+        window_had_requests = counts[i] > (counts[earliest - 1] if earliest else 0)
+        window_unfilled = _num(row.get("100%")) == 0 and (_num(row.get("Total Min Response Time")) or 0) >= 1
+        if window_had_requests and not window_unfilled and (value := _num(row.get(column))) is not None:
+            points.append((times[i] - start, value))
+    return points
 
 
 def _latency_chart(name: str, rows: list[dict], start: float, width: int = 430) -> str:
@@ -103,7 +118,7 @@ def build_charts(csvs: CsvSet) -> dict:
         title="Users", y_label="concurrent users")
     charts["total_rps"] = line_chart(
         [Series("all commands", _throughput(total, start), "#1f77b4"),
-         Series("failures", [(float(r["Timestamp"]) - start, _num(r["Failures/s"]) or 0.0) for r in total], "#d62728", True)],
+         Series("failures", _throughput(total, start, "Total Failure Count"), "#d62728", True)],
         title="Throughput, all commands", y_label="commands/s")
     by_protocol: dict[str, list[str]] = defaultdict(list)
     for name in commands:
@@ -116,10 +131,29 @@ def build_charts(csvs: CsvSet) -> dict:
     charts["latency"] = [_latency_chart(n, by_name[n], start) for n in commands]
     charts["notify"] = _latency_chart(NOTIFY + " (delivery to EXISTS seen)", by_name.get(NOTIFY, []), start, width=640)
     errors = defaultdict(float)
-    for row in csvs.failures:
-        errors[f"{row['Name']}: {row['Error'][:90]}"] += _num(row.get("Occurrences")) or 0
-    charts["errors"] = bar_chart(list(errors.items()), title="Errors by kind (occurrences)")
+    for row in failure_table(csvs):
+        errors[row["label"]] += row["occurrences"]
+    charts["errors"] = bar_chart(list(errors.items()), title="Errors by kind (occurrences)", width=900)
     return charts
+
+
+def _error_text(name: str, error: str) -> str:
+    """Locust stores repr(exception): "CommandFailed('IMAP LOGIN: NO ...')" -> "NO ..."."""
+    match = re.fullmatch(r"(\w+)\((['\"])(.*)\2\)", error.strip(), re.DOTALL)
+    kind, text = (match.group(1), match.group(3)) if match else ("", error)
+    text = text.removeprefix(f"{name}: ")
+    if kind in ("TimeoutError", "ConnectionClosed", "ConnectionRefusedError", "ConnectionResetError"):
+        text = f"{kind}: {text}"
+    return text
+
+
+def failure_table(csvs: CsvSet) -> list[dict]:
+    rows = []
+    for row in csvs.failures:
+        text = _error_text(row["Name"], row["Error"])
+        rows.append({"name": row["Name"], "error": text, "occurrences": _num(row.get("Occurrences")) or 0,
+                     "label": f"{row['Name']}: {text[:80]}"})
+    return sorted(rows, key=lambda r: r["occurrences"], reverse=True)
 
 
 def stats_table(csvs: CsvSet) -> list[dict]:
@@ -146,7 +180,7 @@ def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, account
     notify = next((r for r in stats_table(csvs) if r["name"] == NOTIFY), None)
     html = env.get_template("capacity.html.j2").render(
         facts=facts, verdicts=verdicts, accounting=accounting, problems=problems,
-        charts=build_charts(csvs), stats=stats_table(csvs), notify=notify,
+        charts=build_charts(csvs), stats=stats_table(csvs), notify=notify, failures=failure_table(csvs),
     )
     path = run_dir / "capacity.html"
     path.write_text(html, encoding="utf-8")

@@ -15,7 +15,7 @@ from time import perf_counter
 from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
 from harness.targets.target_file import Endpoint
 
-EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.M)
+EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.MULTILINE)
 _CRLF = b"\r\n"
 
 
@@ -134,38 +134,15 @@ class ImapClient:
         return tag
 
     # -- reading responses -----------------------------------------------------------
+    # Both readers jump from literal to literal instead of walking lines: a literal marker
+    # "{n}" CRLF can only end a line, and the tagged line ends the response, so the first
+    # tag line after the last literal is the answer.
+
     def _read_until_tagged(self, tag: bytes, name: str, collect: bool) -> bytes:
-        if not collect:
-            return self._skip_until_tagged(tag, name)
-        conn = self.conn
-        out = bytearray()
-        while True:
-            buf = conn.buf
-            pos = conn.pos
-            eol = buf.find(_CRLF, pos)
-            if eol < 0:
-                conn.fill()
-                continue
-            if eol > pos and buf[eol - 1] == 0x7D:  # "...{123}" announces a 123-byte literal
-                brace = buf.rfind(b"{", pos, eol)
-                digits = buf[brace + 1 : eol - 1]
-                if brace >= 0 and digits.isdigit():
-                    out += buf[pos : eol + 2]
-                    conn.pos = eol + 2
-                    out += conn.take(int(digits))
-                    continue  # the response goes on after the literal
-            conn.pos = eol + 2
-            if buf.startswith(tag, pos):
-                return self._status(buf[pos + len(tag) : eol], name, bytes(out))
-            out += buf[pos : eol + 2]
-
-    def _skip_until_tagged(self, tag: bytes, name: str) -> bytes:
-        """The hot path: jump from literal to literal (counting, not copying) until the tagged line.
-
-        Lines between literals are not looked at one by one: a literal marker "{n}" CRLF can only
-        end a line, and the tagged status line ends the response, so the first tag line after
-        the last literal is the answer.
-        """
+        if collect:
+            return self._collect_until_tagged(tag, name)
+        # Counting: the hot path of the whole load generator. Literals are consumed as they
+        # are passed (a 300 KB attachment is never held), nothing is copied.
         conn = self.conn
         tag_line = _CRLF + tag
         while True:
@@ -176,17 +153,51 @@ class ImapClient:
                 brace = buf.rfind(b"{", pos, close)
                 digits = buf[brace + 1 : close]
                 if brace >= 0 and digits.isdigit():
+                    end = close + 3 + int(digits)
+                    if end <= len(buf):
+                        conn.pos = end
+                    else:
+                        conn.pos = close + 3
+                        conn.skip(end - close - 3)
                     break
                 close = buf.find(b"}\r\n", close + 3)  # a "}" ending a line that is not a literal
+            else:
+                if buf.startswith(tag, pos):
+                    start = pos
+                else:
+                    start = buf.find(tag_line, pos)
+                    start = start + 2 if start >= 0 else -1
+                if start >= 0:
+                    eol = buf.find(_CRLF, start)
+                    if eol >= 0:
+                        conn.pos = eol + 2
+                        return self._status(buf[start + len(tag) : eol], name, b"")
+                conn.fill()
+
+    def _collect_until_tagged(self, tag: bytes, name: str) -> bytes:
+        """Like counting, but the response stays in the buffer (at conn.pos) and is returned whole."""
+        conn = self.conn
+        tag_line = _CRLF + tag
+        offset = 0  # bytes after conn.pos already scanned
+        while True:
+            buf = conn.buf
+            pos = conn.pos + offset
+            close = buf.find(b"}\r\n", pos)
+            while close >= 0:
+                brace = buf.rfind(b"{", pos, close)
+                digits = buf[brace + 1 : close]
+                if brace >= 0 and digits.isdigit():
+                    break
+                close = buf.find(b"}\r\n", close + 3)
             if close >= 0:
                 end = close + 3 + int(digits)
-                if end <= len(buf):
-                    conn.pos = end
+                if end > len(buf):
+                    offset = brace - conn.pos  # back to this marker once more has arrived
+                    conn.fill()
                 else:
-                    conn.pos = close + 3
-                    conn.skip(end - close - 3)
+                    offset = end - conn.pos
                 continue
-            if buf.startswith(tag, pos):
+            if offset == 0 and buf.startswith(tag, pos):
                 start = pos
             else:
                 start = buf.find(tag_line, pos)
@@ -194,8 +205,11 @@ class ImapClient:
             if start >= 0:
                 eol = buf.find(_CRLF, start)
                 if eol >= 0:
+                    untagged = bytes(buf[conn.pos : start])
                     conn.pos = eol + 2
-                    return self._status(buf[start + len(tag) : eol], name, b"")
+                    return self._status(buf[start + len(tag) : eol], name, untagged)
+            last = buf.rfind(_CRLF, pos)  # resume at the last line end rather than rescanning lines
+            offset = (max(pos, last - 1) if last >= 0 else pos) - conn.pos
             conn.fill()
 
     @staticmethod

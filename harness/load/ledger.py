@@ -34,7 +34,8 @@ class Ledger:
         if self._pid != os.getpid():  # first use, or a fork inherited the parent's handle
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{socket.gethostname()}-{os.getpid()}.jsonl"
-            self._file = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: one write per event
+            # Open for the life of the process, line-buffered: one write per event reaches the file at once.
+            self._file = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
             self._pid = os.getpid()
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 

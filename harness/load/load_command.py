@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -88,6 +88,8 @@ def add_arguments(p) -> None:
     p.add_argument("--accounts", type=int, metavar="N",
                    help=f"embedded server only: accounts to create (default: max(users, 8), at most {MAX_EMBEDDED_ACCOUNTS})")
     p.add_argument("--seed", action="store_true", help="with --target: top the mailboxes up to the scenario's mailbox before the run")
+    p.add_argument("--think-scale", type=float, default=1.0, metavar="F",
+                   help="multiply the scenario's think times by F: 0.1 turns a scenario written for hours into a quick smoke run")
     p.add_argument("--stop-timeout", type=float, default=10.0, metavar="S",
                    help="seconds users get to finish their current poll when the run ends (default 10)")
     p.add_argument("--quiet", action="store_true", help="keep Locust's console output in the report dir (locust.out) instead of showing it")
@@ -118,7 +120,7 @@ def run(args) -> int:
                 raise HarnessError(f"seeding failed for {len(result.failed)} deliveries, e.g. {result.failed[0]}")
             seeding = f"seeded to {scenario.messages} messages each ({result.added} added, {result.present} already there)"
         print(f"mailharness load: {scenario.name} on {target.name}: {users} users, {run_time}s, "
-              f"{'%d workers' % workers if workers else 'one process'}; accounts {plan.describe()}", file=sys.stderr)
+              f"{f'{workers} workers' if workers else 'one process'}; accounts {plan.describe()}", file=sys.stderr)
         exit_code = _run_locust(args, target_file, scenario, run_dir, users, run_time, workers)
         accounting = None
         if "pop3_delete" in plan.pools and scenario.delivery and scenario.delivery.to.get("pop3_delete"):
@@ -163,6 +165,8 @@ def _bounded(args) -> tuple[int, int, int]:
         raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}")
     if args.spawn_rate <= 0:
         raise ConfigError("--spawn-rate must be above 0")
+    if not 0 < args.think_scale <= 100:
+        raise ConfigError("--think-scale must be above 0 (and at most 100)")
     return args.users, run_time, args.workers
 
 
@@ -200,26 +204,24 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         "--logfile", str(run_dir / "locust.log"), "--loglevel", "INFO",
         "--exit-code-on-error", "0",  # failed requests are judged by thresholds, not by Locust
         "--target-file", str(target_file), "--scenario", str(scenario.source), "--ledger-dir", str(run_dir / "ledger"),
+        "--think-scale", str(args.think_scale),
     ]
     if workers:
         command += ["--processes", str(workers)]
-    out = open(run_dir / "locust.out", "wb") if args.quiet else None
     # Hard stop well after --run-time: a wedged run must not hold the machine (or CI) forever.
     deadline = run_time + args.stop_timeout + 120
-    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
-    try:
-        return proc.wait(timeout=deadline)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})")
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)  # Locust writes its reports on the way out
-        proc.wait(timeout=30)
-        raise
-    finally:
-        if out:
-            out.close()
+    with open(run_dir / "locust.out", "wb") if args.quiet else nullcontext() as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        try:
+            return proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})")
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGINT)  # Locust writes its reports on the way out
+            proc.wait(timeout=30)
+            raise
 
 
 def _facts(args, scenario, target: Target, plan, run_dir, users, run_time, workers, seeding, started_wall) -> dict:
@@ -234,6 +236,7 @@ def _facts(args, scenario, target: Target, plan, run_dir, users, run_time, worke
         "users": users,
         "spawn_rate": args.spawn_rate,
         "run_time": run_time,
+        "think_scale": args.think_scale,
         "generator": f"{workers} worker processes (Locust --processes)" if workers else "one process",
         "accounts": plan.describe(),
         "seeding": seeding,

@@ -6,6 +6,7 @@ a locust.conf, like any Locust option):
   --target-file FILE     MAILHARNESS_TARGET     the server and accounts (docs/targets.md)
   --scenario NAME|PATH   MAILHARNESS_SCENARIO   loadtests/scenarios/NAME.yaml or a path (default term-start)
   --ledger-dir DIR       MAILHARNESS_LEDGER_DIR where to journal deliveries/retrievals (lost/duplicated check)
+  --think-scale F        MAILHARNESS_THINK_SCALE multiply all think times (0.1: a quick smoke run)
 
 Each process (master, every worker) loads the target and scenario itself at Locust's init
 event; a worker learns its slice of the accounts from the master when the test starts.
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from locust import between, constant_throughput, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
 from harness.load.scenario import Scenario, load_scenario
@@ -62,8 +63,11 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def configure_user_classes(environment, scenario: Scenario) -> None:
-    """Keep the user kinds the scenario names, with its weights and think times; size the delivery."""
+def configure_user_classes(environment, scenario: Scenario, think_scale: float = 1.0) -> None:
+    """Keep the user kinds the scenario names, with its weights and think times; size the delivery.
+
+    ``think_scale`` multiplies every think time (0.1: a quick smoke run of a scenario written for hours).
+    """
     keep = []
     for cls in environment.user_classes:
         role = getattr(cls, "role", None)
@@ -77,7 +81,8 @@ def configure_user_classes(environment, scenario: Scenario) -> None:
             if kind.weight <= 0:
                 continue
             cls.weight = kind.weight
-            cls.wait_time = between(*kind.think_time)
+            low, high = kind.think_time
+            cls.wait_time = between(low * think_scale, high * think_scale)
         elif role is not None:
             continue
         keep.append(cls)
@@ -108,6 +113,8 @@ def _add_options(parser) -> None:
                        help="Scenario name (loadtests/scenarios/NAME.yaml) or path to a YAML file. Default: term-start")
     group.add_argument("--ledger-dir", env_var="MAILHARNESS_LEDGER_DIR", default=None,
                        help="Journal deliveries and retrievals here, for the lost/duplicated check of `mailharness load`")
+    group.add_argument("--think-scale", env_var="MAILHARNESS_THINK_SCALE", type=float, default=1.0,
+                       help="Multiply the scenario's think times (0.1 for a quick smoke run). Default 1")
 
 
 @events.init.add_listener
@@ -124,7 +131,9 @@ def _on_init(environment, runner=None, **_kw) -> None:
         raise SystemExit(2)
     try:
         run = build_run(options.target_file, options.scenario, options.ledger_dir)
-        configure_user_classes(environment, run.scenario)
+        if not 0 < options.think_scale <= 100:
+            raise HarnessError(f"--think-scale {options.think_scale}: give a factor above 0 (at most 100)")
+        configure_user_classes(environment, run.scenario, options.think_scale)
     except HarnessError as exc:
         sys.stderr.write(f"mailharness: {exc}\n")
         raise SystemExit(exc.exit_code) from None
@@ -135,7 +144,11 @@ def _on_init(environment, runner=None, **_kw) -> None:
 
     if isinstance(runner, WorkerRunner):
         def on_layout(environment, msg, **_):
-            run.allocator = AccountAllocator(run.plan, msg.data["index"], msg.data["count"])
+            try:
+                run.allocator = AccountAllocator(run.plan, msg.data["index"], msg.data["count"])
+            except ConfigError as exc:
+                run.allocator = None  # users refuse to start (see MailUser.on_start) rather than share mailboxes
+                log.error("mailharness: %s", exc)
 
         runner.register_message(LAYOUT_MESSAGE, on_layout)
 

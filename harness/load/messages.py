@@ -38,11 +38,7 @@ SIZE_CLASSES = {
 }
 DEFAULT_SIZE_MIX = {"small": 70, "medium": 25, "large": 5}
 
-WORDS = (
-    "lecture seminar deadline exam room timetable library thesis draft essay group project "
-    "reading list campus enrolment tutor lab report feedback module credit grade schedule "
-    "please note tomorrow friday week registration portal password account office hours"
-).split()
+WORDS = ["lecture", "seminar", "deadline", "exam", "room", "timetable", "library", "thesis", "draft", "essay", "group", "project", "reading", "list", "campus", "enrolment", "tutor", "lab", "report", "feedback", "module", "credit", "grade", "schedule", "please", "note", "tomorrow", "friday", "week", "registration", "portal", "password", "account", "office", "hours"]
 
 
 def parse_size_mix(text: str) -> dict[str, int]:

@@ -26,7 +26,7 @@ from harness.load.wire import WireError
 from harness.targets.target_file import Account, Target
 
 RECIPIENTS_PER_TRANSACTION = 100
-_SEED_VALUE = re.compile(rb"^" + SEED_HEADER + rb":\s*(\d+)", re.M | re.I)
+_SEED_VALUE = re.compile(rb"^" + SEED_HEADER + rb":\s*(\d+)", re.MULTILINE | re.IGNORECASE)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from html import escape
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22", "#393b79", "#ad494a", "#637939", "#843c39", "#7b4173", "#3182bd"]
 FONT = 'font-family="system-ui, sans-serif" font-size="11"'
+CHAR_WIDTH = 6.5  # average glyph width at that size, for fitting labels
 
 
 @dataclass
@@ -112,7 +113,9 @@ def bar_chart(items: list[tuple[str, float]], *, title: str, unit: str = "", wid
     if not items:
         return _empty(title, width, 60, "none")
     items = sorted(items, key=lambda kv: kv[1], reverse=True)
-    row, label_w, top = 20, min(360, max(len(label) for label, _ in items) * 6 + 12), 26
+    row, top = 20, 26
+    label_w = min(width * 0.6, max(len(label) for label, _ in items) * CHAR_WIDTH + 12)
+    fits = int((label_w - 12) / CHAR_WIDTH)
     height = top + row * len(items) + 8
     biggest = max(value for _, value in items) or 1
     bar_space = width - label_w - 70
@@ -121,7 +124,7 @@ def bar_chart(items: list[tuple[str, float]], *, title: str, unit: str = "", wid
     for i, (label, value) in enumerate(items):
         y = top + i * row
         w = max(1.0, value / biggest * bar_space)
-        shown = label if len(label) <= 60 else label[:57] + "..."
+        shown = label if len(label) <= fits else label[: fits - 3] + "..."
         out.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end"><title>{escape(label)}</title>{escape(shown)}</text>')
         out.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 6}" fill="{color}"/>')
         out.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 13}">{_label(value)}{escape(unit)}</text>')

@@ -35,9 +35,9 @@ from harness.load.wire import Watchdog, WireError
 
 NETWORK_ERRORS = (WireError, OSError)  # already reported as a failed request by the wire client
 HEADER_FIELDS = b"(DATE FROM TO CC SUBJECT MESSAGE-ID CONTENT-TYPE)"
-_MULTIPART_MIXED = re.compile(rb'\) "mixed"', re.I)  # BODYSTRUCTURE: (part)(part) "mixed" (params)
-_SENT = re.compile(rb"^\* (\d+) FETCH .*?" + SENT_HEADER + rb":\s*([\d.]+)", re.I | re.M | re.S)
-_FETCHED = re.compile(rb"^\* (\d+) FETCH", re.M)
+_MULTIPART_MIXED = re.compile(rb'\) "mixed"', re.IGNORECASE)  # BODYSTRUCTURE: (part)(part) "mixed" (params)
+_SENT = re.compile(SENT_HEADER + rb":\s*([\d.]+)", re.IGNORECASE)
+_FETCHED = re.compile(rb"^\* (\d+) FETCH", re.MULTILINE)
 
 # Two download-and-delete sessions on one mailbox would race for the same messages; when this
 # process has more such users than accounts, the ones sharing a mailbox take turns.
@@ -66,9 +66,11 @@ class MailUser(User):
     devices = 1  # users sharing one account (multi-device IDLE)
 
     def on_start(self) -> None:
-        self.run = run_of(self.environment)
-        self.kind = self.run.scenario.users[self.role]
-        self.account = self.run.allocator.next_account(self.role, self.kind.options.get("devices", self.devices))
+        self.load = run_of(self.environment)  # not self.run: that is Locust's User.run()
+        self.kind = self.load.scenario.users[self.role]
+        if self.load.allocator is None:  # no account slice for this process (logged when the layout came)
+            raise StopUser()
+        self.account = self.load.allocator.next_account(self.role, self.kind.options.get("devices", self.devices))
         self._fire = self.environment.events.request.fire
 
     def report(self, name: str, response_time: float, response_length: int, exception: BaseException | None) -> None:
@@ -91,11 +93,11 @@ class MailUser(User):
             self._state = LOCUST_STATE_RUNNING
 
     def _pop3(self) -> Pop3Client:
-        return Pop3Client(self.run.target.pop3, timeout=self.run.timeout, ca_file=self.run.target.ca_file,
+        return Pop3Client(self.load.target.pop3, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
                           report=self.report, watchdog=watchdog())
 
     def _imap(self) -> ImapClient:
-        return ImapClient(self.run.target.imap, timeout=self.run.timeout, ca_file=self.run.target.ca_file,
+        return ImapClient(self.load.target.imap, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
                           report=self.report, watchdog=watchdog())
 
 
@@ -111,7 +113,7 @@ class Pop3DeletePoller(MailUser):
 
     @task
     def poll(self) -> None:
-        ledger = self.run.ledger
+        ledger = self.load.ledger
         with _mailbox_turns[self.account.user]:
             client = self._pop3()
             try:
@@ -287,7 +289,7 @@ class IdleUser(MailUser):
         data = client.command("IMAP FETCH new",
                               b"FETCH %d:%d (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT FROM " % (self.fetched + 1, client.exists)
                               + SENT_HEADER + b")])", collect=True)
-        for _, sent in _SENT.findall(data):
+        for sent in _SENT.findall(data):
             self.report("IMAP notify latency", max(0.0, (seen_at - float(sent)) * 1000), 0, None)
         numbers = [int(n) for n in _FETCHED.findall(data)]
         self.fetched = max([self.fetched, *numbers])
@@ -311,8 +313,8 @@ class MailDelivery(User):
     _ids = count(1)
 
     def on_start(self) -> None:
-        self.run = run_of(self.environment)
-        spec = self.run.scenario.delivery
+        self.load = run_of(self.environment)  # not self.run: that is Locust's User.run()
+        spec = self.load.scenario.delivery
         self.roles = list(spec.to)
         self.role_weights = list(spec.to.values())
         self.factory = DeliveryFactory(spec.size_mix)
@@ -327,13 +329,13 @@ class MailDelivery(User):
     @task
     def deliver(self) -> None:
         role = random.choices(self.roles, self.role_weights)[0]
-        account = random.choice(self.run.plan.pools[role])
+        account = random.choice(self.load.plan.pools[role])
         message_id = f"{self.prefix}-{next(self._ids)}"
-        ledger = self.run.ledger
+        ledger = self.load.ledger
         try:
             if self.client is None:
-                target = self.run.target
-                self.client = LmtpClient(target.delivery, timeout=self.run.timeout, ca_file=target.ca_file,
+                target = self.load.target
+                self.client = LmtpClient(target.delivery, timeout=self.load.timeout, ca_file=target.ca_file,
                                          report=self.report, watchdog=watchdog())
                 self.client.connect()
             if ledger:

@@ -7,11 +7,13 @@ and the post-run drain they are ordinary blocking sockets.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import ssl
 import weakref
+from collections.abc import Callable
 from time import perf_counter
-from typing import Callable
+from typing import Self
 
 from harness.targets.target_file import Endpoint
 
@@ -39,6 +41,22 @@ def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _open_tcp(host: str, port: int, timeout: float) -> socket.socket:
+    """TCP connect; IP literals skip getaddrinfo (under gevent a thread-pool round trip per connect)."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Watchdog:
@@ -80,8 +98,19 @@ class Connection:
     without a timeout and clients ``arm()`` a deadline around each command.
     """
 
-    __slots__ = ("sock", "buf", "pos", "received", "endpoint", "ca_file", "timeout", "read_timeout",
-                 "deadline", "expired", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "buf",
+        "ca_file",
+        "deadline",
+        "endpoint",
+        "expired",
+        "pos",
+        "read_timeout",
+        "received",
+        "sock",
+        "timeout",
+    )
 
     def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None, watchdog: Watchdog | None = None):
         self.endpoint = endpoint
@@ -89,7 +118,7 @@ class Connection:
         self.timeout = timeout
         self.deadline = 0.0
         self.expired = False
-        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        sock = _open_tcp(endpoint.host, endpoint.port, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if endpoint.tls:
             sock = tls_context(endpoint, ca_file).wrap_socket(sock, server_hostname=endpoint.host)
@@ -127,7 +156,11 @@ class Connection:
         self.sock.settimeout(self.read_timeout)
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        # A command fits the socket buffer: one send() does it. gevent's sendall() would also
+        # query SO_SNDBUF (a syscall) and slice memoryviews on every call.
+        sent = self.sock.send(data)
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
 
     def _recv(self) -> bytes:
         try:
@@ -197,13 +230,13 @@ class Step:
     not a failed request and is not reported.
     """
 
-    __slots__ = ("client", "name", "started", "received")
+    __slots__ = ("client", "name", "received", "started")
 
     def __init__(self, client, name: str):
         self.client = client
         self.name = name
 
-    def __enter__(self) -> "Step":
+    def __enter__(self) -> Self:
         conn = self.client.conn
         self.received = conn.received if conn else 0
         if conn:

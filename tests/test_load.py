@@ -1,0 +1,279 @@
+"""Load testing: real Locust runs against an embedded Dovecot (slow), plus the pieces they rest on.
+
+The slow tests run `mailharness load` end to end: each scenario for a few seconds with its
+think times compressed (--think-scale), two local workers with the mail accounting, a
+threshold breach, and seeding. Everything talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.errors import ConfigError
+from harness.load.accounting import DrainResult, settle
+from harness.load.accounts import AccountAllocator, AccountPlan
+from harness.load.imap_client import ImapClient
+from harness.load.ledger import Ledger
+from harness.load.pop3_client import Pop3Client
+from harness.load.scenario import load_scenario
+from harness.load.seeding import seed_accounts
+from harness.load.thresholds import evaluate, parse_threshold
+from harness.load.wire import CommandFailed
+from harness.targets.managed_dovecot import ManagedDovecot
+from harness.targets.target_file import Account, Endpoint
+
+EXPECTED = {
+    "term-start": ["IMAP LOGIN", "IMAP LIST", "IMAP SELECT", "IMAP FETCH headers", "IMAP FETCH body", "IMAP STORE seen",
+                   "IMAP IDLE", "POP3 STAT", "POP3 RETR", "POP3 DELE", "POP3 UIDL", "POP3 QUIT", "LMTP deliver"],
+    "pop3-pollers": ["POP3 connect", "POP3 USER", "POP3 PASS", "POP3 STAT", "POP3 RETR", "POP3 DELE", "POP3 UIDL",
+                     "POP3 QUIT", "LMTP deliver"],
+    "webmail": ["IMAP LOGIN", "IMAP LIST", "IMAP SELECT", "IMAP FETCH headers", "IMAP FETCH body",
+                "IMAP FETCH attachment", "IMAP STORE seen", "LMTP deliver"],
+    "idle-notify": ["IMAP LOGIN", "IMAP SELECT", "IMAP IDLE", "IMAP DONE", "IMAP FETCH new", "IMAP notify latency",
+                    "LMTP deliver"],
+}
+
+
+def load(*args: str) -> int:
+    return cli.main(["load", "--quiet", *args])
+
+
+def stats_rows(run_dir: Path) -> dict[str, dict]:
+    with (run_dir / "locust_stats.csv").open(newline="") as handle:
+        return {row["Name"]: row for row in csv.DictReader(handle)}
+
+
+# -- end to end (slow) ------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_scenario_runs_against_embedded_dovecot(scenario, tmp_path):
+    run_dir = tmp_path / scenario
+    code = load("--scenario", scenario, "--users", "8", "--spawn-rate", "8", "--run-time", "5s",
+                "--think-scale", "0.05", "--report-dir", str(run_dir))
+    assert code == 0, (run_dir / "run.json").read_text()
+    rows = stats_rows(run_dir)
+    for name in EXPECTED[scenario]:
+        assert int(rows[name]["Request Count"]) > 0, f"no {name!r} requests in {scenario}"
+    assert rows["Aggregated"]["Failure Count"] == "0"
+    report = (run_dir / "capacity.html").read_text()
+    assert "PASSED" in report and "<svg" in report and "<script" not in report
+    assert (run_dir / "locust.html").stat().st_size > 10_000
+    assert (run_dir / "locust_stats_history.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_retrieve_every_delivered_message_exactly_once(tmp_path):
+    scenario = tmp_path / "busy-pollers.yaml"
+    scenario.write_text("""
+users:
+  pop3_delete: {weight: 3, think_time: {min: 0.2, max: 0.6}}
+  pop3_keep: {weight: 1, think_time: {min: 0.5, max: 1}}
+accounts: {pop3_delete: 4, pop3_keep: 2}
+mailbox: {messages: 5, size_mix: {small: 1}}
+delivery: {rate: 40, to: {pop3_delete: 4, pop3_keep: 1}, size_mix: {small: 9, medium: 1}}
+max_error_rate: 0%
+""")
+    run_dir = tmp_path / "run"
+    code = load("--scenario", str(scenario), "--users", "7", "--spawn-rate", "20", "--run-time", "6s",
+                "--workers", "2", "--accounts", "8", "--report-dir", str(run_dir))
+    result = json.loads((run_dir / "run.json").read_text())
+    assert code == 0, result
+    accounting = result["accounting"]
+    assert accounting["delivered"] > 50
+    assert accounting["retrieved_during_run"] > 0 and accounting["sessions"] > 0
+    assert accounting["lost_count"] == 0 and accounting["duplicated_count"] == 0
+    assert (accounting["delivered"] + accounting["delivered_unconfirmed_found"]
+            == accounting["retrieved_during_run"] + accounting["retrieved_by_drain"])
+    # deliveries and retrievals were journalled by more than one process
+    assert len(list((run_dir / "ledger").glob("*.jsonl"))) >= 2
+    assert result["facts"]["generator"].startswith("2 worker processes")
+    assert int(stats_rows(run_dir)["POP3 RETR"]["Request Count"]) > 0
+    assert "exactly once, every message" in (run_dir / "capacity.html").read_text()
+
+
+@pytest.mark.slow
+def test_threshold_breach_fails_the_run_and_shows_in_the_report(tmp_path):
+    run_dir = tmp_path / "run"
+    code = load("--scenario", "webmail", "--users", "3", "--run-time", "3s", "--think-scale", "0.05",
+                "--threshold", "IMAP FETCH headers:rps>100000", "--threshold", "IMAP LOGIN:p99<30s",
+                "--report-dir", str(run_dir))
+    assert code == 1
+    result = json.loads((run_dir / "run.json").read_text())
+    verdicts = {t["rule"]: t["passed"] for t in result["thresholds"]}
+    assert verdicts["IMAP FETCH headers: rps>100000"] is False
+    assert verdicts["IMAP LOGIN: p99<30s"] is True
+    report = (run_dir / "capacity.html").read_text()
+    assert "BREACHED" in report and "FAILED" in report
+
+
+@pytest.mark.slow
+def test_seeding_tops_up_and_never_duplicates(tmp_path, capsys):
+    with ManagedDovecot(accounts=3) as dovecot:
+        target = dovecot.target
+        first = seed_accounts(target, target.accounts, 12, {"small": 60, "medium": 40})
+        assert (first.present, first.added, first.failed) == (0, 36, [])
+        again = seed_accounts(target, target.accounts, 12, {"small": 60, "medium": 40})
+        assert (again.present, again.added) == (36, 0)
+
+        pop3 = Pop3Client(target.pop3)  # take two messages away, as a download-and-delete user would
+        pop3.connect()
+        pop3.login(target.accounts[0].user, target.accounts[0].password)
+        pop3.dele(1)
+        pop3.dele(5)
+        pop3.quit()
+
+        target_file = tmp_path / "target.yaml"
+        target.dump(target_file)
+        assert cli.main(["seed", "--target", str(target_file), "--messages", "12",
+                         "--size-mix", "small=60,medium=40", "--accounts", "1-2"]) == 0
+        assert "22 seeded messages were there, 2 added" in capsys.readouterr().out
+        for account in target.accounts:
+            imap = ImapClient(target.imap)
+            imap.connect()
+            imap.login(account.user, account.password)
+            assert imap.select() == 12
+            imap.logout()
+
+
+# -- configuration errors (fast) ----------------------------------------------------------
+
+def test_bad_scenario_file_names_file_line_and_key(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("users:\n  imap_webmail:\n    weight: 1\n    think_time: 3\n    header: 50\n")
+    assert load("--scenario", str(path), "--users", "1", "--run-time", "1s") == 2
+    err = capsys.readouterr().err
+    assert f"{path}:5: users.imap_webmail.header: unknown key 'header'" in err
+
+
+def test_scenario_meaning_errors_point_at_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("users:\n  pop3_delete: {weight: 1}\ndelivery:\n  rate: 5\n  to:\n    imap_idle: 1\n")
+    with pytest.raises(ConfigError, match=rf"{path}:6: delivery.to.imap_idle: no such user kind"):
+        load_scenario(str(path))
+    path.write_text("users:\n  pop3_delete: {weight: 1}\nthresholds:\n  - 'POP3 RETR: p95 < fast'\n")
+    with pytest.raises(ConfigError, match=rf"{path}:4: thresholds.0: threshold"):
+        load_scenario(str(path))
+
+
+def test_every_shipped_scenario_is_valid():
+    for name in EXPECTED:
+        scenario = load_scenario(name)
+        assert scenario.users and scenario.thresholds
+
+
+def test_load_refuses_targets_that_are_not_disposable(tmp_path, capsys):
+    path = tmp_path / "prod.yaml"
+    path.write_text("name: prod\nimap: imap://127.0.0.1:1\naccounts: [{user: a, password: b}]\n")
+    assert load("--target", str(path), "--scenario", "webmail", "--users", "1", "--run-time", "1s") == 2
+    assert "disposable: true" in capsys.readouterr().err
+
+
+def test_users_and_run_time_are_bounded(capsys):
+    assert load("--scenario", "webmail", "--users", "50000", "--run-time", "1m") == 2
+    assert load("--scenario", "webmail", "--users", "5", "--run-time", "9h") == 2
+
+
+# -- building blocks (fast) ---------------------------------------------------------------
+
+def test_thresholds_parse_and_evaluate():
+    rows = [{"Name": "POP3 RETR", "Request Count": "200", "Failure Count": "1", "Requests/s": "20.0",
+             "95%": "120", "99%": "900", "Average Response Time": "30.5", "Median Response Time": "10",
+             "Max Response Time": "1200"}]
+    rules = [parse_threshold(t) for t in ("POP3 RETR:p95<200ms", "POP3 RETR: p99 < 0.5s", "POP3 RETR:errors<1%",
+                                          "POP3 RETR:rps>10", "IMAP LOGIN:p95<1s")]
+    assert [v.passed for v in evaluate(rules, rows)] == [True, False, True, True, False]
+    with pytest.raises(ConfigError, match="unknown metric"):
+        parse_threshold("POP3 RETR:p42<1s")
+
+
+def test_account_pools_are_disjoint_and_deleters_split_by_worker(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("users:\n  pop3_delete: {weight: 1}\n  pop3_keep: {weight: 1}\n  imap_idle: {weight: 2, devices: 2}\n"
+                    "accounts: {pop3_delete: 4}\n")
+    accounts = [Account(f"u{n}", "pw") for n in range(20)]
+    plan = AccountPlan.for_scenario(accounts, load_scenario(str(path)))
+    assert [len(plan.pools[r]) for r in ("pop3_delete", "pop3_keep", "imap_idle")] == [4, 6, 10]
+    assert len({a.user for a in plan.all_accounts()}) == 20
+    w0, w1 = AccountAllocator(plan, 0, 2), AccountAllocator(plan, 1, 2)
+    taken0 = {w0.next_account("pop3_delete").user for _ in range(4)}
+    taken1 = {w1.next_account("pop3_delete").user for _ in range(4)}
+    assert taken0 and taken1 and not taken0 & taken1
+    idle = [w0.next_account("imap_idle", devices=2).user for _ in range(4)]
+    assert idle[0] == idle[1] != idle[2] == idle[3]
+    with pytest.raises(ConfigError, match="pop3_delete has 4 account"):
+        AccountAllocator(plan, 0, 5)
+
+
+def test_accounting_finds_lost_duplicated_and_settles_interrupted_sessions(tmp_path):
+    ledger = Ledger(tmp_path)
+    for n in range(1, 7):
+        ledger.sending(f"m{n}", "u1", "pop3_delete")
+    for n in range(1, 6):  # m6: the generator stopped before the server's reply
+        ledger.delivered(f"m{n}")
+    ledger.sending("k1", "u9", "pop3_keep")
+    ledger.delivered("k1")
+    ledger.quit_sent("s1", "u1", ["m1", "m2"])
+    ledger.committed("s1")
+    ledger.quit_sent("s2", "u1", ["m3"])  # QUIT answer never seen; m3 is gone from the server: it went through
+    ledger.quit_sent("s3", "u1", ["m4"])  # QUIT answer never seen; the drain found m4: it did not
+    ledger.quit_sent("s4", "u1", ["m2"])
+    ledger.committed("s4")  # m2 retrieved twice
+    drained = DrainResult()
+    drained.retrieved.update(["m4", "m6", "old-1"])
+    result = settle(tmp_path, drained)
+    assert result.lost == ["m5"]
+    assert result.duplicated == ["m2"]
+    assert (result.delivered, result.delivered_unconfirmed_found, result.delivered_unconfirmed_missing) == (5, 1, 0)
+    assert (result.uncertain_sessions, result.not_from_this_run, result.delivered_elsewhere) == (2, 1, 1)
+    assert not result.ok
+
+
+class CannedServer:
+    """A one-connection TCP server on 127.0.0.1 that answers each command line with canned bytes."""
+
+    def __init__(self, greeting: bytes, replies: list[bytes]):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = Endpoint("imap", "127.0.0.1", self.listener.getsockname()[1])
+        self.greeting, self.replies = greeting, replies
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.sendall(self.greeting)
+            reader = conn.makefile("rb")
+            for reply in self.replies:  # one reply per command line received
+                reader.readline()
+                for i in range(0, len(reply), 7):  # dribble it out: the reader must cope with any split
+                    conn.sendall(reply[i : i + 7])
+
+
+def test_imap_reader_skips_literals_even_when_they_contain_the_tag():
+    body = b"Subject: hi\r\n\r\na2 OK not the end\r\na3 OK nor this\r\n{5}\r\n"
+
+    def fetch(tag: bytes) -> tuple[bytes, bytes]:
+        untagged = b"* 1 FETCH (BODY[] {%d}\r\n" % len(body) + body + b")\r\n* 2 FETCH (FLAGS (\\Seen))\r\n"
+        return untagged, untagged + tag + b" OK Fetch completed.\r\n"
+
+    (_, fetch_a2), (untagged_a3, fetch_a3) = fetch(b"a2"), fetch(b"a3")
+    server = CannedServer(b"* OK ready\r\n", [b"a1 OK logged in\r\n", fetch_a2, fetch_a3, b"a4 NO [OVERQUOTA] full\r\n"])
+    seen = []
+    client = ImapClient(server.endpoint, report=lambda *r: seen.append(r))
+    client.connect()
+    client.login("u", "p")
+    assert client.command("IMAP FETCH all", b"FETCH 1:2 BODY[]") == b""
+    assert client.command("IMAP FETCH all", b"FETCH 1:2 BODY[]", collect=True) == untagged_a3
+    with pytest.raises(CommandFailed, match="OVERQUOTA"):
+        client.command("IMAP APPEND", b"NOOP")
+    reported = [(name, nbytes, exc is None) for name, _, nbytes, exc in seen]
+    assert reported[2] == ("IMAP FETCH all", len(fetch_a2), True)
+    assert reported[-1][0] == "IMAP APPEND" and reported[-1][2] is False
