@@ -18,11 +18,11 @@ from harness.yaml_source import line_of, load_schema, load_yaml, validate
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
-    "body", "fetch", "timeout", "why", "metric", "to",
+    "all_lines", "body", "fetch", "timeout", "why", "metric", "to",
 }
 SPECIAL_STEPS = ("drop", "sleep", "deliver")
 IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
-POP3_ONLY = {"count", "lines", "absent_lines"}
+POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
 BUILTIN_VARS = {"user", "password", "user2", "password2", "user3", "password3", "user4", "password4"}
 DEFAULT_TIMEOUT = 5.0
 
@@ -99,6 +99,7 @@ class Step:
     count: int | None = None
     lines: list[Pattern] = field(default_factory=list)
     absent_lines: list[Pattern] = field(default_factory=list)
+    all_lines: list[Pattern] = field(default_factory=list)
     body: BodySpec | None = None
     fetch: dict[str, BodySpec | Pattern] = field(default_factory=dict)
     timeout: float | None = None
@@ -274,6 +275,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     step.count = raw.get("count")
     step.lines = _patterns(ctx, keys + ["lines"], raw.get("lines"))
     step.absent_lines = _patterns(ctx, keys + ["absent_lines"], raw.get("absent_lines"))
+    step.all_lines = _patterns(ctx, keys + ["all_lines"], raw.get("all_lines"))
     if "body" in raw:
         step.body = _body(ctx, keys + ["body"], raw["body"])
     for item, spec in (raw.get("fetch") or {}).items():

@@ -7,7 +7,7 @@ runs of white space matching any white space:
                  time, compared with the captured value afterwards
     ${name}      the same, where letters follow: Projects${delim}Alpha
     $$           a literal "$" (keywords such as $$Forwarded)
-    ${size:NAME} the size in octets of corpus message NAME
+    ${size:NAME} the size in octets of corpus message NAME (or A+B: a sum)
     ...          anything, including nothing
     re:REGEX     the rest is a Python regex; (?P<name>...) groups are captured
 
@@ -25,7 +25,7 @@ from harness import corpus
 
 _TOKEN = re.compile(
     r"(?P<dollar>\$\$)"
-    r"|\$\{(?P<fn>[a-z]+):(?P<arg>[A-Za-z0-9._-]+)\}"
+    r"|\$\{(?P<fn>[a-z]+):(?P<arg>[A-Za-z0-9._+-]+)\}"
     r"|\$\{(?P<bvar>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<var>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<any>\.\.\.)|(?P<ws>\s+)"
 )
@@ -37,11 +37,14 @@ class PatternError(ValueError):
 
 
 def expand_function(fn: str, arg: str) -> str:
-    if fn == "size":
-        try:
-            return str(len(corpus.message(arg)))
-        except KeyError:
-            raise PatternError(f"${{size:{arg}}}: no corpus message named {arg!r}") from None
+    if fn == "size":  # ${size:plain} or a sum, ${size:plain+dot-lines}
+        total = 0
+        for name in arg.split("+"):
+            try:
+                total += len(corpus.message(name))
+            except KeyError:
+                raise PatternError(f"${{size:{arg}}}: no corpus message named {name!r}") from None
+        return str(total)
     raise PatternError(f"unknown function ${{{fn}:...}} (known: size)")
 
 

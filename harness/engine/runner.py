@@ -206,8 +206,9 @@ class TestRun:
         raise StepFailure(self.spec, step, " or ".join(f"`{p}`" for p in patterns), line or "(empty line)")
 
     def _check_pop3_body(self, step: Step, response) -> None:
-        wants_body = step.count is not None or step.lines or step.absent_lines or step.body
-        if not wants_body:
+        """Checks of a multi-line answer; a -ERR the step allows has no body to check."""
+        wants_body = step.count is not None or step.lines or step.absent_lines or step.all_lines or step.body
+        if not wants_body or not response.ok:
             return
         if response.lines is None:
             raise StepFailure(self.spec, step, "a multi-line response", f"single line: {response.line}")
@@ -219,7 +220,14 @@ class TestRun:
             hits = [t for t in texts if pattern.match(t, self.variables) is not None]
             if hits:
                 raise StepFailure(self.spec, step, f"no line matching `{pattern}`", _shown(hits))
+        if step.all_lines:
+            for text in texts:
+                if not any(p.match(text, self.variables) is not None for p in step.all_lines):
+                    raise StepFailure(self.spec, step, "every line matching " + " or ".join(f"`{p}`" for p in step.all_lines), text)
         if step.body is not None:
+            if response.bare_lf_lines:  # RFC 1939 §3: lines end with CRLF; a lenient client would hide this
+                raise StepFailure(self.spec, step, f"the bytes of {step.body.describe()} with CRLF line ends",
+                                  f"{response.bare_lf_lines} line(s) ended with a bare LF")
             self._compare(step, step.body, response.body)
 
     def _match_lines(self, step: Step, patterns: list[Pattern], texts: list[str], what: str) -> None:
