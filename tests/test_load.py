@@ -11,6 +11,7 @@ import csv
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from harness.load.pop3_client import Pop3Client
 from harness.load.scenario import load_scenario
 from harness.load.seeding import seed_accounts
 from harness.load.thresholds import evaluate, parse_threshold
-from harness.load.wire import CommandFailed
+from harness.load.wire import CommandFailed, Watchdog
 from harness.targets.managed_dovecot import ManagedDovecot
 from harness.targets.target_file import Account, Endpoint
 
@@ -255,6 +256,7 @@ class CannedServer:
                 reader.readline()
                 for i in range(0, len(reply), 7):  # dribble it out: the reader must cope with any split
                     conn.sendall(reply[i : i + 7])
+            reader.read()  # then stay silent until the client hangs up
 
 
 def test_imap_reader_skips_literals_even_when_they_contain_the_tag():
@@ -277,3 +279,29 @@ def test_imap_reader_skips_literals_even_when_they_contain_the_tag():
     reported = [(name, nbytes, exc is None) for name, _, nbytes, exc in seen]
     assert reported[2] == ("IMAP FETCH all", len(fetch_a2), True)
     assert reported[-1][0] == "IMAP APPEND" and reported[-1][2] is False
+
+
+def test_pop3_reader_finds_the_terminator_and_one_header_across_splits():
+    message = b"Subject: x\r\nX-Mailharness-Id: abc-1\r\n\r\n..dot-stuffed line\r\nbody\r\n"
+    server = CannedServer(b"+OK ready\r\n", [b"+OK 2 messages\r\n" + message + b".\r\n", b"+OK\r\n.\r\n"])
+    server.endpoint = Endpoint("pop3", "127.0.0.1", server.endpoint.port)
+    seen = []
+    client = Pop3Client(server.endpoint, report=lambda *r: seen.append(r))
+    client.connect()
+    assert client.retr(1, header=b"X-Mailharness-Id") == b"abc-1"
+    assert client.uidl() == []
+    assert seen[1][0] == "POP3 RETR" and seen[1][2] == len(b"+OK 2 messages\r\n" + message + b".\r\n")
+
+
+def test_watchdog_turns_a_silent_server_into_a_timeout():
+    server = CannedServer(b"* OK ready\r\n", [])  # greets, then never answers
+    watchdog = Watchdog(interval=0.05)
+    threading.Thread(target=watchdog.run, args=(time.sleep,), daemon=True).start()
+    seen = []
+    client = ImapClient(server.endpoint, timeout=0.2, watchdog=watchdog, report=lambda *r: seen.append(r))
+    client.connect()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="no answer within 0.2s"):
+        client.command("IMAP NOOP", b"NOOP")
+    assert 0.2 <= time.monotonic() - started < 2
+    assert seen[-1][0] == "IMAP NOOP" and isinstance(seen[-1][3], TimeoutError)

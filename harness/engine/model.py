@@ -24,7 +24,6 @@ SPECIAL_STEPS = ("drop", "sleep", "deliver")
 IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
 POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
 BUILTIN_VARS = {"user", "password", "user2", "password2", "user3", "password3", "user4", "password4"}
-DEFAULT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -135,7 +134,7 @@ class TestSpec:
     description: str = ""
     requires: dict = field(default_factory=dict)
     accounts: int = 1
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float | None = None  # None: the run's default (--timeout, the target's, 5 s)
     setup: list[SetupEntry] = field(default_factory=list)
 
     @property
@@ -355,7 +354,7 @@ def load_suite(path: Path) -> list[TestSpec]:
                 description=raw.get("description", ""),
                 requires=dict(merged.get("requires", {})),
                 accounts=accounts,
-                timeout=float(merged.get("timeout", DEFAULT_TIMEOUT)),
+                timeout=float(merged["timeout"]) if "timeout" in merged else None,
                 setup=setup,
             )
         )

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 from harness import __version__
-from harness.engine.accounts import AccountPool, NotEnoughAccounts, cleanup, inspect_account, prepare
+from imapclient.exceptions import IMAPClientError
+
+from harness.engine.accounts import AccountPool, NotEnoughAccounts, admin_client, cleanup, inspect_account, prepare
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import StepFailure, TestRun
@@ -97,6 +99,11 @@ class HarnessState:
         name = self.config.getoption("--mh-profile") or (self.target.profile if self.target else None)
         self.profile = load_profile(name) if name else None
 
+    @property
+    def default_timeout(self) -> float:
+        """Per-step seconds where neither step nor test says: --mh-timeout, else the target's."""
+        return self.config.getoption("--mh-timeout") or self.target.timeout
+
     def account_pool(self) -> AccountPool:
         if self.pool is None:
             wi = getattr(self.config, "workerinput", None)
@@ -125,14 +132,14 @@ def pytest_configure(config):
 def pytest_sessionstart(session):
     config = session.config
     state: HarnessState = config._mailharness
-    if _is_worker(config) or config.option.collectonly:
-        if not _is_worker(config) and config.getoption("--mh-target"):
-            state.target = load_target(config.getoption("--mh-target"))
-        if not _is_worker(config):
-            state.load_profile()
+    if _is_worker(config):
         return
     try:
-        state.start()
+        if config.option.collectonly:  # listing tests needs the profile, not a server
+            if config.getoption("--mh-target"):
+                state.target = load_target(config.getoption("--mh-target"))
+        else:
+            state.start()
         state.load_profile()
     except HarnessError as exc:
         state.stop()
@@ -162,37 +169,51 @@ class SuiteFile(pytest.File):
             yield SuiteItem.from_parent(self, name=spec.id, spec=spec)
 
 
+class SetupError(HarnessError):
+    """The harness could not bring the accounts into the test's starting state (or back)."""
+
+
 class SuiteItem(pytest.Item):
+    """One YAML test. setup: accounts emptied and seeded; call: the steps; teardown: clean-up."""
+
     def __init__(self, *, spec, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
         self.add_marker("mailharness")
-        self.add_marker(pytest.mark.timeout(min(600, 30 + len(spec.steps) * spec.timeout * 2), method="signal"))
+        # A backstop behind the per-step deadlines: no test can hold a worker forever.
+        budget = 30 + sum(step.timeout or spec.timeout or 5 for step in spec.steps) * 2
+        self.add_marker(pytest.mark.timeout(min(600, budget), method="signal"))
         self.user_properties.append((PROPERTY, {
             "id": spec.id, "title": spec.title, "file": str(spec.file), "line": spec.line,
             "area": spec.area, "protocol": spec.protocol, "rfc": spec.rfc,
         }))
-        self.transcript_text = ""
+        self.accounts = []
+        self.account_states = []
+        self.transcript: Transcript | None = None
 
     def setup(self):
         state: HarnessState = self.config._mailharness
         missing = _missing_requirements(self.spec, state)
         if missing:
             pytest.skip(missing)
+        try:
+            self.accounts = state.account_pool().take(self.spec.accounts)
+        except NotEnoughAccounts as exc:
+            pytest.skip(str(exc))
+        target = state.target
+        self.transcript = Transcript(secrets=target.passwords)
+        try:
+            for account in self.accounts:
+                self.account_states.append(prepare(target, account))
+            self._setup_mail(target)
+        except (IMAPClientError, OSError) as exc:
+            raise SetupError(f"could not prepare the test's accounts over IMAP: {exc}") from None
 
     def runtest(self):
         state: HarnessState = self.config._mailharness
-        target = state.target
-        try:
-            accounts = state.account_pool().take(self.spec.accounts)
-        except NotEnoughAccounts as exc:
-            pytest.skip(str(exc))
-        transcript = Transcript(secrets=target.passwords)
-        states = [prepare(target, account) for account in accounts]
-        run = TestRun(self.spec, target, accounts, transcript, timeout=self.config.getoption("--mh-timeout") or None)
+        run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout)
         extra: dict = {}
         try:
-            self._setup_mail(target, accounts, transcript)
             run.run()
         except StepFailure as failure:
             extra["failure"] = {
@@ -202,32 +223,37 @@ class SuiteItem(pytest.Item):
             }
             raise
         finally:
-            self.transcript_text = transcript.render()
-            extra["transcript"] = self.transcript_text
+            extra["transcript"] = self.transcript.render()
             extra["metrics"] = run.metrics
-            notes = []
-            for account_state in states:
-                notes += cleanup(target, account_state)
-            if notes:
-                extra["cleanup_notes"] = notes
             self.user_properties.append((PROPERTY + "-run", extra))
 
-    def _setup_mail(self, target, accounts, transcript: Transcript) -> None:
-        from harness.engine.accounts import admin_client
+    def teardown(self):
+        state: HarnessState = self.config._mailharness
+        notes, problems = [], []
+        for account_state in self.account_states:
+            try:
+                notes += cleanup(state.target, account_state)
+            except (IMAPClientError, OSError) as exc:
+                problems.append(f"{account_state.account.user}: {exc}")
+        if notes:
+            self.user_properties.append((PROPERTY + "-cleanup", notes))
+        if problems:
+            raise SetupError("could not clean up after the test: " + "; ".join(problems))
 
+    def _setup_mail(self, target) -> None:
         for entry in self.spec.setup:
-            account = accounts[entry.account - 1]
+            account = self.accounts[entry.account - 1]
             with admin_client(target, account) as client:
                 if not client.folder_exists(entry.mailbox):
                     client.create_folder(entry.mailbox)
                 for ref in entry.messages:
                     client.append(entry.mailbox, ref.data(), flags=ref.flags)
             names = ", ".join(m.name for m in entry.messages) or "(no messages)"
-            transcript.note("setup", f"account {entry.account} {entry.mailbox}: {names}")
+            self.transcript.note("setup", f"account {entry.account} {entry.mailbox}: {names}")
 
     def repr_failure(self, excinfo):
         if excinfo.errisinstance(StepFailure):
-            return f"{self.spec.id}: {excinfo.value}\n\ntranscript:\n{self.transcript_text}"
+            return f"{self.spec.id}: {excinfo.value}\n\ntranscript:\n{self.transcript.render()}"
         if excinfo.errisinstance(HarnessError):
             return f"{self.spec.id}: {excinfo.value}"
         return super().repr_failure(excinfo)
@@ -289,6 +315,8 @@ class ResultsCollector:
                 props.update(value)
             elif name == PROPERTY + "-profile":
                 props["profile_reason"] = value
+            elif name == PROPERTY + "-cleanup":
+                props["cleanup_notes"] = value
         if "id" not in props:
             return
         entry = self.state.results.setdefault(report.nodeid, {

@@ -65,7 +65,7 @@ class TestRun:
         self.target = target
         self.accounts = accounts
         self.transcript = transcript
-        self.timeout = timeout or spec.timeout
+        self.timeout = spec.timeout or timeout or 5.0  # the test's own default wins over the run's
         self.sessions: dict[str, IMAPSession | POP3Session | None] = {name: None for name in spec.sessions}
         self.buffers: dict[str, list] = {name: [] for name in spec.sessions}  # untagged not yet checked
         self.variables: dict[str, str] = {}
