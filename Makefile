@@ -9,7 +9,7 @@ APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd
 TEST_APT_PACKAGES := chromium
 PYTEST_WORKERS ?= 2
 
-.PHONY: apt-dovecot setup setup-test demo test lint bench clean
+.PHONY: apt-dovecot setup setup-test demo test test-fast lint bench load-demo clean
 
 setup: $(VENV)/.installed apt-dovecot
 
@@ -35,6 +35,12 @@ demo: setup
 
 test: setup-test
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+test-fast: setup-test
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow" tests
+
+load-demo: setup
+	$(VENV)/bin/mailharness load --scenario term-start --users 100 --spawn-rate 20 --run-time 1m --report-dir reports/load-demo
 
 lint: setup
 	$(VENV)/bin/ruff check harness tests loadtests

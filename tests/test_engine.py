@@ -337,3 +337,42 @@ def test_hung_and_garbage_servers_fail_their_test_within_the_timeout(tmp_path, t
     assert by_id["garbage.noop"]["outcome"] == "failed"
     assert by_id["garbage.noop"]["duration_s"] < 5
     assert by_id["still.runs"]["outcome"] == "passed"
+
+
+FEATURES = """
+    defaults: {area: partial-fetch, rfc: [RFC3516], sessions: {a: imap}}
+    tests:
+      - id: feature.binary-decode
+        title: BINARY content compared with the decoded corpus part
+        requires: {imap: [BINARY]}
+        setup: {INBOX: [attachment]}
+        steps:
+          - a: SELECT INBOX
+          - a: FETCH 1 (BINARY.PEEK[2] FLAGS)
+            fetch:
+              "BINARY[2]": {message: attachment, section: "2", decode: true}
+              FLAGS: "(...)"
+            absent: ["* 1 FETCH (...\\\\Seen...)"]
+      - id: feature.literal-date-dollar
+        title: literals in commands, APPEND dates, $$ keywords, regex captures
+        steps:
+          - a: {append: eight-bit, date: "01-Jan-2024 10:00:00 +0000"}
+          - a: SELECT INBOX
+          - a: STORE 1 +FLAGS ($$Forwarded)
+          - a: FETCH 1 (INTERNALDATE FLAGS)
+            untagged: ['re:\\* 1 FETCH \\(INTERNALDATE "(?P<date>01-Jan-2024 10:00:00 \\+0000)" FLAGS \\((?P<flags>[^)]*)\\)\\)']
+            fetch: {FLAGS: "(...$$Forwarded...)"}
+          - a: SEARCH CHARSET UTF-8 SUBJECT ${literal:Grüße}
+            untagged: ["* SEARCH 1"]
+          - a: SEARCH SENTON $date
+            expect: [OK, BAD]
+"""
+
+
+def test_engine_features_against_dovecot(tmp_path, target_file):
+    path = write_suite(tmp_path, FEATURES)
+    report = tmp_path / "report"
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(path), "--report-dir", str(report))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outcomes = {t["id"]: t["outcome"] for t in json.loads((report / "results.json").read_text())["tests"]}
+    assert outcomes == {"feature.binary-decode": "passed", "feature.literal-date-dollar": "passed"}

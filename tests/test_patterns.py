@@ -61,3 +61,17 @@ def test_literal_dollar_and_braced_variables():
     assert substitute("CREATE Projects${delim}Alpha", {"delim": "/"}) == "CREATE Projects/Alpha"
     assert Pattern("* 1 FETCH (FLAGS ($$Forwarded))").match("* 1 FETCH (FLAGS ($Forwarded))", {}) == {}
     assert Pattern("* LIST () \"${d}\" A${d}B").match('* LIST () "." A.B', {}) == {"d": "."}
+
+
+def test_literals_in_commands():
+    from harness.engine.patterns import split_literals
+
+    line = substitute("SEARCH CHARSET UTF-8 BODY ${literal:Köln} FROM ${literal:ab}", {})
+    assert split_literals(line) == ("SEARCH CHARSET UTF-8 BODY {5} FROM {2}", ["Köln".encode(), b"ab"])
+
+
+def test_regex_groups_count_as_captures():
+    from harness.engine.patterns import variables_in
+
+    assert variables_in(r're:\* QUOTAROOT INBOX (?P<root>"[^"]*"|\S+)') == ["root"]
+    assert variables_in("* $n EXISTS ${m} $$x") == ["n", "m"]

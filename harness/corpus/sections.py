@@ -220,6 +220,20 @@ def section(message: bytes, spec: str, partial: tuple[int, int] | None = None) -
     return _slice(data, partial)
 
 
+def decoded(message: bytes, part: str) -> bytes:
+    """What ``BINARY[part]`` returns (RFC 3516): the part's content with its transfer encoding undone."""
+    import base64
+    import quopri
+
+    raw = section(message, part)
+    encoding = (header_value(section(message, f"{part}.MIME"), "content-transfer-encoding") or b"").strip().lower()
+    if encoding == b"base64":
+        return base64.b64decode(raw)
+    if encoding == b"quoted-printable":
+        return quopri.decodestring(raw)
+    return raw
+
+
 def _slice(data: bytes, partial: tuple[int, int] | None) -> bytes:
     if partial is None:
         return data

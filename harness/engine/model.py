@@ -59,6 +59,7 @@ class BodySpec:
     section: str = ""
     partial: tuple[int, int] | None = None
     top: int | None = None
+    decode: bool = False
 
     def expected(self) -> bytes:
         from harness.corpus import sections
@@ -66,6 +67,8 @@ class BodySpec:
         data = self.message.data()
         if self.top is not None:
             return sections.top(data, self.top)
+        if self.decode:
+            return sections._slice(sections.decoded(data, self.section), self.partial)
         return sections.section(data, self.section, self.partial)
 
     def describe(self) -> str:
@@ -73,7 +76,7 @@ class BodySpec:
         if self.top is not None:
             return f"{out} (headers + {self.top} body lines)"
         if self.section:
-            out += f" section {self.section}"
+            out += f" section {self.section}" + (" decoded" if self.decode else "")
         if self.partial:
             out += f" <{self.partial[0]}.{self.partial[1]}>"
         return out
@@ -88,6 +91,7 @@ class Step:
     command: str | None = None
     message: MessageRef | None = None  # append / deliver
     mailbox: str = "INBOX"
+    date: str | None = None  # append: internal date
     to: int = 1
     seconds: float = 0.0  # sleep
     expect: list[Pattern] = field(default_factory=list)
@@ -189,7 +193,9 @@ def _body(ctx: _Ctx, keys: list, value) -> BodySpec:
         value = {"message": value}
     ref = _message_ref(ctx, keys, {k: v for k, v in value.items() if k in ("message", "subject")})
     partial = tuple(value["partial"]) if "partial" in value else None
-    spec = BodySpec(ref, str(value.get("section", "")).upper(), partial, value.get("top"))
+    spec = BodySpec(ref, str(value.get("section", "")).upper(), partial, value.get("top"), bool(value.get("decode")))
+    if spec.decode and not spec.section:
+        ctx.fail(keys, "decode: needs a section (the part to decode), e.g. section: \"2\"")
     try:
         spec.expected()
     except Exception as exc:  # the reference implementation rejects the section
@@ -297,13 +303,14 @@ def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec
     if session.protocol != "imap":
         ctx.fail(keys, f"{kinds[0]}: only for IMAP sessions; {session.name} is POP3")
     kind = kinds[0]
-    extra = set(value) - {"append": {"append", "mailbox", "flags", "subject"}, "idle": {"idle"}, "await": {"await", "within"}}[kind]
+    extra = set(value) - {"append": {"append", "mailbox", "flags", "subject", "date"}, "idle": {"idle"}, "await": {"await", "within"}}[kind]
     if extra:
         ctx.fail(keys + [sorted(extra)[0]], f"{sorted(extra)[0]}: does not go with {kind}")
     if kind == "append":
         step.kind = "append"
         step.message = _message_ref(ctx, keys, {"message": value["append"], "flags": value.get("flags", []), **({"subject": value["subject"]} if "subject" in value else {})})
         step.mailbox = value.get("mailbox", "INBOX")
+        step.date = value.get("date")
     elif kind == "idle":
         step.kind = "idle_" + value["idle"]
     else:

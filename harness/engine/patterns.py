@@ -8,6 +8,7 @@ runs of white space matching any white space:
     ${name}      the same, where letters follow: Projects${delim}Alpha
     $$           a literal "$" (keywords such as $$Forwarded)
     ${size:NAME} the size in octets of corpus message NAME (or A+B: a sum)
+    ${literal:X} (commands only) X sent as an IMAP literal, UTF-8
     ...          anything, including nothing
     re:REGEX     the rest is a Python regex; (?P<name>...) groups are captured
 
@@ -107,6 +108,8 @@ def substitute(text: str, variables: dict[str, str]) -> str:
     def repl(m: re.Match) -> str:
         if m.group("dollar"):
             return "$"
+        if m.group("fn") == "literal":
+            return m.group(0)  # sent as a literal by the session: split_literals()
         if m.group("fn"):
             return expand_function(m.group("fn"), m.group("arg"))
         if m.group("var") or m.group("bvar"):
@@ -121,4 +124,25 @@ def substitute(text: str, variables: dict[str, str]) -> str:
 
 
 def variables_in(text: str) -> list[str]:
+    """Variables a pattern captures or a command uses; for re: patterns, the named groups."""
+    if text.startswith("re:"):
+        try:
+            return list(re.compile(text[3:].strip()).groupindex)
+        except re.error:
+            return []
     return [m.group("var") or m.group("bvar") for m in _TOKEN.finditer(text) if m.group("var") or m.group("bvar")]
+
+
+_LITERAL = re.compile(r"\$\{literal:(?P<text>[^}]*)\}")
+
+
+def split_literals(line: str) -> tuple[str, list[bytes]]:
+    """``SEARCH CHARSET UTF-8 BODY ${literal:Köln}`` -> ``... BODY {5}`` and the literal's UTF-8 bytes."""
+    literals: list[bytes] = []
+
+    def repl(m: re.Match) -> str:
+        data = m.group("text").encode("utf-8")
+        literals.append(data)
+        return "{%d}" % len(data)
+
+    return _LITERAL.sub(repl, line), literals

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from harness.engine.model import BodySpec, Step, TestSpec
-from harness.engine.patterns import Pattern, PatternError, substitute
+from harness.engine.patterns import Pattern, PatternError, split_literals, substitute
 from harness.sessions import IMAPSession, POP3Session, open_session
 from harness.sessions.errors import SessionError
 from harness.sessions.transcript import Transcript
@@ -127,7 +127,8 @@ class TestRun:
             if verb == "QUIT":
                 session.drop()
         else:
-            response = session.command(line, timeout=timeout)
+            line, literals = split_literals(line)
+            response = session.command(line, timeout=timeout, literals=literals)
             self._check_imap(step, response)
             if verb == "LOGOUT":
                 session.drop()
@@ -137,7 +138,8 @@ class TestRun:
         data = step.message.data()
         flags = " ".join(step.message.flags)
         mailbox = _quote(substitute(step.mailbox, self.variables))
-        response = session.command(f"APPEND {mailbox} ({flags}) {{{len(data)}}}", timeout=timeout, literals=[data])
+        date = f' "{step.date}"' if step.date else ""
+        response = session.command(f"APPEND {mailbox} ({flags}){date} {{{len(data)}}}", timeout=timeout, literals=[data])
         self._check_imap(step, response)
 
     def _step_idle_start(self, step: Step, timeout: float) -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.load.accounts import AccountPlan
-from harness.load.scenario import Scenario, available_scenarios, load_scenario
+from harness.load.scenario import LOADTESTS_DIR, Scenario, available_scenarios, check_target_fits, load_scenario
 from harness.load.thresholds import error_rate_verdict, evaluate, parse_rate, parse_threshold
 from harness.targets.target_file import Target, load_target
 
-LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
+LOCUSTFILE = LOADTESTS_DIR / "locustfile.py"
 MAX_USERS = 20_000
 MAX_RUN_TIME = 4 * 3600
 MAX_WORKERS = 64
@@ -107,6 +107,7 @@ def run(args) -> int:
         shutil.rmtree(run_dir / "ledger")  # a journal from an earlier run here would confuse the accounting
 
     with _target_for_run(args, users, scenario) as (target, target_file, embedded):
+        check_target_fits(scenario, target)
         plan = AccountPlan.for_scenario(target.accounts, scenario)
         if "pop3_delete" in plan.pools and len(plan.pools["pop3_delete"]) < max(1, workers):
             raise ConfigError(f"pop3_delete gets {len(plan.pools['pop3_delete'])} account(s) but --workers is {workers}; "

@@ -25,7 +25,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from harness.errors import ConfigError, HarnessError
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
-from harness.load.scenario import Scenario, load_scenario
+from harness.load.scenario import Scenario, check_target_fits, load_scenario
 from harness.targets.target_file import Target, load_target
 
 log = logging.getLogger("mailharness")
@@ -94,6 +94,7 @@ def configure_user_classes(environment, scenario: Scenario, think_scale: float =
 def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> LoadRun:
     target = load_target(target_path)
     scenario = load_scenario(scenario_name)
+    check_target_fits(scenario, target)
     plan = AccountPlan.for_scenario(target.accounts, scenario)
     return LoadRun(
         target=target,

@@ -14,7 +14,11 @@ from harness.load.messages import DEFAULT_SIZE_MIX
 from harness.load.thresholds import Threshold, parse_rate, parse_threshold
 from harness.yaml_source import line_of, load_schema, load_yaml, validate
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "loadtests" / "scenarios"
+_PACKAGE = Path(__file__).resolve().parents[1]
+# The source checkout's loadtests/, or the copy a wheel bundles (like harness/paths.py does for suites).
+LOADTESTS_DIR = next((d for d in (_PACKAGE.parent / "loadtests", _PACKAGE / "bundled" / "loadtests") if d.is_dir()),
+                     _PACKAGE.parent / "loadtests")
+SCENARIO_DIR = LOADTESTS_DIR / "scenarios"
 ROLES = ("pop3_delete", "pop3_keep", "imap_webmail", "imap_idle")
 DEFAULT_THINK = {"pop3_delete": (30.0, 90.0), "pop3_keep": (30.0, 90.0), "imap_webmail": (3.0, 15.0), "imap_idle": (1.0, 5.0)}
 
@@ -167,3 +171,15 @@ def _build(data: dict, path: Path) -> Scenario:
         max_error_rate=max_error_rate,
         timeout=float(data["timeout"]) if "timeout" in data else None,
     )
+
+
+def check_target_fits(scenario: Scenario, target) -> None:
+    """Every user kind needs its protocol on the target; say which endpoint is missing."""
+    needs = {"pop3_delete": "pop3", "pop3_keep": "pop3", "imap_webmail": "imap", "imap_idle": "imap"}
+    for role, kind in scenario.users.items():
+        if kind.weight > 0 and getattr(target, needs[role]) is None:
+            raise ConfigError(f"{scenario.source}: users.{role} speaks {needs[role].upper()}, "
+                              f"but target {target.name!r} has no {needs[role]}: endpoint")
+    if scenario.delivery and target.delivery is None:
+        raise ConfigError(f"{scenario.source}: delivery: sends mail over LMTP (or SMTP), "
+                          f"but target {target.name!r} has no lmtp: or smtp: endpoint")

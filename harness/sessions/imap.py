@@ -22,6 +22,7 @@ from harness.sessions.wire import MAX_RESPONSE, LineTooLong, WireClosed, WireTim
 
 CRLF = b"\r\n"
 _FETCH = re.compile(r"\* (\d+) FETCH ", re.IGNORECASE)
+_LITERAL8 = re.compile(rb"~\{(\d+\+?)\}$")
 _ATOM = re.compile(r"[!#$&'+-Z^-z|}~]+")  # ASTRING-CHARs without "]", "%", "*", "\"", "\\", "{", "(", ")"
 
 
@@ -47,7 +48,11 @@ class Untagged:
             if i == 0:
                 text = m.group(1).encode() + b" " + text[m.end():]
             nxt = pieces[i + 1] if i + 1 < len(pieces) else None
-            data.append((text, self.raw[nxt.start:nxt.end]) if nxt and nxt.kind == "literal" else text)
+            if nxt and nxt.kind == "literal":
+                text = _LITERAL8.sub(rb"{\1}", text)  # BINARY's ~{N} (RFC 3516); imapclient knows only {N}
+                data.append((text, self.raw[nxt.start:nxt.end]))
+            else:
+                data.append(text)
         try:
             return dict(parse_fetch_response(data, normalise_times=False, uid_is_key=False)[int(m.group(1))])
         except (ImapclientProtocolError, ValueError, KeyError, IndexError, TypeError) as exc:
