@@ -85,7 +85,7 @@ def _run_suites(target, workdir: Path, keyword: str | None = None) -> tuple[list
     if keyword:
         cmd += ["-k", keyword]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     output = f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     results = report_dir / "results.json"
     assert results.exists(), f"mailharness run wrote no results.json:\n{output}"

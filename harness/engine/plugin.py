@@ -159,10 +159,18 @@ def pytest_collect_file(file_path: Path, parent):
     return None
 
 
+def _shown_path(path: Path) -> Path:
+    """Relative to the working directory when inside it, so failures read suites/pop3/x.yaml:12."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 class SuiteFile(pytest.File):
     def collect(self):
         try:
-            specs = load_suite(self.path)
+            specs = load_suite(_shown_path(self.path))
         except HarnessError as exc:
             raise self.CollectError(f"malformed suite: {exc}") from None
         for spec in specs:
