@@ -39,17 +39,7 @@ RUN_TIMEOUT = 300  # seconds for one `mailharness run` subprocess
 
 # Faults the suites of their area do not catch yet: fault -> what the suites lack. Each becomes a
 # strict xfail, so it turns red the day a suite test catches it (then delete the entry).
-GAPS: dict[str, str] = {
-    "imap-fetch-corrupt": (
-        "no IMAP test of area 'retrieval': the only retrieval test speaking IMAP "
-        "(pop3.retr.mixed-listing-after-imap-append) APPENDs and never FETCHes; whole-message FETCH "
-        "BODY[]/RFC822/BODY.PEEK[] byte-exact checks per corpus message are missing (the fault is only "
-        "noticed by partial-fetch, append, cross-protocol, uid, ... tests)"),
-    "imap-bad-login-accepted": (
-        "no IMAP test of area 'auth' at all: nothing tries LOGIN or AUTHENTICATE PLAIN with a wrong "
-        "password or an unknown user and expects NO, nor that the connection stays unauthenticated "
-        "(SELECT refused) afterwards; the whole of suites/ passes through this fault"),
-}
+GAPS: dict[str, str] = {}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT + 120)]
 
