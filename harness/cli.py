@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"mailharness {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # an unwritable --report-dir, a missing directory for --write, ...
+        print(f"mailharness {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mailharness {args.command}: interrupted", file=sys.stderr)
         return 130

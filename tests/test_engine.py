@@ -110,6 +110,37 @@ MALFORMED = [
           - {id: t.one, title: x, area: deletion, rfc: [RFC1939 §6], sessions: {p: pop3}, steps: [{p: STAT}]}
           - {id: t.one, title: y, area: deletion, rfc: [RFC1939 §6], sessions: {p: pop3}, steps: [{p: STAT}]}
         """, ":3:", "duplicate test id 't.one' (first at line 2)"),
+    ("check a step never evaluates", """
+        tests:
+          - id: t.one
+            title: x
+            area: notification
+            rfc: [RFC2177]
+            sessions: {a: imap}
+            steps:
+              - a: {idle: start}
+                untagged: ["* 1 EXISTS"]
+        """, ":9:", "untagged: a idle start step does not check this"),
+    ("second account's variables need accounts: 2", """
+        tests:
+          - id: t.one
+            title: x
+            area: auth
+            rfc: [RFC3501 §6.2.3]
+            sessions: {a: {protocol: imap, login: false}}
+            steps:
+              - a: LOGIN $user2 $password2
+        """, ":8:", "$user2 is used before any step captures it"),
+    ("empty await", """
+        tests:
+          - id: t.one
+            title: x
+            area: notification
+            rfc: [RFC2177]
+            sessions: {a: imap}
+            steps:
+              - a: {await: []}
+        """, ":8:", "await"),
     ("bad rfc reference", """
         tests:
           - {id: t.one, title: x, area: deletion, rfc: [rfc-1939], sessions: {p: pop3}, steps: [{p: STAT}]}
@@ -125,6 +156,26 @@ def test_malformed_suite_names_file_line_and_problem(tmp_path, label, text, line
     message = str(info.value)
     assert message.startswith(f"{path}{line}"), message
     assert fragment in message, message
+
+
+def test_unquoted_no_is_a_status_and_fetch_captures_count(tmp_path):
+    path = write_suite(tmp_path, """
+        tests:
+          - id: t.one
+            title: x
+            area: flags
+            rfc: [RFC3501 §6.4.5]
+            sessions: {a: imap}
+            steps:
+              - a: SELECT Nonexistent
+                expect: NO
+              - a: FETCH 1 (UID)
+                expect: [OK, NO]
+                fetch: {UID: "$u"}
+              - a: UID FETCH $u FLAGS
+        """)
+    steps = load_suite(path)[0].steps
+    assert str(steps[0].expect[0]) == "NO"
 
 
 def test_examples_validate():
@@ -376,3 +427,33 @@ def test_engine_features_against_dovecot(tmp_path, target_file):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     outcomes = {t["id"]: t["outcome"] for t in json.loads((report / "results.json").read_text())["tests"]}
     assert outcomes == {"feature.binary-decode": "passed", "feature.literal-date-dollar": "passed"}
+
+
+def test_passwords_with_spaces_quotes_and_non_ascii_log_in(tmp_path, dovecot):
+    """$user/$password go into IMAP commands as astrings, so odd passwords still log in."""
+    from harness.targets.target_file import Account
+
+    odd = [Account("odd1", 'pa ss"w\\rd'), Account("odd2", "pässwört")]
+    with open(dovecot.root / "passwd", "a") as passwd:  # Dovecot re-reads a changed passwd-file
+        passwd.writelines(f"{a.user}:{a.password}\n" for a in odd)
+    target_path = tmp_path / "odd.yaml"
+    replace(dovecot.target, accounts=odd).dump(target_path)
+    suite = write_suite(tmp_path, """
+        defaults: {area: auth, rfc: [RFC3501 §6.2.3], sessions: {n: {protocol: imap, login: false}}}
+        tests:
+          - id: odd.login
+            title: LOGIN with a password that needs quoting or a literal
+            steps:
+              - n: LOGIN $user $password
+              - n: SELECT INBOX
+          - id: odd.pop3
+            title: POP3 PASS takes the rest of the line
+            sessions: {p: pop3}
+            steps:
+              - p: STAT
+        """)
+    proc = run_cli("run", "-n", "2", "--target", str(target_path), "--suite", str(suite), "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = (tmp_path / "r" / "results.json").read_text()
+    for account in odd:
+        assert account.password not in report and json.dumps(account.password)[1:-1] not in report

@@ -25,7 +25,7 @@ from harness.sessions import (
     Transcript,
     open_session,
 )
-from harness.sessions.imap import _astring
+from harness.sessions.imap import astring
 from harness.sessions.lmtp import deliver
 from harness.sessions.redact import redact_line
 from harness.targets.managed_dovecot import ManagedDovecot
@@ -561,8 +561,8 @@ def test_failed_logins_never_show_the_password():
         s.drop()
     assert received == [b"A0001 LOGIN bob {17}\r\n", "Wrong-Sécret-123".encode(), b"\r\n"]
     assert "Sécret" not in str(exc.value) + transcript.render()
-    assert _astring("plain") == ("plain", None)
-    assert _astring('pa ss"\\') == ('"pa ss\\"\\\\"', None)
+    assert astring("plain") == ("plain", None)
+    assert astring('pa ss"\\') == ('"pa ss\\"\\\\"', None)
 
 
 def test_probe_reports_a_failed_login_without_the_password():

@@ -1,8 +1,4 @@
-"""Which accounts a test uses, and leaving them as the test found them.
-
-Isolation: xdist worker k of n only ever uses accounts whose index is k mod n, so
-concurrently running tests never share an account. Within a worker, tests take
-accounts round-robin, so an account is reused only after the others.
+"""Leaving accounts as the test found them (which accounts: account_pool.py).
 
 Safety: the harness never destroys mail it did not create. Every message it
 stores carries an ``X-Mailharness-Corpus`` header. On an account the target
@@ -19,40 +15,22 @@ from dataclasses import dataclass, field
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from harness.errors import HarnessError, UnsafeAccount
+from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.targets.target_file import Account, Target
 
 HARNESS_HEADER = "X-Mailharness-Corpus"
 SPECIAL_USE = {b"\\Sent", b"\\Drafts", b"\\Trash", b"\\Junk", b"\\Archive", b"\\All", b"\\Flagged"}
 
 
-class NotEnoughAccounts(Exception):
-    pass
-
-
 class AccountNotEmpty(HarnessError):
     """A disposable account could not be emptied: the test cannot start from a known state."""
-
-
-class AccountPool:
-    def __init__(self, accounts: list[Account], worker_index: int = 0, worker_count: int = 1):
-        self.accounts = accounts[worker_index::worker_count]
-        self._cursor = 0
-
-    def take(self, n: int) -> list[Account]:
-        if n > len(self.accounts):
-            raise NotEnoughAccounts(
-                f"the test needs {n} accounts; this worker has {len(self.accounts)} "
-                f"(give more accounts in the target file or run fewer workers)"
-            )
-        picked = [self.accounts[(self._cursor + i) % len(self.accounts)] for i in range(n)]
-        self._cursor = (self._cursor + n) % len(self.accounts)
-        return picked
 
 
 def admin_client(target: Target, account: Account, timeout: float = 10.0) -> IMAPClient:
     """A plain IMAPClient for setup and clean-up; not part of any transcript."""
     ep = target.imap
+    if ep is None:
+        raise ConfigError("the harness stores and removes test mail over IMAP: give the target an imap: endpoint")
     context = None
     if ep.tls or ep.starttls:
         context = ssl.create_default_context(cafile=target.ca_file)
@@ -61,7 +39,10 @@ def admin_client(target: Target, account: Account, timeout: float = 10.0) -> IMA
     client = IMAPClient(ep.host, ep.port, ssl=ep.tls, ssl_context=context, timeout=timeout)
     if ep.starttls:
         client.starttls(context)
-    client.login(account.user, account.password)
+    if (account.user + account.password).isascii():
+        client.login(account.user, account.password)
+    else:  # imaplib sends LOGIN arguments as ASCII; SASL PLAIN carries UTF-8
+        client.plain_login(account.user, account.password)
     return client
 
 
@@ -93,7 +74,13 @@ def inspect_account(target: Target, account: Account) -> list[str]:
     """What the account holds beyond a fresh account's empty INBOX and special-use folders."""
     with admin_client(target, account) as client:
         folders = _folders(client)
-        found = [f"{count} message(s) in {name}" for name, count in _message_counts(client, folders).items() if count]
+        foreign = {}
+        for name, count in _message_counts(client, folders).items():
+            if count:
+                client.select_folder(name, readonly=True)
+                foreign[name] = len(client.search(["NOT", "HEADER", HARNESS_HEADER, ""]))
+                client.close_folder()
+        found = [f"{count} message(s) in {name}" for name, count in foreign.items() if count]
         found += [f"folder {name}" for flags, _, name in folders if not _is_baseline(flags, name)]
         return found
 
@@ -104,6 +91,10 @@ def prepare(target: Target, account: Account) -> AccountState:
         folders = _folders(client)
         counts = _message_counts(client, folders)
         extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
+        if not target.disposable and any(counts.values()):
+            # leftovers of an interrupted earlier run are ours to remove; then count what is not
+            notes: list[str] = []
+            counts = {name: _remove_harness_mail(client, name, notes, account.user) for name in counts}
         if any(counts.values()) or extra:
             if not target.disposable:
                 held = [f"{c} message(s) in {n}" for n, c in counts.items() if c] + [f"folder {n}" for n in extra]
@@ -131,16 +122,48 @@ def _wipe(client: IMAPClient, folders, counts: dict[str, int]) -> None:
                 client.expunge()
                 client.close_folder()
         else:
-            try:
-                client.delete_folder(name)
-            except IMAPClientError:
-                pass  # a \Noselect parent vanishes with its last child on most servers
+            _try(client.delete_folder, name)  # a \Noselect parent vanishes with its last child on most servers
     for _, _, name in client.list_sub_folders():
         if not any(name == f[2] for f in folders if _is_baseline(f[0], f[2])):
-            try:
-                client.unsubscribe_folder(name)
-            except IMAPClientError:
-                pass
+            _try(client.unsubscribe_folder, name)
+
+
+def _try(action, *args) -> None:
+    try:
+        action(*args)
+    except IMAPClientError:
+        pass
+
+
+def _has_children(client: IMAPClient, name: str, delim: str | None) -> bool:
+    return bool(delim) and bool(client.list_folders(name + delim, "*"))
+
+
+def _remove_harness_mail(client: IMAPClient, folder: str, notes: list[str], user: str) -> int:
+    """Expunge the messages carrying the harness's header; returns how many others the folder holds."""
+    client.select_folder(folder)
+    mine = client.search(["HEADER", HARNESS_HEADER, ""])
+    if mine:
+        client.delete_messages(mine, silent=True)
+        if client.has_capability("UIDPLUS"):
+            client.uid_expunge(mine)
+        elif client.search(["DELETED", "NOT", "HEADER", HARNESS_HEADER, ""]):
+            # a plain EXPUNGE would take the owner's own \Deleted messages too
+            notes.append(f"{user}/{folder}: left {len(mine)} harness message(s) flagged \\Deleted: "
+                         "no UIDPLUS and the owner has \\Deleted messages of their own")
+        else:
+            client.expunge()
+    others = len(client.search(["NOT", "HEADER", HARNESS_HEADER, ""]))
+    _leave(client)
+    return others
+
+
+def _leave(client: IMAPClient) -> None:
+    """Deselect without CLOSE: CLOSE would expunge the owner's own \\Deleted messages."""
+    if client.has_capability("UNSELECT"):
+        client.unselect_folder()
+    else:
+        client.select_folder("INBOX", readonly=True)
 
 
 def cleanup(target: Target, state: AccountState) -> list[str]:
@@ -151,26 +174,18 @@ def cleanup(target: Target, state: AccountState) -> list[str]:
         if target.disposable:
             _wipe(client, folders, _message_counts(client, folders))
             return notes
-        uidplus = client.has_capability("UIDPLUS")
         for flags, delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
             if b"\\Noselect" in flags:
+                if name not in state.folders and not _has_children(client, name, delim):
+                    _try(client.delete_folder, name)  # a hierarchy parent the test created
                 continue
-            client.select_folder(name)
-            mine = client.search(["HEADER", HARNESS_HEADER, ""])
-            if mine:
-                client.delete_messages(mine, silent=True)
-                client.uid_expunge(mine) if uidplus else client.expunge()
-            left = client.search("ALL")
-            client.close_folder()
+            left = _remove_harness_mail(client, name, notes, state.account.user)
             if name not in state.folders:
                 if left:
-                    notes.append(f"left folder {name} of {state.account.user}: it holds {len(left)} message(s) the harness did not create")
+                    notes.append(f"left folder {name} of {state.account.user}: it holds {left} message(s) the harness did not create")
                 else:
                     client.delete_folder(name)
         for _, _, name in client.list_sub_folders():
             if name not in state.folders:
-                try:
-                    client.unsubscribe_folder(name)
-                except IMAPClientError:
-                    pass
+                _try(client.unsubscribe_folder, name)
     return notes

@@ -23,7 +23,25 @@ STEP_KEYWORDS = {
 SPECIAL_STEPS = ("drop", "sleep", "deliver")
 IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
 POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
-BUILTIN_VARS = {"user", "password", "user2", "password2", "user3", "password3", "user4", "password4"}
+# Which checks each kind of step evaluates; any other key would be silently ignored, so it is an error.
+ALLOWED_KEYWORDS = {
+    "command": STEP_KEYWORDS - {"metric", "to"},
+    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why"},
+    "idle_start": {"timeout", "why"},
+    "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why"},
+    "await": {"absent", "timeout", "why", "metric"},
+    "drop": {"why"},
+    "sleep": {"why"},
+    "deliver": {"to", "timeout", "why"},
+}
+
+
+def builtin_vars(accounts: int) -> set[str]:
+    """$user/$password for account 1, $user2/$password2 ... for the others the test declares."""
+    out = {"user", "password"}
+    for i in range(2, accounts + 1):
+        out |= {f"user{i}", f"password{i}"}
+    return out
 
 
 @dataclass
@@ -231,7 +249,8 @@ def _setup(ctx: _Ctx, keys: list, raw, accounts: int) -> list[SetupEntry]:
     return out
 
 
-def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, SessionSpec], known_vars: set[str]) -> Step:
+def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, SessionSpec], known_vars: set[str],
+          accounts: int) -> Step:
     line = line_of(ctx.data, keys)
     step = Step(index=index, line=line, kind="command")
     actors = [k for k in raw if k not in STEP_KEYWORDS]
@@ -260,7 +279,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
         if isinstance(value, str):
             step.command = value.strip()
             for var in variables_in(step.command):
-                if var not in known_vars and var not in BUILTIN_VARS:
+                if var not in known_vars and var not in builtin_vars(accounts):
                     ctx.fail(keys + [actor], f"${var} is used before any step captures it")
         else:
             _action(ctx, keys + [actor], value, step, sessions[actor])
@@ -270,8 +289,10 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
         ctx.fail(keys + [sorted(present & IMAP_ONLY)[0]], f"{sorted(present & IMAP_ONLY)[0]}: only for IMAP sessions; {step.session} is POP3")
     if protocol == "imap" and present & POP3_ONLY:
         ctx.fail(keys + [sorted(present & POP3_ONLY)[0]], f"{sorted(present & POP3_ONLY)[0]}: only for POP3 sessions; {step.session} is IMAP")
-    if "to" in raw and step.kind != "deliver":
-        ctx.fail(keys + ["to"], "to: only goes with deliver")
+    unused = sorted(present - ALLOWED_KEYWORDS[step.kind])
+    if unused:
+        allowed = ", ".join(sorted(ALLOWED_KEYWORDS[step.kind])) or "none"
+        ctx.fail(keys + [unused[0]], f"{unused[0]}: a {step.kind.replace('_', ' ')} step does not check this (it takes: {allowed})")
     step.expect = _patterns(ctx, keys + ["expect"], raw.get("expect"))
     step.untagged += _patterns(ctx, keys + ["untagged"], raw.get("untagged"))
     step.absent = _patterns(ctx, keys + ["absent"], raw.get("absent"))
@@ -291,7 +312,8 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     step.timeout = raw.get("timeout", step.timeout)
     step.why = raw.get("why")
     step.metric = raw.get("metric")
-    for pattern in step.expect + step.untagged + step.lines:
+    fetch_patterns = [p for p in step.fetch.values() if isinstance(p, Pattern)]
+    for pattern in step.expect + step.untagged + step.lines + step.all_lines + fetch_patterns:
         known_vars.update(variables_in(pattern.source))
     return step
 
@@ -343,7 +365,8 @@ def load_suite(path: Path) -> list[TestSpec]:
         setup = _setup(ctx, setup_keys, merged.get("setup", {}), accounts)
         known_vars: set[str] = set()
         steps = [
-            _step(ctx, keys + ["steps", j], step, j + 1, sessions, known_vars) for j, step in enumerate(raw["steps"])
+            _step(ctx, keys + ["steps", j], step, j + 1, sessions, known_vars, accounts)
+            for j, step in enumerate(raw["steps"])
         ]
         for step in steps:
             if step.kind == "deliver" and step.to > accounts:

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from harness import __version__
 from imapclient.exceptions import IMAPClientError
 
-from harness.engine.accounts import AccountPool, NotEnoughAccounts, admin_client, cleanup, inspect_account, prepare
+from harness import __version__
+from harness.engine.account_pool import AccountPool
+from harness.engine.accounts import admin_client, cleanup, inspect_account, prepare
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import StepFailure, TestRun
-from harness.errors import HarnessError, UnsafeAccount
+from harness.errors import HarnessError, TargetUnavailable, UnsafeAccount
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import load_target
 
-PROPERTY = "mailharness"
 
 
 def pytest_addoption(parser):
@@ -82,7 +82,10 @@ class HarnessState:
             raise HarnessError(f"target {self.target.name}: " + "; ".join(self.probe["errors"]))
         if not self.target.disposable:
             for account in self.target.accounts:
-                held = inspect_account(self.target, account)
+                try:
+                    held = inspect_account(self.target, account)
+                except (IMAPClientError, OSError) as exc:
+                    raise TargetUnavailable(f"cannot inspect account {account.user} over IMAP: {exc}") from None
                 if held:
                     raise UnsafeAccount(
                         f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
@@ -188,13 +191,12 @@ class SuiteItem(pytest.Item):
         super().__init__(**kwargs)
         self.spec = spec
         self.add_marker("mailharness")
-        # A backstop behind the per-step deadlines: no test can hold a worker forever.
-        budget = 30 + sum(step.timeout or spec.timeout or 5 for step in spec.steps) * 2
-        self.add_marker(pytest.mark.timeout(min(600, budget), method="signal"))
-        self.user_properties.append((PROPERTY, {
+        # Everything results.json needs; attached to each report (see pytest_runtest_makereport),
+        # not to user_properties, which junit.xml would dump whole.
+        self.data: dict = {
             "id": spec.id, "title": spec.title, "file": str(spec.file), "line": spec.line,
             "area": spec.area, "protocol": spec.protocol, "rfc": spec.rfc,
-        }))
+        }
         self.accounts = []
         self.account_states = []
         self.transcript: Transcript | None = None
@@ -204,10 +206,7 @@ class SuiteItem(pytest.Item):
         missing = _missing_requirements(self.spec, state)
         if missing:
             pytest.skip(missing)
-        try:
-            self.accounts = state.account_pool().take(self.spec.accounts)
-        except NotEnoughAccounts as exc:
-            pytest.skip(str(exc))
+        self.accounts = state.account_pool().take(self.spec.accounts)  # too few: an error, never a silent skip
         target = state.target
         self.transcript = Transcript(secrets=target.passwords)
         try:
@@ -224,6 +223,9 @@ class SuiteItem(pytest.Item):
         try:
             run.run()
         except StepFailure as failure:
+            # what the server said may quote a password (e.g. "-ERR unknown command PASS x")
+            failure.expected = self.transcript.redact(failure.expected)
+            failure.got = self.transcript.redact(failure.got)
             extra["failure"] = {
                 "file": str(self.spec.file), "line": failure.step.line if failure.step else self.spec.line,
                 "step": failure.step.describe() if failure.step else "setup",
@@ -233,7 +235,7 @@ class SuiteItem(pytest.Item):
         finally:
             extra["transcript"] = self.transcript.render()
             extra["metrics"] = run.metrics
-            self.user_properties.append((PROPERTY + "-run", extra))
+            self.data.update(extra)
 
     def teardown(self):
         state: HarnessState = self.config._mailharness
@@ -244,7 +246,7 @@ class SuiteItem(pytest.Item):
             except (IMAPClientError, OSError) as exc:
                 problems.append(f"{account_state.account.user}: {exc}")
         if notes:
-            self.user_properties.append((PROPERTY + "-cleanup", notes))
+            self.data["cleanup_notes"] = notes
         if problems:
             raise SetupError("could not clean up after the test: " + "; ".join(problems))
 
@@ -286,14 +288,37 @@ def _missing_requirements(spec, state: HarnessState) -> str | None:
     return None
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if isinstance(item, SuiteItem):
+        # pytest (and xdist, which ships report attributes to the controller) keeps this on the report
+        outcome.get_result().mailharness = dict(item.data)
+
+
+def _time_budget(spec, default: float) -> float:
+    """A backstop behind the per-step deadlines: no test can hold a worker forever."""
+    seconds = sum(step.seconds if step.kind == "sleep" else (step.timeout or spec.timeout or default) for step in spec.steps)
+    return min(900, 30 + 2 * seconds)
+
+
 def pytest_collection_modifyitems(session, config, items):
     state: HarnessState = config._mailharness
+    suite_items = [item for item in items if isinstance(item, SuiteItem)]
+    seen: dict[str, SuiteItem] = {}
+    for item in suite_items:
+        first = seen.setdefault(item.spec.id, item)
+        if first is not item:
+            raise pytest.UsageError(
+                f"duplicate test id {item.spec.id!r}: {first.spec.location} and {item.spec.location} "
+                "(profiles and comparisons match tests by id)"
+            )
+        default = state.default_timeout if state.target else 5.0
+        item.add_marker(pytest.mark.timeout(_time_budget(item.spec, default), method="signal"))
     profile = state.profile
     if profile is None:
         return
-    for item in items:
-        if not isinstance(item, SuiteItem):
-            continue
+    for item in suite_items:
         deviation = profile.lookup(item.spec.id)
         if deviation is None:
             continue
@@ -302,7 +327,7 @@ def pytest_collection_modifyitems(session, config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
         else:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason, raises=StepFailure))
-        item.user_properties.append((PROPERTY + "-profile", deviation.reason))
+        item.data["profile_reason"] = deviation.reason
 
 
 # -- results.json (controller) -------------------------------------------------------
@@ -315,16 +340,7 @@ class ResultsCollector:
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report):
-        props = {}
-        for name, value in report.user_properties:
-            if name == PROPERTY:
-                props.update(value)
-            elif name == PROPERTY + "-run":
-                props.update(value)
-            elif name == PROPERTY + "-profile":
-                props["profile_reason"] = value
-            elif name == PROPERTY + "-cleanup":
-                props["cleanup_notes"] = value
+        props = getattr(report, "mailharness", None) or {}
         if "id" not in props:
             return
         entry = self.state.results.setdefault(report.nodeid, {

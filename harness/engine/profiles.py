@@ -33,7 +33,7 @@ class Profile:
         if test_id in self.deviations:
             return self.deviations[test_id]
         for pattern, deviation in self.deviations.items():
-            if "*" in pattern and fnmatch.fnmatchcase(test_id, pattern):
+            if fnmatch.fnmatchcase(test_id, pattern):  # the same rule as unused()
                 return deviation
         return None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from harness.engine.model import BodySpec, Step, TestSpec
 from harness.engine.patterns import Pattern, PatternError, split_literals, substitute
 from harness.sessions import IMAPSession, POP3Session, open_session
+from harness.sessions.imap import astring
 from harness.sessions.errors import SessionError
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import Account, Target
@@ -69,10 +70,12 @@ class TestRun:
         self.sessions: dict[str, IMAPSession | POP3Session | None] = {name: None for name in spec.sessions}
         self.buffers: dict[str, list] = {name: [] for name in spec.sessions}  # untagged not yet checked
         self.variables: dict[str, str] = {}
+        self.account_variables: list[str] = []
         for i, account in enumerate(accounts, start=1):
             suffix = "" if i == 1 else str(i)
             self.variables[f"user{suffix}"] = account.user
             self.variables[f"password{suffix}"] = account.password
+            self.account_variables += [f"user{suffix}", f"password{suffix}"]
             transcript.add_secret(account.password)
         self.metrics: dict[str, float] = {}
         self._last_step_end = time.monotonic()
@@ -115,10 +118,19 @@ class TestRun:
             session.login(account.user, account.password)
         return session
 
+    def _imap_variables(self) -> dict[str, str]:
+        """Account names and passwords as IMAP astrings: a password with a space or quote must still log in."""
+        out = dict(self.variables)
+        for name in self.account_variables:
+            text, literal = astring(out[name])
+            out[name] = text if literal is None else "${literal:%s}" % out[name]
+        return out
+
     # -- step kinds -----------------------------------------------------------------
     def _step_command(self, step: Step, timeout: float) -> None:
         session = self._session(step.session, timeout)
-        line = substitute(step.command, self.variables)
+        variables = self.variables if isinstance(session, POP3Session) else self._imap_variables()
+        line = substitute(step.command, variables)
         verb = line.split()[0].upper() if line.split() else ""
         if isinstance(session, POP3Session):
             response = session.command(line, timeout=timeout)
@@ -137,9 +149,9 @@ class TestRun:
         session = self._session(step.session, timeout)
         data = step.message.data()
         flags = " ".join(step.message.flags)
-        mailbox = _quote(substitute(step.mailbox, self.variables))
+        mailbox, literals = split_literals(_mailbox_argument(substitute(step.mailbox, self.variables)))
         date = f' "{step.date}"' if step.date else ""
-        response = session.command(f"APPEND {mailbox} ({flags}){date} {{{len(data)}}}", timeout=timeout, literals=[data])
+        response = session.command(f"APPEND {mailbox} ({flags}){date} {{{len(data)}}}", timeout=timeout, literals=[*literals, data])
         self._check_imap(step, response)
 
     def _step_idle_start(self, step: Step, timeout: float) -> None:
@@ -195,7 +207,7 @@ class TestRun:
         user = self.accounts[step.to - 1].user
         recipient = user if "@" in user else f"{user}@localhost"
         self.transcript.note("lmtp", f"deliver {step.message.name} to {recipient}")
-        deliver(endpoint, recipient, step.message.data(), timeout=timeout)
+        deliver(endpoint, recipient, step.message.data(), timeout=timeout, ca_file=self.target.ca_file)
 
     # -- checks ---------------------------------------------------------------------
     def _check_status(self, step: Step, line: str, default: str) -> None:
@@ -326,8 +338,9 @@ def _fetch_value_text(value) -> str:
     return str(value)
 
 
-def _quote(name: str) -> str:
-    """IMAP quoted string; a name captured from LIST may already be quoted."""
+def _mailbox_argument(name: str) -> str:
+    """A mailbox name as an astring; a name captured from LIST may already be quoted."""
     if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
         return name
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text, literal = astring(name)
+    return text if literal is None else "${literal:%s}" % name

@@ -155,7 +155,7 @@ class IMAPSession(Session):
     def login(self, user: str, password: str) -> IMAPResponse:
         """LOGIN with user and password as atom, quoted string or literal as needed; ProtocolError unless OK."""
         self._add_secret(password)
-        (u, ul), (p, pl) = _astring(user), _astring(password)
+        (u, ul), (p, pl) = astring(user), astring(password)
         resp = self.command(f"LOGIN {u} {p}", literals=[x for x in (ul, pl) if x is not None])
         if not resp.ok:
             raise ProtocolError(f"{self.url}: login as {user} failed: {self._describe(resp.line)}")
@@ -372,7 +372,7 @@ def _split_at_literals(line: str, literals: Sequence[bytes]) -> list[tuple[bytes
     return chunks
 
 
-def _astring(value: str) -> tuple[str, bytes | None]:
+def astring(value: str) -> tuple[str, bytes | None]:
     """How to send `value` as an IMAP astring: (text for the command line, literal data or None)."""
     if _ATOM.fullmatch(value):
         return value, None

@@ -78,6 +78,12 @@ class Transcript:
         with self._lock:
             self._add(session, "*", _display_line(self._scrub(_bytes(text))))
 
+    def redact(self, text: str) -> str:
+        """Mask this transcript's secrets in any other text (failure messages quote server lines)."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK.decode())
+        return text
+
     def render(self) -> str:
         out = []
         for e in self.entries:

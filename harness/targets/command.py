@@ -48,6 +48,8 @@ def _up(args) -> int:
         raise ConfigError(f"an embedded target is already up ({state_path}); run `mailharness target down` first")
     if args.accounts < 1:
         raise ConfigError("--accounts must be at least 1")
+    if args.write and not args.write.parent.is_dir():
+        raise ConfigError(f"--write {args.write}: directory {args.write.parent} does not exist")
     dc = ManagedDovecot(accounts=args.accounts, quota_mb=args.quota_mb, pop3_lock=args.pop3_lock)
     target = dc.start()
     args.state_dir.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,13 @@ class ManagedDovecot:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> Target:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # no temp dir or half-started server left behind
+            raise
+
+    def _start(self, timeout: float) -> Target:
         binary = dovecot_binary()
         if os.geteuid() != 0:
             raise TargetUnavailable("the embedded Dovecot runs as root (it switches to the mail user itself); run as root or give --target")
@@ -93,17 +100,17 @@ class ManagedDovecot:
         check = subprocess.run([shutil.which("doveconf") or "doveconf", "-c", str(conf), "-n"], capture_output=True, text=True)
         if check.returncode != 0:
             raise TargetUnavailable(f"generated Dovecot config is invalid: {check.stderr.strip()}")
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(conf), "-F"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "dovecot.stderr", "wb"),
-            start_new_session=True,  # our signals, not the terminal's
-        )
+        with open(self.root / "dovecot.stderr", "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(conf), "-F"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # our signals, not the terminal's
+            )
         deadline = time.monotonic() + timeout
         for port in (imap_port, pop3_port, lmtp_port):
             if not _wait_port(port, deadline) or self.proc.poll() is not None:
                 log = self.log_tail()
-                self.stop()
                 raise TargetUnavailable(f"Dovecot did not start listening on 127.0.0.1:{port} within {timeout:.0f}s\n{log}")
         self.target = Target(
             name=f"embedded Dovecot ({self.version()})",
@@ -187,7 +194,7 @@ class ManagedDovecot:
 
     def _kill_leftovers(self) -> None:
         """Children outlive the master while clients hold connections; their argv names our instance."""
-        marker = self.root.name
+        marker = f"dovecot-mailharness-{self.root.name}/"  # how Dovecot names its processes (instance_name)
         for pid_dir in Path("/proc").iterdir():
             if not pid_dir.name.isdigit():
                 continue
@@ -195,7 +202,7 @@ class ManagedDovecot:
                 cmdline = (pid_dir / "cmdline").read_bytes()
             except OSError:
                 continue
-            if marker.encode() in cmdline:
+            if cmdline.startswith(marker.encode()):
                 try:
                     os.kill(int(pid_dir.name), signal.SIGKILL)
                 except OSError:
