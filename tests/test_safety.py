@@ -91,6 +91,6 @@ def test_run_on_empty_non_disposable_accounts_leaves_them_empty(careful_target, 
     assert json.loads((tmp_path / "r" / "results.json").read_text())["summary"]["passed"] == 3
     for account in careful_target.accounts:
         with admin_client(careful_target, account) as client:
-            for flags, _, name in client.list_folders():
+            for _flags, _, name in client.list_folders():
                 assert client.folder_status(name, ["MESSAGES"])[b"MESSAGES"] == 0, name
             assert sorted(n for _, _, n in client.list_folders()) == ["Drafts", "INBOX", "Junk", "Sent", "Trash"]

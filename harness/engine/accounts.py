@@ -114,7 +114,7 @@ def prepare(target: Target, account: Account) -> AccountState:
 
 
 def _wipe(client: IMAPClient, folders, counts: dict[str, int]) -> None:
-    for flags, delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
+    for flags, _delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
         if _is_baseline(flags, name):
             if counts.get(name):
                 client.select_folder(name)

@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-
 from imapclient.exceptions import IMAPClientError
 
 from harness import __version__
@@ -30,7 +29,6 @@ from harness.engine.runner import StepFailure, TestRun
 from harness.errors import HarnessError, TargetUnavailable, UnsafeAccount
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import load_target
-
 
 
 def pytest_addoption(parser):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from harness.engine.model import BodySpec, Step, TestSpec
 from harness.engine.patterns import Pattern, PatternError, split_literals, substitute
 from harness.sessions import IMAPSession, POP3Session, open_session
-from harness.sessions.imap import astring
 from harness.sessions.errors import SessionError
+from harness.sessions.imap import astring
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import Account, Target
 
