@@ -7,9 +7,13 @@ threshold breach, and seeding. Everything talks to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,15 +22,17 @@ import pytest
 
 from harness import cli
 from harness.errors import ConfigError
+from harness.load import wire
 from harness.load.accounting import DrainResult, settle
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.imap_client import ImapClient
 from harness.load.ledger import Ledger
+from harness.load.load_command import LOCUSTFILE
 from harness.load.pop3_client import Pop3Client
 from harness.load.scenario import load_scenario
 from harness.load.seeding import seed_accounts
 from harness.load.thresholds import evaluate, parse_threshold
-from harness.load.wire import CommandFailed, Watchdog
+from harness.load.wire import CommandFailed, Connection, Watchdog
 from harness.targets.managed_dovecot import ManagedDovecot
 from harness.targets.target_file import Account, Endpoint
 
@@ -177,6 +183,20 @@ def test_load_refuses_targets_that_are_not_disposable(tmp_path, capsys):
     assert "disposable: true" in capsys.readouterr().err
 
 
+def test_locustfile_refuses_targets_that_are_not_disposable(tmp_path):
+    # Plain `locust -f loadtests/locustfile.py` (not `mailharness load`): the same refusal, before any user starts.
+    # In a subprocess: importing Locust here would monkey-patch the test process for gevent.
+    path = tmp_path / "prod.yaml"
+    path.write_text("name: prod\npop3: pop3://127.0.0.1:1\nimap: imap://127.0.0.1:1\nlmtp: lmtp://127.0.0.1:1\n"
+                    "accounts: [{user: a, password: b}, {user: c, password: d}]\n")  # fits the scenario: only `disposable` is missing
+    proc = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-t", "1s",
+                           "--target-file", str(path), "--scenario", "pop3-pollers"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}: the load users delete mail" in proc.stderr
+    assert "add `disposable: true` to the target file only if its accounts are test accounts" in proc.stderr
+
+
 def test_users_and_run_time_are_bounded(capsys):
     assert load("--scenario", "webmail", "--users", "50000", "--run-time", "1m") == 2
     assert load("--scenario", "webmail", "--users", "5", "--run-time", "9h") == 2
@@ -256,7 +276,8 @@ class CannedServer:
                 reader.readline()
                 for i in range(0, len(reply), 7):  # dribble it out: the reader must cope with any split
                     conn.sendall(reply[i : i + 7])
-            reader.read()  # then stay silent until the client hangs up
+            with contextlib.suppress(ConnectionResetError):  # a client giving up mid-handshake resets
+                reader.read()  # then stay silent until the client hangs up
 
 
 def test_imap_reader_skips_literals_even_when_they_contain_the_tag():
@@ -305,3 +326,18 @@ def test_watchdog_turns_a_silent_server_into_a_timeout():
         client.command("IMAP NOOP", b"NOOP")
     assert 0.2 <= time.monotonic() - started < 2
     assert seen[-1][0] == "IMAP NOOP" and isinstance(seen[-1][3], TimeoutError)
+
+
+def test_failed_tls_setup_leaves_no_socket_open(tmp_path, monkeypatch):
+    opened = []
+    open_tcp, wrap_socket = wire._open_tcp, ssl.SSLContext.wrap_socket
+    monkeypatch.setattr(wire, "_open_tcp", lambda *a: opened.append(open_tcp(*a)) or opened[-1])
+    monkeypatch.setattr(ssl.SSLContext, "wrap_socket", lambda *a, **k: opened.append(wrap_socket(*a, **k)) or opened[-1])
+
+    plain = CannedServer(b"* OK not TLS\r\n", [])  # an imaps:// endpoint that speaks plain IMAP: the handshake fails
+    with pytest.raises(ssl.SSLError):
+        Connection(Endpoint("imaps", "127.0.0.1", plain.endpoint.port, tls=True, tls_verify=False), 5.0)
+    bad_ca = CannedServer(b"", [])  # a CA file that is not there: fails after the TCP connect, before any TLS
+    with pytest.raises(FileNotFoundError):
+        Connection(Endpoint("imaps", "127.0.0.1", bad_ca.endpoint.port, tls=True), 5.0, str(tmp_path / "missing.pem"))
+    assert len(opened) >= 2 and all(sock.fileno() == -1 for sock in opened)

@@ -12,16 +12,12 @@ from __future__ import annotations
 import re
 from time import perf_counter
 
-from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
+from harness.load.wire import CommandFailed, Step, WireClient, WireError
 from harness.targets.target_file import Endpoint
 
 EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.MULTILINE)
 _CRLF = b"\r\n"
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n")  # ends a line: quoted strings cannot hold CR or LF
-
-
-def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> None:
-    pass
 
 
 def quote(text: str) -> bytes:
@@ -31,17 +27,26 @@ def quote(text: str) -> bytes:
     return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
 
 
-class ImapClient:
+def _tagged_line(buf: bytearray, pos: int, tag: bytes, tag_line: bytes, line_start: bool) -> tuple[int, int]:
+    """(start, end) of the tagged status line at or after ``pos``, end at its CRLF; (-1, -1) until it is all there.
+
+    ``tag_line`` is CRLF + tag; ``line_start``: ``pos`` is known to begin a line, so the tag may stand right there.
+    """
+    if line_start and buf.startswith(tag, pos):
+        start = pos
+    else:
+        start = buf.find(tag_line, pos)
+        if start < 0:
+            return -1, -1
+        start += 2
+    return start, buf.find(_CRLF, start)
+
+
+class ImapClient(WireClient):
     """One IMAP session. Every command is reported as (name, ms, bytes received, exception)."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None,
-                 report: Reporter | None = None, watchdog: Watchdog | None = None):
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.ca_file = ca_file
-        self.report = report or _no_report
-        self.watchdog = watchdog
-        self.conn: Connection | None = None
+    def __init__(self, endpoint: Endpoint, **options):
+        super().__init__(endpoint, **options)
         self.exists = 0  # message count of the selected mailbox, as last announced by the server
         self._tag = 0
         self._idle_tag = b""
@@ -51,9 +56,7 @@ class ImapClient:
         """TCP connect, greeting (and STARTTLS when the endpoint asks for it): "IMAP connect"."""
         try:
             with Step(self, "IMAP connect"):
-                self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
-                self.conn.arm()
-                greeting = self.conn.read_line()
+                greeting = self._open().read_line()
                 if not greeting.startswith(b"* OK"):
                     raise CommandFailed(f"IMAP greeting: {greeting[:200].decode(errors='replace')}")
                 if self.endpoint.starttls:
@@ -80,11 +83,6 @@ class ImapClient:
             self.command("IMAP LOGOUT", b"LOGOUT")
         finally:
             self.close()
-
-    def close(self) -> None:
-        if self.conn:
-            self.conn.close()
-            self.conn = None
 
     # -- commands --------------------------------------------------------------------
     def command(self, name: str, command: bytes, *, collect: bool = False) -> bytes:
@@ -122,11 +120,6 @@ class ImapClient:
             conn.send(message + _CRLF)
             self._read_until_tagged(tag, name, collect=False)
 
-    def _connected(self, name: str) -> Connection:
-        if self.conn is None:
-            raise WireError(f"{name}: not connected")
-        return self.conn
-
     def _send(self, command: bytes) -> bytes:
         """Send a command under a new tag; returns the tag (with its trailing space)."""
         self._tag += 1
@@ -158,16 +151,10 @@ class ImapClient:
                 conn.skip(pos - len(buf))
                 continue
             conn.pos = pos
-            if buf.startswith(tag, pos):
-                start = pos
-            else:
-                start = buf.find(tag_line, pos)
-                start = start + 2 if start >= 0 else -1
-            if start >= 0:
-                eol = buf.find(_CRLF, start)
-                if eol >= 0:
-                    conn.pos = eol + 2
-                    return self._status(buf[start + len(tag) : eol], name, b"")
+            start, eol = _tagged_line(buf, pos, tag, tag_line, True)
+            if eol >= 0:
+                conn.pos = eol + 2
+                return self._status(buf[start + len(tag) : eol], name, b"")
             conn.fill()
 
     def _collect_until_tagged(self, tag: bytes, name: str) -> bytes:
@@ -193,17 +180,11 @@ class ImapClient:
                 else:
                     offset = end - conn.pos
                 continue
-            if offset == 0 and buf.startswith(tag, pos):
-                start = pos
-            else:
-                start = buf.find(tag_line, pos)
-                start = start + 2 if start >= 0 else -1
-            if start >= 0:
-                eol = buf.find(_CRLF, start)
-                if eol >= 0:
-                    untagged = bytes(buf[conn.pos : start])
-                    conn.pos = eol + 2
-                    return self._status(buf[start + len(tag) : eol], name, untagged)
+            start, eol = _tagged_line(buf, pos, tag, tag_line, offset == 0)
+            if eol >= 0:
+                untagged = bytes(buf[conn.pos : start])
+                conn.pos = eol + 2
+                return self._status(buf[start + len(tag) : eol], name, untagged)
             last = buf.rfind(_CRLF, pos)  # resume at the last line end rather than rescanning lines
             offset = (max(pos, last - 1) if last >= 0 else pos) - conn.pos
             conn.fill()

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import socket
 
-from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
+from harness.load.wire import CommandFailed, Step, WireClient, WireError
 from harness.targets.target_file import Endpoint
-
-
-def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> None:
-    pass
 
 
 def dot_stuff(message: bytes) -> bytes:
@@ -27,18 +23,14 @@ def dot_stuff(message: bytes) -> bytes:
     return message if message.endswith(b"\r\n") else message + b"\r\n"
 
 
-class LmtpClient:
+class LmtpClient(WireClient):
     """One LMTP (or SMTP) connection that can carry many transactions."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 30.0, ca_file: str | None = None,
-                 report: Reporter | None = None, watchdog: Watchdog | None = None):
-        self.endpoint = endpoint
-        self.watchdog = watchdog
+    default_timeout = 30.0
+
+    def __init__(self, endpoint: Endpoint, **options):
+        super().__init__(endpoint, **options)
         self.lmtp = endpoint.scheme == "lmtp"
-        self.timeout = timeout
-        self.ca_file = ca_file
-        self.report = report or _no_report
-        self.conn: Connection | None = None
         self.pipelining = False
         self.proto = "LMTP" if self.lmtp else "SMTP"
 
@@ -46,8 +38,7 @@ class LmtpClient:
         """Greeting and LHLO/EHLO (and STARTTLS if asked): "LMTP connect"."""
         try:
             with Step(self, f"{self.proto} connect"):
-                self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
-                self.conn.arm()
+                self._open()
                 self._expect(self._reply(), 220, "greeting")
                 self._hello()
                 if self.endpoint.starttls:
@@ -81,11 +72,6 @@ class LmtpClient:
         finally:
             self.close()
 
-    def close(self) -> None:
-        if self.conn:
-            self.conn.close()
-            self.conn = None
-
     # -- protocol --------------------------------------------------------------------
     def _hello(self) -> None:
         verb = b"LHLO " if self.lmtp else b"EHLO "
@@ -95,8 +81,7 @@ class LmtpClient:
         self.pipelining = b"PIPELINING" in text.upper()
 
     def _transaction(self, recipients: list[str], message: bytes, sender: str) -> dict[str, str | None]:
-        if self.conn is None:
-            raise WireError(f"{self.proto}: not connected")
+        self._connected(self.proto)
         envelope = [b"MAIL FROM:<" + sender.encode() + b">\r\n"]
         envelope += [b"RCPT TO:<" + r.encode() + b">\r\n" for r in recipients]
         envelope.append(b"DATA\r\n")

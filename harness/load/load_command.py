@@ -216,13 +216,24 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         try:
             return proc.wait(timeout=deadline)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})")
+            _kill_session(proc)
+            raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})") from None
         except KeyboardInterrupt:
             os.killpg(proc.pid, signal.SIGINT)  # Locust writes its reports on the way out
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # wedged, or a second Ctrl-C: stop it now
+                _kill_session(proc)
             raise
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL Locust's whole session (its --processes workers too) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
+    proc.wait()
 
 
 def _facts(args, scenario, target: Target, plan, run_dir, users, run_time, workers, seeding, started_wall) -> dict:

@@ -3,7 +3,7 @@
 Imported by loadtests/locustfile.py. Options (also settable as environment variables or in
 a locust.conf, like any Locust option):
 
-  --target-file FILE     MAILHARNESS_TARGET     the server and accounts (docs/targets.md)
+  --target-file FILE     MAILHARNESS_TARGET     the server and accounts (docs/targets.md); must say disposable: true
   --scenario NAME|PATH   MAILHARNESS_SCENARIO   loadtests/scenarios/NAME.yaml or a path (default term-start)
   --ledger-dir DIR       MAILHARNESS_LEDGER_DIR where to journal deliveries/retrievals (lost/duplicated check)
   --think-scale F        MAILHARNESS_THINK_SCALE multiply all think times (0.1: a quick smoke run)
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from locust import between, constant_throughput, events
 from locust.runners import MasterRunner, WorkerRunner
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
 from harness.load.scenario import Scenario, check_target_fits, load_scenario
@@ -92,7 +92,14 @@ def configure_user_classes(environment, scenario: Scenario, think_scale: float =
 
 
 def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> LoadRun:
+    """Load and check the target and scenario; refuses a target not marked disposable."""
     target = load_target(target_path)
+    if not target.disposable:  # as `mailharness load/seed/bench` do: the users below destroy and change mail
+        raise UnsafeAccount(
+            f"{target_path}: the load users delete mail (POP3 download-and-delete), set \\Seen flags and deliver "
+            "new mail; add `disposable: true` to the target file only if its accounts are test accounts "
+            "whose mail may be destroyed"
+        )
     scenario = load_scenario(scenario_name)
     check_target_fits(scenario, target)
     plan = AccountPlan.for_scenario(target.accounts, scenario)
@@ -109,7 +116,8 @@ def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> L
 def _add_options(parser) -> None:
     group = parser.add_argument_group("mailharness", "Target and scenario for the POP3/IMAP users (see loadtests/README.md)")
     group.add_argument("--target-file", env_var="MAILHARNESS_TARGET", default=None,
-                       help="Target file: server endpoints and accounts (create one with `mailharness target up --write target.yaml`)")
+                       help="Target file: server endpoints and accounts, marked `disposable: true` "
+                            "(create one with `mailharness target up --write target.yaml`)")
     group.add_argument("--scenario", env_var="MAILHARNESS_SCENARIO", default="term-start",
                        help="Scenario name (loadtests/scenarios/NAME.yaml) or path to a YAML file. Default: term-start")
     group.add_argument("--ledger-dir", env_var="MAILHARNESS_LEDGER_DIR", default=None,

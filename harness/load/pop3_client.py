@@ -7,35 +7,20 @@ download-and-delete poller reads X-Mailharness-Id to account for every delivery)
 
 from __future__ import annotations
 
-from harness.load.wire import CommandFailed, Connection, Reporter, Step, Watchdog, WireError
-from harness.targets.target_file import Endpoint
+from harness.load.wire import CommandFailed, Step, WireClient
 
 _TERMINATOR = b"\r\n.\r\n"
 
 
-def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> None:
-    pass
-
-
-class Pop3Client:
+class Pop3Client(WireClient):
     """One POP3 session. Every command is reported as (name, ms, bytes received, exception)."""
-
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, ca_file: str | None = None,
-                 report: Reporter | None = None, watchdog: Watchdog | None = None):
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.ca_file = ca_file
-        self.report = report or _no_report
-        self.watchdog = watchdog
-        self.conn: Connection | None = None
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> None:
         """TCP connect and greeting (and STLS when the endpoint asks for it): "POP3 connect"."""
         try:
             with Step(self, "POP3 connect"):
-                self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
-                self.conn.arm()
+                self._open()
                 self._status("POP3 connect")
                 if self.endpoint.starttls:
                     self.conn.send(b"STLS\r\n")
@@ -57,11 +42,6 @@ class Pop3Client:
             self.command("POP3 QUIT", b"QUIT")
         finally:
             self.close()
-
-    def close(self) -> None:
-        if self.conn:
-            self.conn.close()
-            self.conn = None
 
     # -- commands --------------------------------------------------------------------
     def stat(self) -> tuple[int, int]:
@@ -101,11 +81,6 @@ class Pop3Client:
             return self._status(name)
 
     # -- reading ---------------------------------------------------------------------
-    def _connected(self, name: str) -> Connection:
-        if self.conn is None:
-            raise WireError(f"{name}: not connected")
-        return self.conn
-
     def _status(self, name: str) -> bytes:
         line = self.conn.read_line()
         if not line.startswith(b"+OK"):

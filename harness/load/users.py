@@ -31,7 +31,7 @@ from harness.load.lmtp_client import LmtpClient, dot_stuff
 from harness.load.locust_plugin import run_of
 from harness.load.messages import ID_HEADER, SENT_HEADER, DeliveryFactory
 from harness.load.pop3_client import Pop3Client
-from harness.load.wire import Watchdog, WireError
+from harness.load.wire import Watchdog, WireClient, WireError
 
 NETWORK_ERRORS = (WireError, OSError)  # already reported as a failed request by the wire client
 HEADER_FIELDS = b"(DATE FROM TO CC SUBJECT MESSAGE-ID CONTENT-TYPE)"
@@ -57,25 +57,46 @@ def watchdog() -> Watchdog:
     return WATCHDOG
 
 
-class MailUser(User):
-    """Common ground: the run context, an account from this process's slice, request reporting."""
+class LoadUser(User):
+    """Common ground of every load user: the run context, request reporting, a connection kept between tasks."""
 
     abstract = True
     role = ""
     request_type = ""
-    devices = 1  # users sharing one account (multi-device IDLE)
+    # The connection a user keeps between tasks (IMAP sessions, the LMTP sender), if any. A class
+    # default, so on_stop can run even when on_start stopped the user before opening anything.
+    client: WireClient | None = None
 
     def on_start(self) -> None:
         self.load = run_of(self.environment)  # not self.run: that is Locust's User.run()
-        self.kind = self.load.scenario.users[self.role]
-        if self.load.allocator is None:  # no account slice for this process (logged when the layout came)
-            raise StopUser()
-        self.account = self.load.allocator.next_account(self.role, self.kind.options.get("devices", self.devices))
         self._fire = self.environment.events.request.fire
 
     def report(self, name: str, response_time: float, response_length: int, exception: BaseException | None) -> None:
         self._fire(request_type=self.request_type, name=name, response_time=response_time,
                    response_length=response_length, exception=exception, context={})
+
+    def _drop(self) -> None:
+        """Close the kept connection (after a failure, or at the end); the next task opens a new one."""
+        if self.client:
+            self.client.close()
+            self.client = None
+
+    def on_stop(self) -> None:
+        self._drop()
+
+
+class MailUser(LoadUser):
+    """A mail client: LoadUser plus an account from this process's slice."""
+
+    abstract = True
+    devices = 1  # users sharing one account (multi-device IDLE)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.kind = self.load.scenario.users[self.role]
+        if self.load.allocator is None:  # no account slice for this process (logged when the layout came)
+            raise StopUser()
+        self.account = self.load.allocator.next_account(self.role, self.kind.options.get("devices", self.devices))
 
     @contextmanager
     def interruptible(self):
@@ -125,6 +146,13 @@ class Pop3DeletePoller(MailUser):
                     message_id = client.retr(number, header=ID_HEADER)
                     if message_id:
                         ids.append(message_id.decode())
+                    # Every message is deleted, not only the run's own (X-Mailharness-Id). The accounting
+                    # needs the run's mail gone once QUIT commits (else it is retrieved twice); it needs
+                    # the rest gone too, or the seeded backlog is downloaded again on every visit ahead of
+                    # the new mail: sessions get long, deliveries wait for the final drain (a 5 s term-start
+                    # run then retrieved none during the run), and the exactly-once check would test the
+                    # drain, not the pollers under load. Deleting mail the harness did not send is safe only
+                    # because build_run (locust_plugin) refuses targets without `disposable: true`.
                     client.dele(number)
                 session = secrets.token_hex(8)
                 if ledger and ids:
@@ -183,10 +211,10 @@ class WebmailReader(MailUser):
 
     role = "imap_webmail"
     request_type = "IMAP"
+    client: ImapClient | None = None
 
     def on_start(self) -> None:
         super().on_start()
-        self.client: ImapClient | None = None
         self.views = 0
         self.headers = int(self.kind.options.get("headers", 50))
         self.views_per_session = int(self.kind.options.get("actions_per_session", 10))
@@ -221,14 +249,6 @@ class WebmailReader(MailUser):
             client.command("IMAP FETCH attachment", b"FETCH %d BODY.PEEK[2]" % opened)
         client.command("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened)
 
-    def _drop(self) -> None:
-        if self.client:
-            self.client.close()
-            self.client = None
-
-    def on_stop(self) -> None:
-        self._drop()
-
 
 class IdleUser(MailUser):
     """A phone (or laptop) holding IDLE on INBOX. On EXISTS: DONE, fetch the new messages'
@@ -242,10 +262,10 @@ class IdleUser(MailUser):
     role = "imap_idle"
     request_type = "IMAP"
     idling = 0  # connections of this process currently in IDLE (the benchmark reports the peak)
+    client: ImapClient | None = None
 
     def on_start(self) -> None:
         super().on_start()
-        self.client: ImapClient | None = None
         self.fetched = 0  # highest sequence number whose headers this device has fetched
         self.reidle_after = float(self.kind.options.get("reidle_after", 600))
 
@@ -294,37 +314,25 @@ class IdleUser(MailUser):
         numbers = [int(n) for n in _FETCHED.findall(data)]
         self.fetched = max([self.fetched, *numbers])
 
-    def _drop(self) -> None:
-        if self.client:
-            self.client.close()
-            self.client = None
 
-    def on_stop(self) -> None:
-        self._drop()
-
-
-class MailDelivery(User):
+class MailDelivery(LoadUser):
     """New mail arriving over LMTP at the scenario's rate (senders share it), to mailboxes of the
     user kinds in delivery.to. Each message carries a unique X-Mailharness-Id and its send time.
     """
 
     role = "delivery"
+    request_type = "LMTP"
     fixed_count = 1
+    client: LmtpClient | None = None
     _ids = count(1)
 
     def on_start(self) -> None:
-        self.load = run_of(self.environment)  # not self.run: that is Locust's User.run()
+        super().on_start()
         spec = self.load.scenario.delivery
         self.roles = list(spec.to)
         self.role_weights = list(spec.to.values())
         self.factory = DeliveryFactory(spec.size_mix)
         self.prefix = secrets.token_hex(5)  # unique across processes and machines
-        self.client: LmtpClient | None = None
-        self._fire = self.environment.events.request.fire
-
-    def report(self, name: str, response_time: float, response_length: int, exception: BaseException | None) -> None:
-        self._fire(request_type="LMTP", name=name, response_time=response_time,
-                   response_length=response_length, exception=exception, context={})
 
     @task
     def deliver(self) -> None:
@@ -345,11 +353,4 @@ class MailDelivery(User):
             if ledger and results.get(account.user) is None:
                 ledger.delivered(message_id)
         except NETWORK_ERRORS:
-            if self.client:
-                self.client.close()
-                self.client = None
-
-    def on_stop(self) -> None:
-        if self.client:
-            self.client.close()
-            self.client = None
+            self._drop()

@@ -144,10 +144,17 @@ class Connection:
         self.timeout = timeout
         self.deadline = 0.0
         self.expired = False
-        sock = _open_tcp(endpoint.host, endpoint.port, timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if endpoint.tls:
-            sock = tls_context(endpoint, ca_file).wrap_socket(sock, server_hostname=endpoint.host)
+        raw = sock = _open_tcp(endpoint.host, endpoint.port, timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if endpoint.tls:
+                sock = tls_context(endpoint, ca_file).wrap_socket(raw, server_hostname=endpoint.host,
+                                                                  do_handshake_on_connect=False)
+                sock.do_handshake()
+        except BaseException:  # a bad CA file, a failed handshake, a killed greenlet: leave no socket open
+            sock.close()  # the TLS socket once wrap_socket took the descriptor over (raw is detached then)
+            raw.close()
+            raise
         self.read_timeout = None if watchdog else timeout
         sock.settimeout(self.read_timeout)
         self.sock = sock
@@ -255,6 +262,45 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> None:
+    pass
+
+
+class WireClient:
+    """What the POP3, IMAP and LMTP clients share: endpoint, timeouts, reporting and one Connection.
+
+    ``report`` gets every command as (name, ms, bytes received, exception); by default nothing
+    is reported (the seeder, the drain).
+    """
+
+    default_timeout = 10.0
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float | None = None, ca_file: str | None = None,
+                 report: Reporter | None = None, watchdog: Watchdog | None = None):
+        self.endpoint = endpoint
+        self.timeout = self.default_timeout if timeout is None else timeout
+        self.ca_file = ca_file
+        self.report = report or _no_report
+        self.watchdog = watchdog
+        self.conn: Connection | None = None
+
+    def _open(self) -> Connection:
+        """TCP (and TLS) connect; the connection is armed for the greeting. Call inside the connect Step."""
+        self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
+        self.conn.arm()
+        return self.conn
+
+    def _connected(self, name: str) -> Connection:
+        if self.conn is None:
+            raise WireError(f"{name}: not connected")
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn:
+            self.conn.close()
+            self.conn = None
 
 
 class Step:
