@@ -20,3 +20,19 @@ def suites_dir() -> Path:
 
 def profiles_dir() -> Path:
     return _first_existing(_PACKAGE.parent / "profiles", _PACKAGE / "bundled" / "profiles")
+
+
+def resolve_named_yaml(name_or_path: str, directory: Path, kind: str) -> Path:
+    """``NAME`` -> ``directory/NAME.yaml``; anything that looks like a file path is taken as one."""
+    from harness.errors import ConfigError
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: {kind} file not found")
+        return path
+    candidate = directory / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
+        raise ConfigError(f"no {kind} named {name_or_path!r} (known: {known}; or give a path to a .yaml file)")
+    return candidate

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.paths import profiles_dir
+from harness.paths import profiles_dir, resolve_named_yaml
 from harness.yaml_source import load_schema, load_yaml, validate
 
 
@@ -45,16 +45,7 @@ class Profile:
 
 
 def resolve_profile_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
-        if not path.exists():
-            raise ConfigError(f"{path}: profile file not found")
-        return path
-    candidate = profiles_dir() / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = ", ".join(sorted(p.stem for p in profiles_dir().glob("*.yaml"))) or "none"
-        raise ConfigError(f"no profile named {name_or_path!r} (known: {known}; or give a path to a .yaml file)")
-    return candidate
+    return resolve_named_yaml(name_or_path, profiles_dir(), "profile")
 
 
 def load_profile(name_or_path: str) -> Profile:

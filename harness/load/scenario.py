@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 from harness.load.messages import DEFAULT_SIZE_MIX
 from harness.load.thresholds import Threshold, parse_rate, parse_threshold
+from harness.paths import resolve_named_yaml
 from harness.yaml_source import line_of, load_schema, load_yaml, validate
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -73,16 +74,7 @@ def available_scenarios() -> list[str]:
 
 def resolve_scenario(name_or_path: str) -> Path:
     """A scenario name (loadtests/scenarios/NAME.yaml) or a path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.exists():
-            raise ConfigError(f"{path}: scenario file not found")
-        return path
-    candidate = SCENARIO_DIR / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = ", ".join(available_scenarios()) or "none"
-        raise ConfigError(f"no scenario named {name_or_path!r} (known: {known}; or give a path to a YAML file)")
-    return candidate
+    return resolve_named_yaml(name_or_path, SCENARIO_DIR, "scenario")
 
 
 def load_scenario(name_or_path: str) -> Scenario:
