@@ -457,3 +457,12 @@ def test_passwords_with_spaces_quotes_and_non_ascii_log_in(tmp_path, dovecot):
     report = (tmp_path / "r" / "results.json").read_text()
     for account in odd:
         assert account.password not in report and json.dumps(account.password)[1:-1] not in report
+
+
+def test_validate_reports_ids_repeated_across_files(tmp_path):
+    text = (ROOT / "examples" / "basics.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text)
+    proc = run_cli("validate", str(tmp_path))
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'b.yaml'}:" in proc.stderr and "duplicate test id 'example.pop3.dele-commits-at-quit'" in proc.stderr

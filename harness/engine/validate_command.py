@@ -34,17 +34,25 @@ def suite_files(paths: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise HarnessError(f"{path}: no such file or directory")
-    return files
+    return list(dict.fromkeys(files))  # a file named twice is read once
 
 
 def run(args) -> int:
-    problems, test_ids = [], set()
+    problems: list[str] = []
+    where: dict[str, str] = {}  # test id -> file:line, to catch ids repeated across files
     files = suite_files(args.paths or [suites_dir()])
     for file in files:
         try:
-            test_ids.update(spec.id for spec in load_suite(file))
+            specs = load_suite(file)
         except HarnessError as exc:
             problems.append(str(exc))
+            continue
+        for spec in specs:
+            if spec.id in where:
+                problems.append(f"{spec.location}: duplicate test id {spec.id!r} (first at {where[spec.id]})")
+            else:
+                where[spec.id] = spec.location
+    test_ids = set(where)
     profiles = args.profile or [str(p) for p in sorted(profiles_dir().glob("*.yaml"))]
     for name in profiles:
         try:

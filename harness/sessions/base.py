@@ -40,8 +40,21 @@ class Session:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:  # overridden: log out first
-        self.drop()
+    def close(self) -> None:
+        """Say goodbye (QUIT, LOGOUT) as far as the server lets us, then close. Never raises."""
+        if self.closed:
+            return
+        try:
+            self._goodbye(min(self.timeout, 2.0))
+        except Exception as exc:  # noqa: BLE001 - closing must not fail a test that already has its result
+            self._note(f"no clean {self.goodbye_command}: {exc}")
+        finally:
+            self.drop()
+
+    goodbye_command = "QUIT"
+
+    def _goodbye(self, timeout: float) -> None:
+        raise NotImplementedError
 
     def drop(self) -> None:
         """Close the TCP connection at once, saying nothing to the server."""

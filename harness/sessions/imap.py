@@ -178,19 +178,12 @@ class IMAPSession(Session):
         finally:
             self.drop()
 
-    def close(self) -> None:
-        """End IDLE, LOGOUT and close, as far as the server lets us. Never raises."""
-        if self.closed:
-            return
-        try:
-            short = min(self.timeout, 2.0)
-            if self._idle:
-                self.idle_done(timeout=short)
-            self.command("LOGOUT", timeout=short)
-        except Exception as exc:  # noqa: BLE001 - closing must not fail a test that already has its result
-            self._note(f"no clean LOGOUT: {exc}")
-        finally:
-            self.drop()
+    goodbye_command = "LOGOUT"
+
+    def _goodbye(self, timeout: float) -> None:
+        if self._idle:
+            self.idle_done(timeout=timeout)
+        self.command("LOGOUT", timeout=timeout)
 
     # -- IDLE and unsolicited responses --------------------------------------------------------
     def idle_start(self, timeout: float | None = None) -> None:

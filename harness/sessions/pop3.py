@@ -142,16 +142,8 @@ class POP3Session(Session):
         finally:
             self.drop()
 
-    def close(self) -> None:
-        """QUIT if the session is still up, then close. Never raises."""
-        if self.closed:
-            return
-        try:
-            self.command("QUIT", timeout=min(self.timeout, 2.0), multiline=False)
-        except Exception as exc:  # noqa: BLE001 - closing must not fail a test that already has its result
-            self._note(f"no clean QUIT: {exc}")
-        finally:
-            self.drop()
+    def _goodbye(self, timeout: float) -> None:
+        self.command("QUIT", timeout=timeout, multiline=False)
 
 
 def _parse_status(line: str) -> tuple[str | None, str]:
