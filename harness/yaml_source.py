@@ -140,3 +140,15 @@ def validate(data: Any, schema: dict, source: Path | str) -> None:
             message = f"unknown key {unknown[0]!r} (allowed: {allowed})"
     line = line_of(data, path)
     raise ConfigError(f"{source}:{line}: {describe_path(path)}: {message}")
+
+
+def load_document(path: Path | str, schema_name: str, shape_hint: str):
+    """Load a YAML file that must be a mapping valid under ``schemas/<schema_name>``.
+
+    ``shape_hint`` says what the mapping holds, for the error when the file is empty or not a mapping.
+    """
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping ({shape_hint})")
+    validate(data, load_schema(schema_name), path)
+    return data

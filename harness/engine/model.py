@@ -14,7 +14,7 @@ from pathlib import Path
 from harness import corpus
 from harness.engine.patterns import Pattern, PatternError, _compile, variables_in
 from harness.errors import ConfigError
-from harness.yaml_source import line_of, load_schema, load_yaml, validate
+from harness.yaml_source import line_of, load_document
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
@@ -343,10 +343,7 @@ def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec
 
 def load_suite(path: Path) -> list[TestSpec]:
     """All tests of one suite file; ConfigError (file:line: problem) when anything is wrong."""
-    data = load_yaml(path)
-    if data is None:
-        raise ConfigError(f"{path}:1: empty suite file (it needs a `tests:` list)")
-    validate(data, load_schema("suite.schema.json"), path)
+    data = load_document(path, "suite.schema.json", "a suite has a `tests:` list")
     ctx = _Ctx(path, data)
     defaults = data.get("defaults", {})
     tests, seen = [], {}

@@ -11,9 +11,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import ConfigError
 from harness.paths import profiles_dir, resolve_named_yaml
-from harness.yaml_source import load_schema, load_yaml, validate
+from harness.yaml_source import load_document
 
 
 @dataclass
@@ -50,9 +49,6 @@ def resolve_profile_path(name_or_path: str) -> Path:
 
 def load_profile(name_or_path: str) -> Profile:
     path = resolve_profile_path(name_or_path)
-    data = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: a profile is a mapping with `server:` and `deviations:`")
-    validate(data, load_schema("profile.schema.json"), path)
+    data = load_document(path, "profile.schema.json", "a profile has `server:` and `deviations:`")
     deviations = {tid: Deviation(d["expect"], d["reason"]) for tid, d in (data.get("deviations") or {}).items()}
     return Profile(path.stem, data["server"], path, deviations)

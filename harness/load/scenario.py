@@ -13,7 +13,7 @@ from harness.errors import ConfigError
 from harness.load.messages import DEFAULT_SIZE_MIX
 from harness.load.thresholds import Threshold, parse_rate, parse_threshold
 from harness.paths import resolve_named_yaml
-from harness.yaml_source import line_of, load_schema, load_yaml, validate
+from harness.yaml_source import line_of, load_document
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 # The source checkout's loadtests/, or the copy a wheel bundles (like harness/paths.py does for suites).
@@ -79,10 +79,7 @@ def resolve_scenario(name_or_path: str) -> Path:
 
 def load_scenario(name_or_path: str) -> Scenario:
     path = resolve_scenario(name_or_path)
-    data = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: a scenario is a mapping (users:, mailbox:, delivery:, ...)")
-    validate(data, load_schema("scenario.schema.json"), path)
+    data = load_document(path, "scenario.schema.json", "a scenario has users:, mailbox:, delivery:, ...")
     return _build(data, path)
 
 
