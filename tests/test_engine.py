@@ -435,8 +435,7 @@ def test_passwords_with_spaces_quotes_and_non_ascii_log_in(tmp_path, dovecot):
     from harness.targets.target_file import Account
 
     odd = [Account("odd1", 'pa ss"w\\rd'), Account("odd2", "pässwört")]
-    with open(dovecot.root / "passwd", "a") as passwd:  # Dovecot re-reads a changed passwd-file
-        passwd.writelines(f"{a.user}:{a.password}\n" for a in odd)
+    dovecot.add_accounts(odd)
     target_path = tmp_path / "odd.yaml"
     replace(dovecot.target, accounts=odd).dump(target_path)
     suite = write_suite(tmp_path, """

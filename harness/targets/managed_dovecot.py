@@ -135,6 +135,27 @@ class ManagedDovecot:
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def add_accounts(self, accounts: list[Account], timeout: float = 5.0) -> None:
+        """Add accounts to the running server and return once each can log in over IMAP.
+
+        Dovecot re-reads a changed passwd-file, but looks at it at most once a second
+        (passwd_file_sync), so a login right after the write may still be refused."""
+        from harness.sessions import IMAPSession, SessionError  # sessions import targets' types
+
+        with open(self.root / "passwd", "a") as passwd:
+            passwd.writelines(f"{a.user}:{a.password}\n" for a in accounts)
+        deadline = time.monotonic() + timeout
+        for account in accounts:
+            while True:
+                try:
+                    with IMAPSession("127.0.0.1", self.target.imap.port, name="add-accounts", timeout=timeout) as imap:
+                        imap.login(account.user, account.password)
+                    break
+                except SessionError:
+                    if time.monotonic() > deadline:
+                        raise TargetUnavailable(f"Dovecot did not accept the new account {account.user} within {timeout:.0f}s") from None
+                    time.sleep(0.2)
+
     def __enter__(self) -> "ManagedDovecot":
         self.start()
         return self
