@@ -324,7 +324,7 @@ def test_watchdog_turns_a_silent_server_into_a_timeout():
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="no answer within 0.2s"):
         client.command("IMAP NOOP", b"NOOP")
-    assert 0.2 <= time.monotonic() - started < 2
+    assert 0.2 <= time.monotonic() - started < 4
     assert seen[-1][0] == "IMAP NOOP" and isinstance(seen[-1][3], TimeoutError)
 
 

@@ -28,6 +28,16 @@ def instance_processes(marker: str) -> list[int]:
     return pids
 
 
+def no_processes_left(marker: str, timeout: float = 5.0) -> bool:
+    """SIGKILLed processes take a moment to vanish from /proc; poll rather than guess a sleep."""
+    deadline = time.monotonic() + timeout
+    while instance_processes(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_starts_serves_both_protocols_and_stops_clean():
     dc = ManagedDovecot(accounts=2)
     target = dc.start()
@@ -58,8 +68,7 @@ def test_starts_serves_both_protocols_and_stops_clean():
         # leave the clients connected: stop must still take every process down
     finally:
         dc.stop()
-    time.sleep(0.2)
-    assert instance_processes(root.name) == []
+    assert no_processes_left(root.name)
     assert not root.exists()
 
 
@@ -102,6 +111,5 @@ def test_detached_up_and_down():
     marker = Path(state["root"]).name
     assert instance_processes(marker)
     ManagedDovecot.stop_detached(state)
-    time.sleep(0.2)
-    assert instance_processes(marker) == []
+    assert no_processes_left(marker)
     assert not Path(state["root"]).exists()

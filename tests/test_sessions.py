@@ -357,7 +357,7 @@ def test_a_server_that_never_answers_times_out_with_the_command():
         started = time.monotonic()
         with pytest.raises(ProtocolTimeout, match=r"no response to `DELE 1` within 0.5 s"):
             p.command("DELE 1")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3  # bounded by the deadline, with slack for a busy CI machine
         assert p.closed  # out of step: the session is over
 
 
@@ -391,7 +391,7 @@ def test_a_trickling_server_is_bounded_by_the_deadline():
         started = time.monotonic()
         with pytest.raises(ProtocolTimeout, match=r"no complete response to `A0001 NOOP` within 0.6 s"):
             s.command("NOOP")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 3  # the deadline holds although bytes keep arriving
 
 
 def test_endless_garbage_without_newlines_fails_fast():
@@ -406,7 +406,7 @@ def test_endless_garbage_without_newlines_fails_fast():
         started = time.monotonic()
         with pytest.raises(ProtocolError, match="longer than 1 MiB"):
             p.command("STAT")
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 8  # the size limit, not the 10 s timeout, ended it
 
 
 def test_connection_closed_mid_response():
