@@ -104,6 +104,7 @@ class Pop3Command:
     args: list[str]
     raw: bytes  # as the client sent it, line end included
     local: bytes | None = None  # the proxy's own answer, for a command it does not forward
+    hidden: bool = False  # sent by the proxy itself: its answer is swallowed
 
     @property
     def multiline(self) -> bool:
@@ -137,6 +138,13 @@ class Local(NamedTuple):
     """A fault's verdict on a command: answer it here with `text`, never forward it."""
 
     text: bytes
+
+
+class Prefixed(NamedTuple):
+    """A fault's verdict on a POP3 command: send the `hidden` lines first (their answers are swallowed), then `raw`."""
+
+    hidden: list[bytes]
+    raw: bytes
 
 
 @dataclasses.dataclass
@@ -216,8 +224,8 @@ class Fault:
         self.lock = threading.Lock()
 
     # POP3 ----------------------------------------------------------------------------------------
-    def pop3_command(self, conn: Pop3Conn, cmd: Pop3Command) -> bytes | Local:
-        """What to send upstream for `cmd` (normally cmd.raw), or Local(answer)."""
+    def pop3_command(self, conn: Pop3Conn, cmd: Pop3Command) -> bytes | Local | Prefixed:
+        """What to send upstream for `cmd` (normally cmd.raw), Local(answer), or Prefixed(hidden lines, raw)."""
         return cmd.raw
 
     def pop3_response(self, conn: Pop3Conn, cmd: Pop3Command | None, status: bytes,
@@ -333,8 +341,8 @@ class Pop3StatCountsDeleted(Fault):
 
 
 def _rewrite_uidl(cmd: Pop3Command | None, status: bytes, body: list[bytes] | None,
-                  new: Callable[[bytes], bytes]) -> tuple[bytes, list[bytes] | None, bool]:
-    """Apply `new` to each unique-id in a UIDL answer; returns status, body, changed."""
+                  new: Callable[[bytes, bytes], bytes]) -> tuple[bytes, list[bytes] | None, bool]:
+    """Replace each unique-id in a UIDL answer by new(msg_number, unique_id); returns status, body, changed."""
     if cmd is None or cmd.verb != "UIDL" or not status.startswith(b"+OK"):
         return status, body, False
     if body is not None:
@@ -342,12 +350,12 @@ def _rewrite_uidl(cmd: Pop3Command | None, status: bytes, body: list[bytes] | No
         for line in body:
             words = _chomp(line).split(b" ")
             if len(words) >= 2:
-                line = b"%s %s%s" % (words[0], new(words[1]), _eol(line))
+                line = b"%s %s%s" % (words[0], new(words[0], words[1]), _eol(line))
             out.append(line)
         return status, out, out != body
     words = _chomp(status).split(b" ")
     if len(words) >= 3:
-        return b"+OK %s %s%s" % (words[1], new(words[2]), _eol(status)), body, True
+        return b"+OK %s %s%s" % (words[1], new(words[1], words[2]), _eol(status)), body, True
     return status, body, False
 
 
@@ -356,7 +364,7 @@ def _rewrite_uidl(cmd: Pop3Command | None, status: bytes, body: list[bytes] | No
 class Pop3UidlUnstable(Fault):
     def pop3_response(self, conn, cmd, status, body):
         suffix = conn.state.setdefault("suffix", b"-" + secrets.token_hex(3).encode())
-        status, body, changed = _rewrite_uidl(cmd, status, body, lambda uid: uid + suffix)
+        status, body, changed = _rewrite_uidl(cmd, status, body, lambda num, uid: uid + suffix)
         if changed:
             conn.fire("UIDL ids suffixed " + suffix.decode())
         return status, body
@@ -365,7 +373,7 @@ class Pop3UidlUnstable(Fault):
 @_register("pop3-uidl-duplicate", "pop3", "leave-on-server", "every UIDL unique-id is the same string")
 class Pop3UidlDuplicate(Fault):
     def pop3_response(self, conn, cmd, status, body):
-        status, body, changed = _rewrite_uidl(cmd, status, body, lambda uid: b"same-uidl-for-all")
+        status, body, changed = _rewrite_uidl(cmd, status, body, lambda num, uid: b"same-uidl-for-all")
         if changed:
             conn.fire("UIDL ids made identical")
         return status, body
@@ -411,6 +419,99 @@ class Pop3BadPassAccepted(Fault):
         if cmd is not None and cmd.verb == "PASS" and status.startswith(b"-ERR"):
             conn.fire("PASS -ERR turned into +OK")
             status = b"+OK Logged in.\r\n"
+        return status, body
+
+
+@_register("pop3-dele-deferred", "pop3", "deletion",
+           "DELE is only remembered by the proxy (sent at QUIT): a marked message stays readable and counted")
+class Pop3DeleDeferred(Fault):
+    """The lazy implementation: deletions still commit at QUIT, but marks are not honoured in the session."""
+
+    def pop3_command(self, conn, cmd):
+        marks: set[str] = conn.state.setdefault("marks", set())
+        if not conn.authenticated:
+            return cmd.raw
+        if cmd.verb == "DELE" and len(cmd.args) == 1:
+            if cmd.args[0] in marks:
+                return Local(b"-ERR Message is already deleted.\r\n")
+            return b"LIST %s%s" % (cmd.args[0].encode(), _eol(cmd.raw))  # does it exist? answer as DELE would
+        if cmd.verb == "RSET":
+            marks.clear()
+        elif cmd.verb == "QUIT" and marks:
+            conn.fire(f"sent the deferred DELE {sorted(marks)} at QUIT")
+            return Prefixed([b"DELE %s\r\n" % m.encode() for m in sorted(marks)], cmd.raw)
+        return cmd.raw
+
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "DELE" and status.startswith(b"+OK") and len(cmd.args) == 1:
+            conn.state.setdefault("marks", set()).add(cmd.args[0])
+            conn.fire(f"DELE {cmd.args[0]} deferred to QUIT")
+            status = b"+OK Marked to be deleted.\r\n"
+        return status, body
+
+
+@_register("pop3-quit-discards", "pop3", "deletion", "QUIT in the TRANSACTION state is preceded by a hidden RSET")
+class Pop3QuitDiscards(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "QUIT" and conn.authenticated:
+            conn.fire("RSET sent before QUIT")
+            return Prefixed([b"RSET\r\n"], cmd.raw)
+        return cmd.raw
+
+
+@_register("pop3-uidl-is-msgnum", "pop3", "leave-on-server",
+           "every UIDL unique-id is derived from the message number (unique, but changes when earlier mail goes)")
+class Pop3UidlIsMsgnum(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        status, body, changed = _rewrite_uidl(cmd, status, body, lambda num, uid: b"msg-" + num)
+        if changed:
+            conn.fire("UIDL ids replaced by message numbers")
+        return status, body
+
+
+@_register("pop3-list-size-off", "pop3", "retrieval",
+           "LIST and STAT report every message one octet smaller than RETR delivers")
+class Pop3ListSizeOff(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is None or not status.startswith(b"+OK"):
+            return status, body
+        if cmd.verb == "LIST" and body is not None:
+            out = []
+            for line in body:
+                words = _chomp(line).split(b" ")
+                if len(words) >= 2 and words[1].isdigit():
+                    line = b"%s %d%s" % (words[0], int(words[1]) - 1, _eol(line))
+                out.append(line)
+            if out != body:
+                conn.fire("LIST sizes shrunk by one")
+            return status, out
+        m = re.match(rb"(\+OK )(\d+) (\d+)(.*)$", _chomp(status), re.DOTALL)
+        if m and cmd.verb == "LIST":
+            conn.fire("LIST n size shrunk by one")
+            return b"%s%s %d%s%s" % (m[1], m[2], int(m[3]) - 1, m[4], _eol(status)), body
+        if m and cmd.verb == "STAT" and int(m[2]):
+            conn.fire("STAT octets shrunk by the message count")
+            return b"%s%s %d%s%s" % (m[1], m[2], int(m[3]) - int(m[2]), m[4], _eol(status)), body
+        return status, body
+
+
+@_register("pop3-top-sends-whole", "pop3", "partial-fetch", "TOP n k is sent to the server as RETR n")
+class Pop3TopSendsWhole(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "TOP" and len(cmd.args) == 2 and conn.authenticated:
+            conn.fire(f"TOP {cmd.args[0]} {cmd.args[1]} sent as RETR {cmd.args[0]}")
+            return b"RETR %s%s" % (cmd.args[0].encode(), _eol(cmd.raw))
+        return cmd.raw
+
+
+@_register("pop3-top-no-blank-line", "pop3", "partial-fetch",
+           "TOP responses lose the empty line that separates the headers from the body")
+class Pop3TopNoBlankLine(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "TOP" and body and b"\r\n" in body:
+            conn.fire("dropped the blank line after the headers of TOP")
+            i = body.index(b"\r\n")
+            body = body[:i] + body[i + 1:]
         return status, body
 
 
@@ -714,6 +815,258 @@ class ImapBadLoginAccepted(Fault):
         return resp
 
 
+# Faults that rewrite the section a FETCH asks for, and rename the answer back, so the client sees the
+# section it asked for with the content of another one.
+class _FetchSectionRewrite(Fault):
+    def rewrite(self, conn: ImapConn, line: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """(line to send, [(key in the server's answer, key the client expects)])."""
+        raise NotImplementedError
+
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name in _FETCHES:
+            new, renames = self.rewrite(conn, line)
+            if new != line:
+                conn.state.setdefault("renames", []).extend(renames)
+                conn.fire(f"FETCH rewritten: {_chomp(line)[-60:]!r} -> {_chomp(new)[-60:]!r}")
+                return new
+        return line
+
+    def imap_response(self, conn, cmd, resp):
+        renames = conn.state.get("renames")
+        if resp.kind == "*" and resp.untagged[1] == "FETCH" and renames:
+            segs = list(resp.segments)
+            for i in resp.lines():
+                for server_key, client_key in renames:
+                    segs[i] = segs[i].replace(server_key, client_key)
+            return ImapResponse(segs)
+        if resp.kind == "tagged" and cmd is not None and cmd.name in _FETCHES:
+            conn.state.pop("renames", None)
+        return resp
+
+
+@_register("imap-header-fields-ignored", "imap", "partial-fetch",
+           "BODY[HEADER.FIELDS (...)] and .NOT are answered with the whole header (BODY[HEADER])")
+class ImapHeaderFieldsIgnored(_FetchSectionRewrite):
+    PATTERN = re.compile(rb"(?i)\b(BODY(?:\.PEEK)?)\[((?:\d+\.)*)(HEADER\.FIELDS(?:\.NOT)? \([^)]*\))\]")
+
+    def rewrite(self, conn, line):
+        renames = [(b"BODY[%sHEADER]" % m[2], b"BODY[%s%s]" % (m[2], m[3])) for m in self.PATTERN.finditer(line)]
+        return self.PATTERN.sub(rb"\1[\2HEADER]", line), renames
+
+
+@_register("imap-nested-part-flattened", "imap", "partial-fetch",
+           "BODY[a.b...] is answered with BODY[b...]: nested part numbers lose their first level")
+class ImapNestedPartFlattened(_FetchSectionRewrite):
+    PATTERN = re.compile(rb"(?i)\b(BODY(?:\.PEEK)?|BINARY(?:\.PEEK)?)\[(\d+)\.(\d+(?:\.[\w.]+)?)\]")
+
+    def rewrite(self, conn, line):
+        renames = [(b"%s[%s]" % (m[1].upper().replace(b".PEEK", b""), m[3]),
+                    b"%s[%s.%s]" % (m[1].upper().replace(b".PEEK", b""), m[2], m[3])) for m in self.PATTERN.finditer(line)]
+        return self.PATTERN.sub(rb"\1[\3]", line), renames
+
+
+@_register("imap-binary-not-decoded", "imap", "partial-fetch",
+           "BINARY[n] is answered with the still-encoded BODY[n]")
+class ImapBinaryNotDecoded(_FetchSectionRewrite):
+    PATTERN = re.compile(rb"(?i)\bBINARY(\.PEEK)?\[([\d.]*)\]")
+
+    def rewrite(self, conn, line):
+        renames = [(b"BODY[%s]" % m[2], b"BINARY[%s]" % m[2]) for m in self.PATTERN.finditer(line)]
+        return self.PATTERN.sub(lambda m: b"BODY%s[%s]" % (m[1] or b"", m[2]), line), renames
+
+
+@_register("imap-body-fetch-peeks", "imap", "partial-fetch", "BODY[...] is sent as BODY.PEEK[...] (\\Seen never set)")
+class ImapBodyFetchPeeks(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name in _FETCHES:
+            new = re.sub(rb"(?i)\bBODY\[", b"BODY.PEEK[", line)
+            if new != line:
+                conn.fire("BODY sent as BODY.PEEK")
+                return new
+        return line
+
+
+@_register("imap-rfc822size-off", "imap", "partial-fetch", "RFC822.SIZE is reported one octet short")
+class ImapRfc822SizeOff(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] == "FETCH":
+            segs = list(resp.segments)
+            for i in resp.lines():
+                segs[i] = re.sub(rb"(?i)(RFC822\.SIZE )(\d+)", lambda m: m[1] + b"%d" % (int(m[2]) - 1), segs[i])
+            if segs != resp.segments:
+                conn.fire("RFC822.SIZE shrunk by one")
+                return ImapResponse(segs)
+        return resp
+
+
+@_register("imap-noop-no-exists", "imap", "notification",
+           "untagged EXISTS is dropped while only NOOP/CHECK is running (a poller is never told of new mail)")
+class ImapNoopNoExists(Fault):
+    def imap_response(self, conn, cmd, resp):
+        pending = set(conn.pending_names())
+        if resp.kind == "*" and resp.untagged[1] == "EXISTS" and pending and pending <= {"NOOP", "CHECK"}:
+            conn.fire(f"dropped {_chomp(resp.line).decode('latin-1')} during {sorted(pending)}")
+            return None
+        return resp
+
+
+_SYSTEM_FLAGS = {b"\\SEEN", b"\\ANSWERED", b"\\FLAGGED", b"\\DELETED", b"\\DRAFT"}
+
+
+def _sequence_numbers(text: bytes) -> list[int] | None:
+    """The numbers of a sequence set without `*`, or None."""
+    out: list[int] = []
+    for part in text.split(b","):
+        a, _, b = part.partition(b":")
+        if not a.isdigit() or (b and not b.isdigit()):
+            return None
+        lo, hi = sorted((int(a), int(b or a)))
+        if hi - lo > 10000:
+            return None
+        out += range(lo, hi + 1)
+    return out
+
+
+@_register("imap-flags-session-local", "imap", "flags",
+           "STORE (by sequence number) is kept by the proxy for this connection only: its own FETCH shows the flags, "
+           "no other session (or later one) ever sees them")
+class ImapFlagsSessionLocal(Fault):
+    STORE = re.compile(rb"(?i)^(\S+) STORE (\S+) ([+-]?)FLAGS(\.SILENT)? \(([^)]*)\)\r?\n\Z")
+
+    def imap_command(self, conn, cmd):
+        m = self.STORE.match(cmd.line) if cmd.name == "STORE" else None
+        nums = _sequence_numbers(m[2]) if m else None
+        if not m or nums is None:
+            return None
+        flags = {f for f in m[5].split() if f}
+        added: dict[int, set[bytes]] = conn.state.setdefault("added", {})
+        removed: dict[int, set[bytes]] = conn.state.setdefault("removed", {})
+        for n in nums:
+            add, rem = added.setdefault(n, set()), removed.setdefault(n, set())
+            if m[3] == b"-":
+                add -= flags
+                rem |= flags
+            else:
+                add |= flags
+                rem -= flags
+                if not m[3]:  # FLAGS replaces: every other system flag goes
+                    rem |= {f for f in _SYSTEM_FLAGS if f not in {g.upper() for g in flags}}
+            if not m[4]:
+                conn.write_client(b"* %d FETCH (FLAGS (%s))\r\n" % (n, b" ".join(sorted(add))))
+        conn.fire(f"kept STORE {m[2].decode()} {m[3].decode()}FLAGS ({m[5].decode()}) to this connection")
+        return Local(b"OK Store completed.")
+
+    def imap_response(self, conn, cmd, resp):
+        added = conn.state.get("added")
+        m = re.match(rb"\* (\d+) FETCH (.*)FLAGS \(([^)]*)\)", resp.line) if resp.kind == "*" and added else None
+        if m and int(m[1]) in added:
+            n = int(m[1])
+            upper = {f.upper() for f in conn.state["removed"].get(n, set())}
+            flags = [f for f in m[3].split() if f.upper() not in upper]
+            flags += [f for f in added[n] if f.upper() not in {g.upper() for g in flags}]
+            line = resp.line[:m.start(3)] + b" ".join(flags) + resp.line[m.end(3):]
+            return ImapResponse([line, *resp.segments[1:]])
+        return resp
+
+
+@_register("imap-create-existing-ok", "imap", "folders", "CREATE of an existing mailbox is answered OK")
+class ImapCreateExistingOk(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and cmd.name == "CREATE" and resp.status == "NO":
+            conn.fire("CREATE NO turned into OK")
+            return ImapResponse([b"%s OK Create completed.\r\n" % resp.tag])
+        return resp
+
+
+@_register("imap-delete-ignored", "imap", "folders", "DELETE is answered OK by the proxy and never reaches the server")
+class ImapDeleteIgnored(Fault):
+    def imap_command(self, conn, cmd):
+        if cmd.name == "DELETE":
+            conn.fire("swallowed DELETE")
+            return Local(b"OK Delete completed.")
+        return None
+
+
+@_register("imap-subscribe-ignored", "imap", "folders",
+           "SUBSCRIBE and UNSUBSCRIBE are answered OK by the proxy and never reach the server")
+class ImapSubscribeIgnored(Fault):
+    def imap_command(self, conn, cmd):
+        if cmd.name in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            conn.fire(f"swallowed {cmd.name}")
+            return Local(b"OK %s completed." % cmd.name.title().encode())
+        return None
+
+
+@_register("imap-uid-expunge-all", "imap", "deletion", "UID EXPUNGE <set> is sent as a plain EXPUNGE (every \\Deleted goes)")
+class ImapUidExpungeAll(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if first and cmd.name == "UID EXPUNGE":
+            conn.fire("UID EXPUNGE sent as EXPUNGE")
+            return b"%s EXPUNGE%s" % (cmd.tag, _eol(line))
+        return line
+
+
+@_register("imap-unselect-expunges", "imap", "deletion", "UNSELECT is sent as CLOSE (\\Deleted messages are expunged)")
+class ImapUnselectExpunges(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if first and cmd.name == "UNSELECT":
+            conn.fire("UNSELECT sent as CLOSE")
+            return b"%s CLOSE%s" % (cmd.tag, _eol(line))
+        return line
+
+
+@_register("imap-internaldate-ignored", "imap", "append", "the date-time argument of APPEND is dropped")
+class ImapInternaldateIgnored(Fault):
+    DATE = re.compile(rb' "[ \d]\d-[A-Za-z]{3}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"')
+
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name == "APPEND" and self.DATE.search(line):
+            conn.fire("dropped the APPEND date-time")
+            return self.DATE.sub(b"", line)
+        return line
+
+
+@_register("imap-search-text-ignored", "imap", "search", "SEARCH criteria BODY x and TEXT x are sent as ALL")
+class ImapSearchTextIgnored(Fault):
+    CRITERION = re.compile(rb'(?i)\b(?:BODY|TEXT) (?:"(?:[^"\\]|\\.)*"|[^\s()"{]+)')
+
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name in ("SEARCH", "UID SEARCH") and self.CRITERION.search(line):
+            conn.fire("BODY/TEXT search criteria sent as ALL")
+            return self.CRITERION.sub(b"ALL", line)
+        return line
+
+
+@_register("imap-quota-hidden", "imap", "quota", "untagged QUOTA responses are dropped (QUOTAROOT is kept)")
+class ImapQuotaHidden(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] == "QUOTA":
+            conn.fire("dropped a QUOTA response")
+            return None
+        return resp
+
+
+@_register("imap-appenduid-off", "imap", "uid", "the UID in APPENDUID is one too high")
+class ImapAppenduidOff(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and b"[APPENDUID " in resp.line.upper():
+            conn.fire("APPENDUID shifted by one")
+            line = re.sub(rb"(?i)(\[APPENDUID \d+ )(\d+)", lambda m: m[1] + b"%d" % (int(m[2]) + 1), resp.line)
+            return ImapResponse([line])
+        return resp
+
+
+@_register("imap-copyuid-off", "imap", "uid", "the destination UIDs in COPYUID are one too high")
+class ImapCopyuidOff(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind in ("*", "tagged") and b"[COPYUID " in resp.line.upper():
+            def shift(m: re.Match) -> bytes:
+                return m[1] + re.sub(rb"\d+", lambda d: b"%d" % (int(d[0]) + 1), m[2])
+            conn.fire("COPYUID destination shifted by one")
+            return ImapResponse([re.sub(rb"(?i)(\[COPYUID \d+ \S+ )([\d:,]+)", shift, resp.line), *resp.segments[1:]])
+        return resp
+
+
 # ---------------------------------------------------------------------------------------------------
 # Connections
 
@@ -826,11 +1179,17 @@ class Pop3Conn(_Conn):
                     else:
                         self.write_client(out.text)
                 continue
+            hidden: list[bytes] = []
+            if isinstance(out, Prefixed):
+                hidden, out = out.hidden, out.raw
             with self.lock:
+                for extra in hidden:
+                    words = extra.decode("latin-1").split()
+                    self.pending.append(Pop3Command(words[0].upper(), words[1:], extra, hidden=True))
                 self.pending.append(cmd)
                 if cmd.verb == "QUIT":
                     self.quit_sent = True
-            self.write_server(out)
+            self.write_server(b"".join(hidden) + out)
 
     def client_dropped(self) -> None:
         with self.lock:
@@ -873,6 +1232,10 @@ class Pop3Conn(_Conn):
                     body.append(part)
             except EOFError:
                 pass  # cut short: pass on what came, then the close
+        if cmd is not None and cmd.hidden:
+            with self.lock:
+                self.pending.popleft()
+            return
         status, body = self.fault.pop3_response(self, cmd, line, body)
         with self.lock:
             if cmd is not None:

@@ -682,8 +682,216 @@ def _(env, proxy):
     return tagged.text.split()[1] == b"OK"
 
 
+# nested parts and an encoded part, for the section faults: 1 text, 2 alternative (2.1, 2.2), 3 base64
+MULTI = (b"From: Alice <alice@example.com>\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+         b"Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"
+         b"--outer\r\nContent-Type: text/plain\r\n\r\nouter text\r\n"
+         b"--outer\r\nContent-Type: multipart/alternative; boundary=\"inner\"\r\n\r\n"
+         b"--inner\r\nContent-Type: text/plain\r\n\r\ninner plain\r\n"
+         b"--inner\r\nContent-Type: text/html\r\n\r\n<p>inner html</p>\r\n--inner--\r\n"
+         b"--outer\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+         b"aGVsbG8gYmluYXJ5\r\n--outer--\r\n")
+
+
+def _uid(c: Imap, n: int = 1) -> bytes:
+    return re.search(rb"UID (\d+)", c.ok(f"FETCH {n} UID")[0].text)[1]
+
+
+def _top_zero_wrong(env, proxy) -> bool:
+    env.seed(MSG)
+    headers = MSG.split(b"\r\n\r\n")[0].split(b"\r\n")
+    return env.pop(proxy).top(1, 0)[1] != [*headers, b""]
+
+
+demo("pop3-top-sends-whole")(_top_zero_wrong)
+demo("pop3-top-no-blank-line")(_top_zero_wrong)
+
+
+@demo("pop3-dele-deferred")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    p = env.pop(proxy)
+    p.dele(1)
+    try:
+        p.retr(1)
+        readable = True
+    except poplib.error_proto:
+        readable = False
+    p.quit()
+    assert env.count() == 1  # the deletion still commits at QUIT: only the in-session view is wrong
+    return readable
+
+
+@demo("pop3-quit-discards")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    p.dele(1)
+    assert b"Logging out" in p.quit()  # the hidden RSET's answer is swallowed, QUIT's comes through
+    return env.count() == 1
+
+
+@demo("pop3-uidl-is-msgnum")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    p = env.pop(proxy)
+    second = p.uidl(2).split()[2]
+    p.dele(1)
+    p.quit()
+    return env.pop(proxy).uidl(1).split()[2] != second
+
+
+@demo("pop3-list-size-off")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    return p.list()[1] != [b"1 %d" % len(MSG)] or p.stat() != (1, len(MSG))
+
+
+@demo("imap-header-fields-ignored")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return a.ok("FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]")[0].literals != [b"Subject: fault proxy\r\n\r\n"]
+
+
+@demo("imap-nested-part-flattened")
+def _(env, proxy):
+    env.seed(MULTI)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return a.ok("FETCH 1 BODY.PEEK[2.1]")[0].literals != [b"inner plain"]
+
+
+@demo("imap-binary-not-decoded")
+def _(env, proxy):
+    env.seed(MULTI)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return a.ok("FETCH 1 BINARY.PEEK[3]")[0].literals != [b"hello binary"]
+
+
+@demo("imap-body-fetch-peeks")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("FETCH 1 BODY[TEXT]")
+    return b"\\Seen" not in env.flags(1)
+
+
+@demo("imap-rfc822size-off")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return a.ok("FETCH 1 RFC822.SIZE")[0].text != b"* 1 FETCH (RFC822.SIZE %d)" % len(MSG)
+
+
+@demo("imap-noop-no-exists")
+def _(env, proxy):
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    env.seed(MSG)
+    return not any(re.match(rb"\* 1 EXISTS", r.text) for r in a.ok("NOOP"))
+
+
+@demo("imap-flags-session-local")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    assert any(b"\\Flagged" in r.text for r in a.ok("STORE 1 +FLAGS (\\Flagged)"))  # looks right to the storer
+    assert any(b"\\Flagged" in r.text for r in a.ok("FETCH 1 FLAGS"))
+    return b"\\Flagged" not in env.flags(1)
+
+
+@demo("imap-create-existing-ok")
+def _(env, proxy):
+    a = env.imap(proxy)
+    a.ok('CREATE "FP dup"')
+    tagged, _ = a.cmd('CREATE "FP dup"')
+    return tagged.text.split()[1] == b"OK"
+
+
+@demo("imap-delete-ignored")
+def _(env, proxy):
+    env.admin.ok('CREATE "FP gone"')
+    env.imap(proxy).ok('DELETE "FP gone"')
+    return "FP gone" in env.mailboxes()
+
+
+@demo("imap-subscribe-ignored")
+def _(env, proxy):
+    env.admin.ok('CREATE "FP sub"')
+    env.imap(proxy).ok('SUBSCRIBE "FP sub"')
+    subscribed = any(b"FP sub" in r.text for r in env.admin.ok('LSUB "" "*"'))
+    env.admin.cmd('UNSUBSCRIBE "FP sub"')  # subscriptions outlive the mailbox: leave none for the next run
+    return not subscribed
+
+
+@demo("imap-uid-expunge-all")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+    a.ok(b"UID EXPUNGE " + _uid(a, 2))
+    return env.count() != 1
+
+
+@demo("imap-unselect-expunges")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    a.ok("UNSELECT")
+    return env.count() == 0
+
+
+@demo("imap-internaldate-ignored")
+def _(env, proxy):
+    env.imap(proxy).ok('APPEND INBOX "15-Jan-2020 12:00:00 +0000"', MSG)
+    env.admin.ok("EXAMINE INBOX")
+    return b'INTERNALDATE "15-Jan-2020' not in env.admin.ok("FETCH 1 INTERNALDATE")[0].text
+
+
+@demo("imap-search-text-ignored")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return [r.text for r in a.ok('SEARCH BODY "short body"')] != [b"* SEARCH 2"]
+
+
+@demo("imap-quota-hidden")
+def _(env, proxy):
+    return not any(r.text.startswith(b"* QUOTA ") for r in env.imap(proxy).ok("GETQUOTAROOT INBOX"))
+
+
+@demo("imap-appenduid-off")
+def _(env, proxy):
+    tagged, _ = env.imap(proxy).cmd("APPEND INBOX", MSG)
+    claimed = re.search(rb"\[APPENDUID \d+ (\d+)\]", tagged.text)[1]
+    env.admin.ok("EXAMINE INBOX")
+    return claimed != _uid(env.admin)
+
+
+@demo("imap-copyuid-off")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    tagged, _ = a.cmd("COPY 1 Trash")
+    claimed = re.search(rb"\[COPYUID \d+ \d+ (\d+)\]", tagged.text)[1]
+    env.admin.ok("EXAMINE Trash")
+    return claimed != _uid(env.admin)
+
+
 def test_fault_registry():
-    assert len(FAULTS) >= 21
+    assert len(FAULTS) >= 40
     for name, (protocol, area, description, impl) in FAULTS.items():
         assert name.startswith(protocol + "-") and protocol in ("pop3", "imap")
         assert area in AREAS, f"{name}: area {area} is not a suite area"
