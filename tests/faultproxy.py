@@ -27,6 +27,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -118,6 +119,7 @@ class ImapCommand:
     name: str  # upper case, "UID FETCH" for UID commands
     line: bytes  # the first line as the client sent it (up to the first literal), line end included
     wire: bytearray = dataclasses.field(default_factory=bytearray)  # all of it as sent upstream, if small
+    hidden: bool = False  # sent by the proxy itself: its tagged answer is swallowed
 
     def arguments(self, count: int) -> list[bytes | None]:
         """The first `count` arguments as strings (quoted, atom or literal; None if not known).
@@ -141,10 +143,11 @@ class Local(NamedTuple):
 
 
 class Prefixed(NamedTuple):
-    """A fault's verdict on a POP3 command: send the `hidden` lines first (their answers are swallowed), then `raw`."""
+    """A fault's verdict on a command: send the `hidden` commands first (their answers are swallowed), then
+    the command (POP3: `raw`; IMAP: the client's, and `raw` is ignored). IMAP hidden commands have no tag yet."""
 
     hidden: list[bytes]
-    raw: bytes
+    raw: bytes = b""
 
 
 @dataclasses.dataclass
@@ -238,8 +241,9 @@ class Fault:
         return None
 
     # IMAP ----------------------------------------------------------------------------------------
-    def imap_command(self, conn: ImapConn, cmd: ImapCommand) -> Local | None:
-        """Local(b"OK ...") to answer the command here (tag added, literals swallowed); None to forward."""
+    def imap_command(self, conn: ImapConn, cmd: ImapCommand) -> Local | Prefixed | None:
+        """Local(b"OK ...") to answer the command here (tag added, literals swallowed); None to forward;
+        Prefixed([b"NOOP"]) to send hidden commands first (untagged answers pass, the tagged one is swallowed)."""
         return None
 
     def imap_client_line(self, conn: ImapConn, cmd: ImapCommand, line: bytes, first: bool) -> bytes:
@@ -514,6 +518,14 @@ class Pop3TopNoBlankLine(Fault):
             body = body[:i] + body[i + 1:]
         return status, body
 
+
+@_register("pop3-bare-lf", "pop3", "retrieval", "RETR and TOP lines end in a bare LF instead of CRLF")
+class Pop3BareLf(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb in ("RETR", "TOP") and body:
+            conn.fire(f"{cmd.verb} lines sent with bare LF")
+            body = [line[:-2] + b"\n" if line.endswith(b"\r\n") else line for line in body]
+        return status, body
 
 # -- IMAP ---------------------------------------------------------------------------------------------
 
@@ -1067,6 +1079,59 @@ class ImapCopyuidOff(Fault):
         return resp
 
 
+@_register("imap-expunge-during-fetch", "imap", "notification",
+           "a hidden NOOP goes ahead of each FETCH/STORE/SEARCH, so other sessions' EXPUNGEs arrive during them")
+class ImapExpungeDuringFetch(Fault):
+    """RFC 3501 §7.4.1: the client's sequence numbers would shift in the middle of its own command."""
+
+    COMMANDS = ("FETCH", "STORE", "SEARCH")
+
+    def imap_command(self, conn, cmd):
+        if cmd.name in self.COMMANDS:
+            conn.state["during"] = cmd.tag
+            return Prefixed([b"NOOP"])
+        return None
+
+    def imap_response(self, conn, cmd, resp):
+        during = conn.state.get("during")
+        if resp.kind == "*" and resp.untagged[1] == "EXPUNGE" and during:
+            conn.fire(f"{_chomp(resp.line).decode('latin-1')} during {during.decode('latin-1')}")
+        elif resp.kind == "tagged" and resp.tag == during:
+            conn.state.pop("during", None)
+        return resp
+
+
+@_register("imap-expunge-wrong-number", "imap", "notification",
+           "untagged EXPUNGE names the message after the one that went (n+1)")
+class ImapExpungeWrongNumber(Fault):
+    def imap_response(self, conn, cmd, resp):
+        number, word = resp.untagged
+        if resp.kind == "*" and word == "EXPUNGE" and number is not None:
+            conn.fire(f"EXPUNGE {number} announced as {number + 1}")
+            return ImapResponse([b"* %d EXPUNGE%s" % (number + 1, _eol(resp.line))])
+        return resp
+
+
+@_register("imap-uidnext-low", "imap", "uid", "UIDNEXT (SELECT, EXAMINE, STATUS) is reported one lower")
+class ImapUidnextLow(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and b"UIDNEXT " in resp.line.upper():
+            conn.fire("UIDNEXT lowered by one")
+            return ImapResponse([re.sub(rb"(?i)(UIDNEXT )(\d+)", lambda m: m[1] + b"%d" % (int(m[2]) - 1), resp.line),
+                                 *resp.segments[1:]])
+        return resp
+
+
+@_register("imap-status-messages-off", "imap", "folders", "STATUS reports MESSAGES one higher than the mailbox holds")
+class ImapStatusMessagesOff(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] == "STATUS" and b"MESSAGES " in resp.line.upper():
+            conn.fire("STATUS MESSAGES raised by one")
+            return ImapResponse([re.sub(rb"(?i)(MESSAGES )(\d+)", lambda m: m[1] + b"%d" % (int(m[2]) + 1), resp.line),
+                                 *resp.segments[1:]])
+        return resp
+
+
 # ---------------------------------------------------------------------------------------------------
 # Connections
 
@@ -1260,10 +1325,11 @@ class ImapConn(_Conn):
         self.literal_tag: bytes | None = None  # a synchronizing literal of this command waits for "+"
         self.literal_go: bool | None = None
         self.user: bytes | None = None
+        self.hidden_count = 0
 
     def pending_names(self) -> list[str]:
         with self.lock:
-            return [c.name for c in self.pending.values()]
+            return [c.name for c in self.pending.values() if not c.hidden]
 
     def client_loop(self) -> None:
         while True:
@@ -1281,6 +1347,9 @@ class ImapConn(_Conn):
                 continue
             cmd = _parse_command(line)
             local = self.fault.imap_command(self, cmd) if cmd.tag else None
+            if isinstance(local, Prefixed):
+                self._send_hidden(local.hidden)
+                local = None
             if local is not None:
                 self._answer_locally(cmd, line, local.text)
                 continue
@@ -1324,6 +1393,22 @@ class ImapConn(_Conn):
             self._keep(cmd, data)
             self.write_server(data)
             line = self.creader.readline()
+
+    def _send_hidden(self, commands: list[bytes], timeout: float = 5.0) -> None:
+        """Send the proxy's own commands and wait for their completion: a server may hold untagged
+        responses back while a pipelined client command is in progress (RFC 3501 §7.4.1)."""
+        tags = []
+        for text in commands:
+            with self.lock:
+                self.hidden_count += 1
+                tag = b"fp%d" % self.hidden_count
+                self.pending[tag] = ImapCommand(tag, text.split()[0].upper().decode("latin-1"), text, hidden=True)
+            tags.append(tag)
+            self.write_server(b"%s %s\r\n" % (tag, text))
+        deadline = time.monotonic() + timeout
+        with self.literal_cv:
+            while any(t in self.pending for t in tags) and not self.server_gone and time.monotonic() < deadline:
+                self.literal_cv.wait(0.5)
 
     @staticmethod
     def _keep(cmd: ImapCommand, data: bytes) -> None:
@@ -1377,7 +1462,7 @@ class ImapConn(_Conn):
         if kind == "tagged":
             with self.lock:
                 cmd = self.pending.get(resp.tag)
-        out = self.fault.imap_response(self, cmd, resp)
+        out = None if cmd is not None and cmd.hidden else self.fault.imap_response(self, cmd, resp)
         with self.lock:
             if kind == "+":
                 if self.literal_tag is not None and self.literal_go is None:
@@ -1386,7 +1471,8 @@ class ImapConn(_Conn):
                 elif self.sasl_tag is not None:
                     self.sasl_line_due = True
             elif kind == "tagged":
-                self.pending.pop(resp.tag, None)
+                if self.pending.pop(resp.tag, None) is not None and cmd is not None and cmd.hidden:
+                    self.literal_cv.notify_all()  # _send_hidden waits for it
                 if resp.tag == self.literal_tag and self.literal_go is None:
                     self.literal_go = False
                     self.literal_cv.notify_all()

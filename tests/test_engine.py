@@ -466,3 +466,34 @@ def test_validate_reports_ids_repeated_across_files(tmp_path):
     proc = run_cli("validate", str(tmp_path))
     assert proc.returncode == 2
     assert f"{tmp_path / 'b.yaml'}:" in proc.stderr and "duplicate test id 'example.pop3.dele-commits-at-quit'" in proc.stderr
+
+
+def test_a_setup_error_reads_as_one_sentence_not_a_traceback(tmp_path, target):
+    """A server that acknowledges DELETE but keeps the folder leaves the next test's account dirty:
+    that test is an error whose message says why, with no pytest internals in it."""
+    from tests.faultproxy import proxied_target
+
+    suite = write_suite(tmp_path, """
+        defaults: {area: folders, rfc: [RFC3501 §6.3.4], sessions: {a: imap}}
+        tests:
+          - id: leftover.create
+            title: creates a folder that clean-up cannot remove
+            steps: [{a: CREATE Leftover}]
+          - id: leftover.next
+            title: needs an empty account
+            steps: [{a: NOOP}]
+        """)
+    one_account = replace(target, accounts=target.accounts[-1:])
+    with proxied_target(one_account, imap_fault="imap-delete-ignored") as proxied:
+        proxied.dump(tmp_path / "t.yaml")
+        proc = run_cli("run", "-n", "0", "--target", str(tmp_path / "t.yaml"), "--suite", str(suite),
+                       "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    by_id = {t["id"]: t for t in json.loads((tmp_path / "r" / "results.json").read_text())["tests"]}
+    assert by_id["leftover.create"]["outcome"] == "passed"
+    second = by_id["leftover.next"]
+    assert second["outcome"] == "error"
+    assert second["message"].startswith("leftover.next: setup failed: could not empty account"), second["message"]
+    assert "folder Leftover" in second["message"]
+    assert "Traceback" not in second["message"] and "_pytest" not in second["message"]
+    assert "setup failed: could not empty account" in proc.stdout

@@ -890,6 +890,51 @@ def _(env, proxy):
     return claimed != _uid(env.admin)
 
 
+@demo("pop3-bare-lf")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    return re.search(rb"[^\r]\n", _pop3_stream(proxy.host, proxy.port, env.account)) is not None
+
+
+def _expunge_first_elsewhere(env) -> None:
+    b = env.imap()
+    b.ok("SELECT INBOX")
+    b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+
+
+@demo("imap-expunge-during-fetch")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    _expunge_first_elsewhere(env)
+    _, untagged = a.cmd("FETCH 1:2 (UID)")
+    return any(b"EXPUNGE" in r.text for r in untagged)
+
+
+@demo("imap-expunge-wrong-number")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    _expunge_first_elsewhere(env)
+    return [r.text for r in a.ok("NOOP") if b"EXPUNGE" in r.text] != [b"* 1 EXPUNGE"]
+
+
+@demo("imap-uidnext-low")
+def _(env, proxy):
+    env.seed(MSG)
+    status = env.imap(proxy).ok("STATUS INBOX (UIDNEXT)")[0].text
+    return status != env.admin.ok("STATUS INBOX (UIDNEXT)")[0].text
+
+
+@demo("imap-status-messages-off")
+def _(env, proxy):
+    env.seed(MSG)
+    return b"MESSAGES 1)" not in env.imap(proxy).ok("STATUS INBOX (MESSAGES)")[0].text
+
+
 def test_fault_registry():
     assert len(FAULTS) >= 40
     for name, (protocol, area, description, impl) in FAULTS.items():

@@ -62,11 +62,18 @@ def _folders(client: IMAPClient) -> list[tuple[tuple, str, str]]:
 
 
 def _message_counts(client: IMAPClient, folders) -> dict[str, int]:
+    """Messages per selectable folder, from EXAMINE's EXISTS.
+
+    Set-up and clean-up lean on the fewest, most basic server features (EXAMINE, STORE, EXPUNGE, DELETE)
+    rather than STATUS or SEARCH, so a server that gets those wrong fails the tests that check them
+    instead of failing every test's set-up."""
     counts = {}
     for flags, _, name in folders:
         if b"\\Noselect" in flags or b"\\NonExistent" in flags:
             continue
-        counts[name] = client.folder_status(name, ["MESSAGES"])[b"MESSAGES"]
+        counts[name] = client.select_folder(name, readonly=True)[b"EXISTS"]
+    if counts:
+        _leave(client)
     return counts
 
 
@@ -79,7 +86,7 @@ def inspect_account(target: Target, account: Account) -> list[str]:
             if count:
                 client.select_folder(name, readonly=True)
                 foreign[name] = len(client.search(["NOT", "HEADER", HARNESS_HEADER, ""]))
-                client.close_folder()
+                _leave(client)
         found = [f"{count} message(s) in {name}" for name, count in foreign.items() if count]
         found += [f"folder {name}" for flags, _, name in folders if not _is_baseline(flags, name)]
         return found
@@ -118,9 +125,9 @@ def _wipe(client: IMAPClient, folders, counts: dict[str, int]) -> None:
         if _is_baseline(flags, name):
             if counts.get(name):
                 client.select_folder(name)
-                client.delete_messages(client.search("ALL"), silent=True)
+                client.delete_messages("1:*", silent=True)  # all UIDs; no SEARCH needed
                 client.expunge()
-                client.close_folder()
+                _leave(client)
         else:
             _try(client.delete_folder, name)  # a \Noselect parent vanishes with its last child on most servers
     for _, _, name in client.list_sub_folders():

@@ -290,8 +290,12 @@ def _missing_requirements(spec, state: HarnessState) -> str | None:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     if isinstance(item, SuiteItem):
+        report = outcome.get_result()
+        if call.when != "call" and call.excinfo is not None and call.excinfo.errisinstance(HarnessError):
+            # pytest renders set-up and tear-down errors as tracebacks (repr_failure is for the call only)
+            report.longrepr = f"{item.spec.id}: {call.when} failed: {call.excinfo.value}"
         # pytest (and xdist, which ships report attributes to the controller) keeps this on the report
-        outcome.get_result().mailharness = dict(item.data)
+        report.mailharness = dict(item.data)
 
 
 def _time_budget(spec, default: float) -> float:
