@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Self
 
-__all__ = ["FAULTS", "Fault", "FaultProxy", "FaultSpec", "proxied_target"]
+__all__ = ["FAULTS", "VARIANTS", "Fault", "FaultProxy", "FaultSpec", "proxied_target"]
 
 # A line that ends in a literal marker: {N} (synchronizing), {N+} (LITERAL+), ~{N} (literal8).
 LITERAL_AT_END = re.compile(rb"~?\{(\d+)(\+?)\}\r?\n\Z")
@@ -201,14 +201,25 @@ class FaultSpec(NamedTuple):
 
 
 FAULTS: dict[str, FaultSpec] = {}
+# Legal servers that differ from Dovecot (no UIDPLUS, say): for testing the harness itself, not faults
+# the suites must catch.
+VARIANTS: dict[str, FaultSpec] = {}
 
 
-def _register(name: str, protocol: str, area: str, description: str) -> Callable[[type[Fault]], type[Fault]]:
+def _spec(name: str) -> FaultSpec:
+    spec = FAULTS.get(name) or VARIANTS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS) + sorted(VARIANTS))}")
+    return spec
+
+
+def _register(name: str, protocol: str, area: str, description: str, *,
+              registry: dict[str, FaultSpec] = FAULTS) -> Callable[[type[Fault]], type[Fault]]:
     def deco(cls: type[Fault]) -> type[Fault]:
-        if name in FAULTS:
+        if name in FAULTS or name in VARIANTS:
             raise ValueError(f"fault {name} registered twice")
         cls.name = name
-        FAULTS[name] = FaultSpec(protocol, area, description, cls)
+        registry[name] = FaultSpec(protocol, area, description, cls)
         return cls
 
     return deco
@@ -1132,6 +1143,26 @@ class ImapStatusMessagesOff(Fault):
         return resp
 
 
+
+# -- Variants: legal, but not what Dovecot does ----------------------------------------------------
+
+
+@_register("imap-no-uidplus", "imap", "uid", "a server without UIDPLUS (RFC 4315): not advertised, UID EXPUNGE unknown",
+           registry=VARIANTS)
+class ImapNoUidplus(Fault):
+    def imap_command(self, conn, cmd):
+        if cmd.name == "UID EXPUNGE":
+            conn.fire("refused UID EXPUNGE")
+            return Local(b"BAD Error in IMAP command UID: Unknown command.")
+        return None
+
+    def imap_response(self, conn, cmd, resp):
+        line = resp.line
+        if b"CAPABILITY" in line.upper():
+            line = re.sub(rb"(?i) UIDPLUS\b", b"", line)
+        line = re.sub(rb"(?i)\[(?:APPENDUID|COPYUID) [^\]]*\] ?", b"", line)
+        return resp if line == resp.line else ImapResponse([line, *resp.segments[1:]])
+
 # ---------------------------------------------------------------------------------------------------
 # Connections
 
@@ -1503,15 +1534,12 @@ class FaultProxy:
     def __init__(self, upstream_host: str, upstream_port: int, protocol: str, fault: str | None = None):
         if protocol not in ("pop3", "imap"):
             raise ValueError(f"protocol must be pop3 or imap, not {protocol!r}")
-        if fault is not None:
-            if fault not in FAULTS:
-                raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
-            if FAULTS[fault].protocol != protocol:
-                raise ValueError(f"fault {fault} is for {FAULTS[fault].protocol}, this proxy speaks {protocol}")
+        if fault is not None and _spec(fault).protocol != protocol:
+            raise ValueError(f"fault {fault} is for {_spec(fault).protocol}, this proxy speaks {protocol}")
         self.upstream = (upstream_host, upstream_port)
         self.protocol = protocol
         self.fault_name = fault
-        self.fault: Fault = FAULTS[fault].implementation() if fault else Fault()
+        self.fault: Fault = _spec(fault).implementation() if fault else Fault()
         self.host = "127.0.0.1"
         self.port: int | None = None
         self.fired: list[str] = []  # what the fault did, in order
@@ -1632,9 +1660,7 @@ def proxied_target(target, pop3_fault: str | None = None, imap_fault: str | None
     ({"pop3": FaultProxy, "imap": FaultProxy}) of the Target yielded.
     """
     if fault is not None:
-        if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}")
-        if FAULTS[fault].protocol == "pop3":
+        if _spec(fault).protocol == "pop3":
             pop3_fault = fault
         else:
             imap_fault = fault

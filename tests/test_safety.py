@@ -94,3 +94,28 @@ def test_run_on_empty_non_disposable_accounts_leaves_them_empty(careful_target, 
             for _flags, _, name in client.list_folders():
                 assert client.folder_status(name, ["MESSAGES"])[b"MESSAGES"] == 0, name
             assert sorted(n for _, _, n in client.list_folders()) == ["Drafts", "INBOX", "Junk", "Sent", "Trash"]
+
+
+def test_cleanup_without_uidplus_never_expunges_the_owners_deleted_mail(careful_target):
+    """Without UID EXPUNGE, clean-up may only EXPUNGE when no message of the owner's is flagged \\Deleted."""
+    from harness import corpus
+    from tests.faultproxy import proxied_target
+
+    account = careful_target.accounts[1]
+    state = prepare(careful_target, account)
+    with admin_client(careful_target, account) as client:
+        client.append("INBOX", corpus.message("plain"))  # what a test stores
+        client.append("INBOX", FOREIGN, flags=[b"\\Deleted"])  # the owner deleted it and has not expunged yet
+    with proxied_target(careful_target, imap_fault="imap-no-uidplus") as plain:
+        with admin_client(plain, account) as client:
+            assert not client.has_capability("UIDPLUS")
+        notes = cleanup(plain, state)
+        assert plain.proxies["imap"].fired == []  # it never tried UID EXPUNGE
+        assert any("no UIDPLUS" in note for note in notes), notes
+        assert len(messages(careful_target, account)) == 2 and FOREIGN in messages(careful_target, account)
+
+        with admin_client(careful_target, account) as client:  # the owner changes their mind
+            client.select_folder("INBOX")
+            client.remove_flags(client.search(["HEADER", "Subject", "keep me"]), [b"\\Deleted"])
+        assert cleanup(plain, state) == []
+    assert messages(careful_target, account) == [FOREIGN]  # a plain EXPUNGE took the harness's message only
