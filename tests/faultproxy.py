@@ -538,6 +538,18 @@ class Pop3BareLf(Fault):
             body = [line[:-2] + b"\n" if line.endswith(b"\r\n") else line for line in body]
         return status, body
 
+
+@_register("pop3-retr-off-by-one", "pop3", "retrieval",
+           "RETR n is sent as RETR n+1 (message numbering off by one; the last one is \"no such message\")")
+class Pop3RetrOffByOne(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "RETR" and len(cmd.args) == 1 and cmd.args[0].isdigit() and conn.authenticated:
+            n = int(cmd.args[0])
+            conn.fire(f"RETR {n} sent as RETR {n + 1}")
+            return b"RETR %d%s" % (n + 1, _eol(cmd.raw))
+        return cmd.raw
+
+
 # -- IMAP ---------------------------------------------------------------------------------------------
 
 _LITERAL_ARG = re.compile(rb"~?\{(\d+)\+?\}\r?\n")
@@ -1143,6 +1155,56 @@ class ImapStatusMessagesOff(Fault):
         return resp
 
 
+
+@_register("imap-examine-is-select", "imap", "deletion", "EXAMINE is sent as SELECT (the mailbox opens read-write)")
+class ImapExamineIsSelect(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if first and cmd.name == "EXAMINE":
+            conn.fire("EXAMINE sent as SELECT")
+            return re.sub(rb"(?i)^(\S+ )EXAMINE", rb"\1SELECT", line, count=1)
+        return line
+
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and cmd.name == "EXAMINE":
+            return ImapResponse([re.sub(rb"\[READ-WRITE\]", b"[READ-ONLY]", resp.line)])  # looks right to the client
+        return resp
+
+
+@_register("imap-append-flags-dropped", "imap", "append", "the flag list of APPEND is sent empty")
+class ImapAppendFlagsDropped(Fault):
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name == "APPEND":
+            new = re.sub(rb" \([^()]+\)( \"[^\"]*\")? (~?\{\d+\+?\}\r?\n)$", rb" ()\1 \2", line)
+            if new != line:
+                conn.fire("APPEND flags dropped")
+                return new
+        return line
+
+
+@_register("imap-keywords-dropped", "imap", "flags", "keywords (flags without a backslash) are dropped from STORE")
+class ImapKeywordsDropped(Fault):
+    STORE = re.compile(rb"(?i)^(\S+ (?:UID )?STORE \S+ [+-]?FLAGS(?:\.SILENT)? \()([^)]*)(\).*)$", re.DOTALL)
+
+    def imap_client_line(self, conn, cmd, line, first):
+        m = self.STORE.match(line) if first and cmd.name in ("STORE", "UID STORE") else None
+        if m:
+            kept = [f for f in m[2].split() if f.startswith(b"\\")]
+            if len(kept) != len(m[2].split()):
+                conn.fire(f"keywords dropped from {_chomp(line)!r}")
+                return m[1] + b" ".join(kept) + m[3]
+        return line
+
+
+@_register("imap-uid-fetch-no-uid", "imap", "uid", "FETCH responses to UID FETCH leave out the UID item")
+class ImapUidFetchNoUid(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "*" and resp.untagged[1] == "FETCH" and _pending_any(conn, {"UID FETCH"}) \
+                and not _pending_any(conn, {"FETCH"}):
+            line = re.sub(rb"(?<=[( ])UID \d+ ?", b"", resp.line).replace(b" )", b")")
+            if line != resp.line:
+                conn.fire("UID left out of a UID FETCH response")
+                return ImapResponse([line, *resp.segments[1:]])
+        return resp
 
 # -- Variants: legal, but not what Dovecot does ----------------------------------------------------
 

@@ -935,6 +935,46 @@ def _(env, proxy):
     return b"MESSAGES 1)" not in env.imap(proxy).ok("STATUS INBOX (MESSAGES)")[0].text
 
 
+@demo("pop3-retr-off-by-one")
+def _(env, proxy):
+    env.seed(MSG, MSG2)
+    return env.pop(proxy).retr(1)[1] != MSG.split(b"\r\n")[:-1]
+
+
+@demo("imap-examine-is-select")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("EXAMINE INBOX")
+    a.cmd("STORE 1 +FLAGS (\\Flagged)")  # refused in a read-only mailbox
+    return b"\\Flagged" in env.flags(1)
+
+
+@demo("imap-append-flags-dropped")
+def _(env, proxy):
+    env.imap(proxy).ok("APPEND INBOX (\\Flagged)", MSG)
+    return b"\\Flagged" not in env.flags(1)
+
+
+@demo("imap-keywords-dropped")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    a.ok("STORE 1 +FLAGS (Urgent \\Answered)")
+    flags = env.flags(1)
+    assert b"\\Answered" in flags
+    return b"Urgent" not in flags
+
+
+@demo("imap-uid-fetch-no-uid")
+def _(env, proxy):
+    env.seed(MSG)
+    a = env.imap(proxy)
+    a.ok("SELECT INBOX")
+    return not any(re.search(rb"\bUID \d+", r.text) for r in a.ok("UID FETCH 1:* (FLAGS)"))
+
+
 def test_fault_registry():
     assert len(FAULTS) >= 40
     for name, (protocol, area, description, impl) in FAULTS.items():
