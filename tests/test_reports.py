@@ -505,3 +505,21 @@ def test_compare_and_matrix_pages_run_in_chromium(tmp_path):
     body = re.search(r"<body[^>]*>", dom).group(0)
     differing = sum(row["differs"] for area in build_matrix(runs)["areas"] for row in area["tests"])
     assert 'data-ready="1"' in body and f'data-shown="{differing}"' in body
+
+
+def test_terminal_shows_expected_and_got_of_a_multi_line_failure():
+    """The engine's message indents a multi-line "got"; the summary still shows expected and got, not just the step."""
+    failure = {"file": "suites/imap/append.yaml", "line": 238, "step": "a: STATUS INBOX (MESSAGES)",
+               "expected": "untagged responses matching: `* STATUS INBOX (MESSAGES 0)`",
+               "got": "untagged responses:\n* STATUS INBOX (MESSAGES 1)"}
+    message = ("imap.append.status-counts: step 1 `a: STATUS INBOX (MESSAGES)` at suites/imap/append.yaml:238\n"
+               "  expected: untagged responses matching: `* STATUS INBOX (MESSAGES 0)`\n"
+               "  got:      untagged responses:\n            * STATUS INBOX (MESSAGES 1)")
+    results = passing_results()
+    results["tests"].append(make_test("imap.append.status-counts", "failed", message=message, failure=failure))
+    results["summary"], results["verdict"] = summarize(results["tests"]), "fail"
+    out = io.StringIO()
+    print_summary(results, out)
+    assert re.search(r"FAILED\s+imap.append.status-counts\s+suites/imap/append.yaml:238\n\s+a: STATUS INBOX \(MESSAGES\): "
+                     r"expected untagged responses matching: `\* STATUS INBOX \(MESSAGES 0\)`, got untagged responses: "
+                     r"\* STATUS INBOX \(MESSAGES 1\)\n", out.getvalue()), out.getvalue()

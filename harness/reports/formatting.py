@@ -78,12 +78,19 @@ def one_line(text: str, width: int = 160) -> str:
     return ""
 
 
+def squash(text: str, width: int) -> str:
+    """All of ``text`` on one line (a multi-line "got" is a label, then the lines), cut to ``width``."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def restates_failure(test: dict) -> bool:
     """True when ``message`` only repeats the structured ``failure`` (expected and got), as the engine's does."""
     failure = test.get("failure") or {}
     message = test.get("message") or ""
     expected, got = str(failure.get("expected") or ""), str(failure.get("got") or "")
-    return bool(message and expected and got and expected in message and got in message)
+    flat = " ".join(message.split())  # the engine indents the continuation lines of a multi-line "got"
+    return bool(message and expected and got and " ".join(expected.split()) in flat and " ".join(got.split()) in flat)
 
 
 def restates_reason(test: dict) -> bool:
@@ -97,8 +104,8 @@ def headline(test: dict, width: int = 160) -> str:
     failure = test.get("failure")
     if failure and (not test.get("message") or restates_failure(test)):
         step = f"{failure['step']}: " if failure.get("step") else ""
-        return one_line(f"{step}expected {one_line(str(failure.get('expected')), 60)}, "
-                        f"got {one_line(str(failure.get('got')), 60)}", width)
+        return one_line(f"{step}expected {squash(str(failure.get('expected')), 70)}, "
+                        f"got {squash(str(failure.get('got')), 70)}", width)
     message = test.get("message") or ""
     # The engine prefixes errors with the test id, which every list already shows.
     message = message.removeprefix(f"{test.get('id')}: ")
