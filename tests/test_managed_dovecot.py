@@ -113,3 +113,14 @@ def test_detached_up_and_down():
     ManagedDovecot.stop_detached(state)
     assert no_processes_left(marker)
     assert not Path(state["root"]).exists()
+
+
+def test_a_dovecot_that_exits_at_start_says_why(monkeypatch, tmp_path):
+    """Dovecot's own complaint (on stderr, not in its log) reaches the user, and no temp dir is left."""
+    broken = tmp_path / "dovecot.conf.tmpl"
+    broken.write_text(managed_dovecot.TEMPLATE.read_text() + "\npop3_deleted_flag = $$NoSuchVariable\n")
+    monkeypatch.setattr(managed_dovecot, "TEMPLATE", broken)
+    dc = ManagedDovecot(accounts=1)
+    with pytest.raises(TargetUnavailable, match=r"(?s)Dovecot exited with status \d+.*Unknown variable: \$NoSuchVariable"):
+        dc.start(timeout=30)
+    assert not dc.root.exists()

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
@@ -49,8 +50,8 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _wait_port(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
+def _wait_port(port: int, deadline: float, running: Callable[[], bool] = lambda: True) -> bool:
+    while time.monotonic() < deadline and running():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return True
@@ -109,9 +110,11 @@ class ManagedDovecot:
             )
         deadline = time.monotonic() + timeout
         for port in (imap_port, pop3_port, lmtp_port):
-            if not _wait_port(port, deadline) or self.proc.poll() is not None:
-                log = self.log_tail()
-                raise TargetUnavailable(f"Dovecot did not start listening on 127.0.0.1:{port} within {timeout:.0f}s\n{log}")
+            if not _wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
+                log = "\n".join(filter(None, [self._stderr_tail(), self.log_tail()]))  # config errors go to stderr
+                why = f"exited with status {self.proc.returncode}" if self.proc.poll() is not None else \
+                    f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
+                raise TargetUnavailable(f"Dovecot {why}\n{log}")
         self.target = Target(
             name=f"embedded Dovecot ({self.version()})",
             accounts=accounts,
@@ -190,6 +193,12 @@ class ManagedDovecot:
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join((self.root / "dovecot.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _stderr_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.root / "dovecot.stderr").read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
 
