@@ -272,11 +272,13 @@ FAILING = """
 def test_failures_say_expected_got_and_where(tmp_path, target_file):
     path = write_suite(tmp_path, FAILING)
     report = tmp_path / "report"
-    proc = run_cli("run", "--target", str(target_file), "--suite", str(path), "--report-dir", str(report))
+    proc = run_cli("run", "-n", "2", "--target", str(target_file), "--suite", str(path), "--report-dir", str(report))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     results = json.loads((report / "results.json").read_text())
     by_id = {t["id"]: t for t in results["tests"]}
     assert by_id["pass.after.failures"]["outcome"] == "passed"
+    for test in results["tests"]:  # with workers too, a message starts with what went wrong, not xdist's "[gw1] linux ..."
+        assert test["outcome"] == "passed" or test["message"].startswith(test["id"] + ": "), test["message"][:200]
 
     count = by_id["fail.count"]
     assert count["outcome"] == "failed"

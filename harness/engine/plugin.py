@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -390,6 +391,9 @@ def _outcome(report) -> str | None:
     return None
 
 
+XDIST_HEADER = re.compile(r"\A\[gw\d+\] [^\n]* -- Python [^\n]*\n")
+
+
 def _message(report, outcome: str, entry: dict) -> str:
     if outcome == "passed":
         return ""
@@ -401,6 +405,7 @@ def _message(report, outcome: str, entry: dict) -> str:
     if outcome == "xpassed":
         return "passed, but the profile expects a failure: " + (entry.get("profile_reason") or "")
     text = report.longreprtext if hasattr(report, "longreprtext") else str(report.longrepr)
+    text = XDIST_HEADER.sub("", text, count=1)  # "[gw1] linux -- Python 3.11.7 ...": noise in a result
     return text.split("\n\ntranscript:\n")[0][:4000]
 
 
