@@ -707,14 +707,22 @@ class ImapListHidesNew(Fault):
         return resp
 
 
+class _Swallowed(Fault):
+    """These commands are answered OK by the proxy and never reach the server."""
+
+    COMMANDS: tuple[str, ...] = ()
+
+    def imap_command(self, conn, cmd):
+        if cmd.name in self.COMMANDS:
+            conn.fire(f"swallowed {cmd.name}")
+            return Local(b"OK %s completed." % cmd.name.split()[-1].title().encode())
+        return None
+
+
 @_register("imap-expunge-ignored", "imap", "deletion",
            "EXPUNGE (and UID EXPUNGE) is answered OK by the proxy and never reaches the server")
-class ImapExpungeIgnored(Fault):
-    def imap_command(self, conn, cmd):
-        if cmd.name in ("EXPUNGE", "UID EXPUNGE"):
-            conn.fire(f"swallowed {cmd.name}")
-            return Local(b"OK Expunge completed.")
-        return None
+class ImapExpungeIgnored(_Swallowed):
+    COMMANDS = ("EXPUNGE", "UID EXPUNGE")
 
 
 @_register("imap-close-keeps-deleted", "imap", "deletion", "CLOSE is sent to the server as UNSELECT (no expunge)")
@@ -755,12 +763,8 @@ class ImapSearchMisses(Fault):
 
 
 @_register("imap-rename-ignored", "imap", "folders", "RENAME is answered OK by the proxy and never reaches the server")
-class ImapRenameIgnored(Fault):
-    def imap_command(self, conn, cmd):
-        if cmd.name == "RENAME":
-            conn.fire("swallowed RENAME")
-            return Local(b"OK Rename completed.")
-        return None
+class ImapRenameIgnored(_Swallowed):
+    COMMANDS = ("RENAME",)
 
 
 @_register("imap-fetch-corrupt", "imap", "retrieval",
@@ -833,12 +837,8 @@ class ImapMoveCopies(Fault):
 
 
 @_register("imap-store-ignored", "imap", "flags", "STORE is answered OK by the proxy and never reaches the server")
-class ImapStoreIgnored(Fault):
-    def imap_command(self, conn, cmd):
-        if cmd.name in ("STORE", "UID STORE"):
-            conn.fire(f"swallowed {cmd.name}")
-            return Local(b"OK Store completed.")
-        return None
+class ImapStoreIgnored(_Swallowed):
+    COMMANDS = ("STORE", "UID STORE")
 
 
 @_register("imap-bad-login-accepted", "imap", "auth", "a LOGIN or AUTHENTICATE the server refuses is answered OK")
@@ -1014,22 +1014,14 @@ class ImapCreateExistingOk(Fault):
 
 
 @_register("imap-delete-ignored", "imap", "folders", "DELETE is answered OK by the proxy and never reaches the server")
-class ImapDeleteIgnored(Fault):
-    def imap_command(self, conn, cmd):
-        if cmd.name == "DELETE":
-            conn.fire("swallowed DELETE")
-            return Local(b"OK Delete completed.")
-        return None
+class ImapDeleteIgnored(_Swallowed):
+    COMMANDS = ("DELETE",)
 
 
 @_register("imap-subscribe-ignored", "imap", "folders",
            "SUBSCRIBE and UNSUBSCRIBE are answered OK by the proxy and never reach the server")
-class ImapSubscribeIgnored(Fault):
-    def imap_command(self, conn, cmd):
-        if cmd.name in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            conn.fire(f"swallowed {cmd.name}")
-            return Local(b"OK %s completed." % cmd.name.title().encode())
-        return None
+class ImapSubscribeIgnored(_Swallowed):
+    COMMANDS = ("SUBSCRIBE", "UNSUBSCRIBE")
 
 
 @_register("imap-uid-expunge-all", "imap", "deletion", "UID EXPUNGE <set> is sent as a plain EXPUNGE (every \\Deleted goes)")
