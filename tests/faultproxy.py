@@ -657,29 +657,36 @@ class ImapNoFlagNotify(Fault):
         return resp
 
 
-_FETCHES = {"FETCH", "UID FETCH"}
+_FETCHES = frozenset({"FETCH", "UID FETCH"})
+
+
+class _Rewritten(Fault):
+    """The lines of the COMMANDS go upstream with PATTERN replaced by REPLACEMENT."""
+
+    COMMANDS: frozenset[str] = frozenset()
+    PATTERN: re.Pattern[bytes]
+    REPLACEMENT: bytes = b""
+    NOTE = ""  # what proxy.fired says
+
+    def imap_client_line(self, conn, cmd, line, first):
+        if cmd.name in self.COMMANDS:
+            new = self.PATTERN.sub(self.REPLACEMENT, line)
+            if new != line:
+                conn.fire(self.NOTE)
+                return new
+        return line
 
 
 @_register("imap-peek-sets-seen", "imap", "partial-fetch", "BODY.PEEK[...] (and BINARY.PEEK) is sent as BODY[...]")
-class ImapPeekSetsSeen(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if cmd.name in _FETCHES:
-            new = re.sub(rb"(?i)\b(BODY|BINARY)\.PEEK\[", rb"\1[", line)
-            if new != line:
-                conn.fire("BODY.PEEK sent as BODY")
-                return new
-        return line
+class ImapPeekSetsSeen(_Rewritten):
+    COMMANDS, PATTERN, REPLACEMENT = _FETCHES, re.compile(rb"(?i)\b(BODY|BINARY)\.PEEK\["), rb"\1["
+    NOTE = "BODY.PEEK sent as BODY"
 
 
 @_register("imap-partial-ignored", "imap", "partial-fetch", "<offset.length> partial specifiers are stripped from FETCH")
-class ImapPartialIgnored(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if cmd.name in _FETCHES:
-            new = re.sub(rb"\]<\d+\.\d+>", b"]", line)
-            if new != line:
-                conn.fire("partial specifier stripped")
-                return new
-        return line
+class ImapPartialIgnored(_Rewritten):
+    COMMANDS, PATTERN, REPLACEMENT = _FETCHES, re.compile(rb"\]<\d+\.\d+>"), b"]"
+    NOTE = "partial specifier stripped"
 
 
 @_register("imap-list-hides-new", "imap", "folders",
@@ -911,14 +918,9 @@ class ImapBinaryNotDecoded(_FetchSectionRewrite):
 
 
 @_register("imap-body-fetch-peeks", "imap", "partial-fetch", "BODY[...] is sent as BODY.PEEK[...] (\\Seen never set)")
-class ImapBodyFetchPeeks(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if cmd.name in _FETCHES:
-            new = re.sub(rb"(?i)\bBODY\[", b"BODY.PEEK[", line)
-            if new != line:
-                conn.fire("BODY sent as BODY.PEEK")
-                return new
-        return line
+class ImapBodyFetchPeeks(_Rewritten):
+    COMMANDS, PATTERN, REPLACEMENT = _FETCHES, re.compile(rb"(?i)\bBODY\["), b"BODY.PEEK["
+    NOTE = "BODY sent as BODY.PEEK"
 
 
 @_register("imap-rfc822size-off", "imap", "partial-fetch", "RFC822.SIZE is reported one octet short")
@@ -1043,25 +1045,16 @@ class ImapUnselectExpunges(Fault):
 
 
 @_register("imap-internaldate-ignored", "imap", "append", "the date-time argument of APPEND is dropped")
-class ImapInternaldateIgnored(Fault):
-    DATE = re.compile(rb' "[ \d]\d-[A-Za-z]{3}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"')
-
-    def imap_client_line(self, conn, cmd, line, first):
-        if cmd.name == "APPEND" and self.DATE.search(line):
-            conn.fire("dropped the APPEND date-time")
-            return self.DATE.sub(b"", line)
-        return line
+class ImapInternaldateIgnored(_Rewritten):
+    COMMANDS, PATTERN = frozenset({"APPEND"}), re.compile(rb' "[ \d]\d-[A-Za-z]{3}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}"')
+    NOTE = "dropped the APPEND date-time"
 
 
 @_register("imap-search-text-ignored", "imap", "search", "SEARCH criteria BODY x and TEXT x are sent as ALL")
-class ImapSearchTextIgnored(Fault):
-    CRITERION = re.compile(rb'(?i)\b(?:BODY|TEXT) (?:"(?:[^"\\]|\\.)*"|[^\s()"{]+)')
-
-    def imap_client_line(self, conn, cmd, line, first):
-        if cmd.name in ("SEARCH", "UID SEARCH") and self.CRITERION.search(line):
-            conn.fire("BODY/TEXT search criteria sent as ALL")
-            return self.CRITERION.sub(b"ALL", line)
-        return line
+class ImapSearchTextIgnored(_Rewritten):
+    COMMANDS = frozenset({"SEARCH", "UID SEARCH"})
+    PATTERN, REPLACEMENT = re.compile(rb'(?i)\b(?:BODY|TEXT) (?:"(?:[^"\\]|\\.)*"|[^\s()"{]+)'), b"ALL"
+    NOTE = "BODY/TEXT search criteria sent as ALL"
 
 
 @_register("imap-quota-hidden", "imap", "quota", "untagged QUOTA responses are dropped (QUOTAROOT is kept)")
@@ -1163,14 +1156,10 @@ class ImapExamineIsSelect(Fault):
 
 
 @_register("imap-append-flags-dropped", "imap", "append", "the flag list of APPEND is sent empty")
-class ImapAppendFlagsDropped(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if cmd.name == "APPEND":
-            new = re.sub(rb" \([^()]+\)( \"[^\"]*\")? (~?\{\d+\+?\}\r?\n)$", rb" ()\1 \2", line)
-            if new != line:
-                conn.fire("APPEND flags dropped")
-                return new
-        return line
+class ImapAppendFlagsDropped(_Rewritten):
+    COMMANDS = frozenset({"APPEND"})
+    PATTERN, REPLACEMENT = re.compile(rb" \([^()]+\)( \"[^\"]*\")? (~?\{\d+\+?\}\r?\n)$"), rb" ()\1 \2"
+    NOTE = "APPEND flags dropped"
 
 
 @_register("imap-keywords-dropped", "imap", "flags", "keywords (flags without a backslash) are dropped from STORE")
