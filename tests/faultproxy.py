@@ -732,13 +732,24 @@ class ImapExpungeIgnored(_Swallowed):
     COMMANDS = ("EXPUNGE", "UID EXPUNGE")
 
 
-@_register("imap-close-keeps-deleted", "imap", "deletion", "CLOSE is sent to the server as UNSELECT (no expunge)")
-class ImapCloseKeepsDeleted(Fault):
+class _SentAs(Fault):
+    """A command goes upstream as another one: SENT_AS maps names; arguments stay unless KEEP_ARGS is off."""
+
+    SENT_AS: dict[str, str] = {}
+    KEEP_ARGS = True
+
     def imap_client_line(self, conn, cmd, line, first):
-        if first and cmd.name == "CLOSE":
-            conn.fire("CLOSE sent as UNSELECT")
-            return b"%s UNSELECT%s" % (cmd.tag, _eol(line))
-        return line
+        other = self.SENT_AS.get(cmd.name) if first else None
+        if other is None:
+            return line
+        conn.fire(f"{cmd.name} sent as {other}")
+        args = b" " + cmd.args if self.KEEP_ARGS and cmd.args else b""
+        return b"%s %s%s%s" % (cmd.tag, other.encode(), args, _eol(line))
+
+
+@_register("imap-close-keeps-deleted", "imap", "deletion", "CLOSE is sent to the server as UNSELECT (no expunge)")
+class ImapCloseKeepsDeleted(_SentAs):
+    SENT_AS = {"CLOSE": "UNSELECT"}
 
 
 @_register("imap-uidvalidity-changes", "imap", "uid",
@@ -835,12 +846,8 @@ class ImapSentInvisible(Fault):
 
 
 @_register("imap-move-copies", "imap", "copy-move", "MOVE is sent to the server as COPY (the source message stays)")
-class ImapMoveCopies(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if first and cmd.name in ("MOVE", "UID MOVE"):
-            conn.fire(f"{cmd.name} sent as COPY")
-            return re.sub(rb"(?i)^(\S+ (?:UID )?)MOVE", rb"\1COPY", line, count=1)
-        return line
+class ImapMoveCopies(_SentAs):
+    SENT_AS = {"MOVE": "COPY", "UID MOVE": "UID COPY"}
 
 
 @_register("imap-store-ignored", "imap", "flags", "STORE is answered OK by the proxy and never reaches the server")
@@ -1027,21 +1034,13 @@ class ImapSubscribeIgnored(_Swallowed):
 
 
 @_register("imap-uid-expunge-all", "imap", "deletion", "UID EXPUNGE <set> is sent as a plain EXPUNGE (every \\Deleted goes)")
-class ImapUidExpungeAll(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if first and cmd.name == "UID EXPUNGE":
-            conn.fire("UID EXPUNGE sent as EXPUNGE")
-            return b"%s EXPUNGE%s" % (cmd.tag, _eol(line))
-        return line
+class ImapUidExpungeAll(_SentAs):
+    SENT_AS, KEEP_ARGS = {"UID EXPUNGE": "EXPUNGE"}, False
 
 
 @_register("imap-unselect-expunges", "imap", "deletion", "UNSELECT is sent as CLOSE (\\Deleted messages are expunged)")
-class ImapUnselectExpunges(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if first and cmd.name == "UNSELECT":
-            conn.fire("UNSELECT sent as CLOSE")
-            return b"%s CLOSE%s" % (cmd.tag, _eol(line))
-        return line
+class ImapUnselectExpunges(_SentAs):
+    SENT_AS = {"UNSELECT": "CLOSE"}
 
 
 @_register("imap-internaldate-ignored", "imap", "append", "the date-time argument of APPEND is dropped")
@@ -1142,12 +1141,8 @@ class ImapStatusMessagesOff(Fault):
 
 
 @_register("imap-examine-is-select", "imap", "deletion", "EXAMINE is sent as SELECT (the mailbox opens read-write)")
-class ImapExamineIsSelect(Fault):
-    def imap_client_line(self, conn, cmd, line, first):
-        if first and cmd.name == "EXAMINE":
-            conn.fire("EXAMINE sent as SELECT")
-            return re.sub(rb"(?i)^(\S+ )EXAMINE", rb"\1SELECT", line, count=1)
-        return line
+class ImapExamineIsSelect(_SentAs):
+    SENT_AS = {"EXAMINE": "SELECT"}
 
     def imap_response(self, conn, cmd, resp):
         if resp.kind == "tagged" and cmd is not None and cmd.name == "EXAMINE":
