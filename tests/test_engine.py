@@ -499,3 +499,11 @@ def test_a_setup_error_reads_as_one_sentence_not_a_traceback(tmp_path, target):
     assert "folder Leftover" in second["message"]
     assert "Traceback" not in second["message"] and "_pytest" not in second["message"]
     assert "setup failed: could not empty account" in proc.stdout
+
+
+def test_a_target_without_imap_is_a_configuration_error(tmp_path, target):
+    """Set-up stores mail over IMAP: without an imap: endpoint the run stops at once (exit 2), not test by test."""
+    replace(target, imap=None).dump(tmp_path / "pop-only.yaml")
+    proc = run_cli("run", "--target", str(tmp_path / "pop-only.yaml"), "-k", "pop3.dele", "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "has no imap: endpoint" in proc.stderr and "Traceback" not in proc.stderr

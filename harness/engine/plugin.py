@@ -27,7 +27,7 @@ from harness.engine.accounts import admin_client, cleanup, inspect_account, prep
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import StepFailure, TestRun
-from harness.errors import HarnessError, TargetUnavailable, UnsafeAccount
+from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeAccount
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import load_target
 
@@ -76,6 +76,11 @@ class HarnessState:
             fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.dovecot.root)
             os.close(fd)
             self.target.dump(Path(self.target_file))
+        if self.target.imap is None:  # every test's set-up and clean-up need it, POP3 tests too
+            raise ConfigError(
+                f"target {self.target.name} has no imap: endpoint. The harness stores and removes each test's mail "
+                "over IMAP (POP3 cannot store mail), so the POP3 suites need it too: add the IMAP URL of the same mail store."
+            )
         self.probe = probe_target(self.target)
         if self.probe.get("errors"):
             raise HarnessError(f"target {self.target.name}: " + "; ".join(self.probe["errors"]))
