@@ -18,6 +18,13 @@ def target(dovecot):
     return dovecot.target
 
 
+@pytest.fixture(scope="session")
+def lock_target():
+    """A second embedded Dovecot with pop3_lock_session = yes (profile dovecot-lock), for the lock faults."""
+    with ManagedDovecot(accounts=4, pop3_lock=True) as dc:
+        yield dc.target
+
+
 @pytest.fixture
 def target_file(target, tmp_path):
     path = tmp_path / "target.yaml"

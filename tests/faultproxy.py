@@ -33,7 +33,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, Self
 
-__all__ = ["FAULTS", "VARIANTS", "Fault", "FaultProxy", "FaultSpec", "proxied_target"]
+import pytest
+
+__all__ = ["FAULTS", "VARIANTS", "Fault", "FaultProxy", "FaultSpec", "proxied_target", "target_for"]
 
 # A line that ends in a literal marker: {N} (synchronizing), {N+} (LITERAL+), ~{N} (literal8).
 LITERAL_AT_END = re.compile(rb"~?\{(\d+)(\+?)\}\r?\n\Z")
@@ -233,6 +235,9 @@ class Fault:
     """
 
     name: str | None = None
+    # the server it is shown against: the embedded Dovecot with this profile's settings
+    # ("dovecot-lock": pop3_lock_session = yes)
+    profile = "dovecot"
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -549,6 +554,18 @@ class Pop3RetrOffByOne(Fault):
             return b"RETR %d%s" % (n + 1, _eol(cmd.raw))
         return cmd.raw
 
+
+
+@_register("pop3-in-use-code-dropped", "pop3", "lock",
+           "a PASS refused because the maildrop is locked loses its [IN-USE] response code")
+class Pop3InUseCodeDropped(Fault):
+    profile = "dovecot-lock"
+
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "PASS" and status.upper().startswith(b"-ERR [IN-USE]"):
+            conn.fire("[IN-USE] dropped from the PASS refusal")
+            status = b"-ERR" + status[len(b"-ERR [IN-USE]"):]
+        return status, body
 
 # -- IMAP ---------------------------------------------------------------------------------------------
 
@@ -1687,6 +1704,11 @@ class FaultProxy:
                 self._draining.discard(conn_id)
                 self._active -= 1
                 self._cond.notify_all()
+
+
+def target_for(profile: str, request: pytest.FixtureRequest):
+    """The test session's embedded target (fixtures in tests/conftest.py) whose settings `profile` describes."""
+    return request.getfixturevalue("lock_target" if profile == "dovecot-lock" else "target")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.faultproxy import FAULTS, Fault, FaultProxy, proxied_target
+from tests.faultproxy import FAULTS, Fault, FaultProxy, proxied_target, target_for
 
 # dot-stuffing material, a bare "." line, a fake literal marker, 8-bit bytes: the awkward cases in one message
 MSG = (b"From: Alice <alice@example.com>\r\nTo: bob@example.com\r\nSubject: fault proxy\r\n"
@@ -194,9 +194,9 @@ class Env:
         self.clients.append(c)
         return c
 
-    def pop(self, proxy: FaultProxy | None = None, login: bool = True) -> poplib.POP3:
+    def pop(self, proxy: FaultProxy | None = None, login: bool = True, timeout: float = 5) -> poplib.POP3:
         host, port = (proxy.host, proxy.port) if proxy else (self.target.pop3.host, self.target.pop3.port)
-        p = poplib.POP3(host, port, timeout=5)
+        p = poplib.POP3(host, port, timeout=timeout)
         self.clients.append(p)
         if login:
             p.user(self.account.user)
@@ -257,6 +257,16 @@ class Env:
 
 @pytest.fixture
 def env(target):
+    e = Env(target, target.accounts[-1])
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def fault_env(request):
+    """An Env on the embedded Dovecot whose settings the fault is shown against (see Fault.profile)."""
+    name = request.node.callspec.params["name"]
+    target = target_for(FAULTS[name].implementation.profile, request)
     e = Env(target, target.accounts[-1])
     yield e
     e.close()
@@ -975,6 +985,18 @@ def _(env, proxy):
     return not any(re.search(rb"\bUID \d+", r.text) for r in a.ok("UID FETCH 1:* (FLAGS)"))
 
 
+@demo("pop3-in-use-code-dropped")
+def _(env, proxy):
+    env.seed(MSG)
+    holder = env.pop()  # holds the maildrop lock
+    second = env.pop(proxy, login=False, timeout=30)  # Dovecot waits about 10 s for the lock before it refuses
+    second.user(env.account.user)
+    with pytest.raises(poplib.error_proto) as refused:
+        second.pass_(env.account.password)
+    holder.quit()
+    return b"[IN-USE]" not in refused.value.args[0]
+
+
 def test_fault_registry():
     assert len(FAULTS) >= 40
     for name, (protocol, area, description, impl) in FAULTS.items():
@@ -984,7 +1006,8 @@ def test_fault_registry():
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
-def test_fault_breaks_its_behaviour(env, name):
+def test_fault_breaks_its_behaviour(fault_env, name):
+    env = fault_env
     scenario = DEMOS.get(name)
     assert scenario is not None, f"fault {name} has no demonstration in DEMOS"
     protocol = FAULTS[name].protocol

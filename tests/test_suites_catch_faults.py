@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from harness.engine.model import load_suite
-from tests.faultproxy import FAULTS, proxied_target
+from tests.faultproxy import FAULTS, proxied_target, target_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "suites"
@@ -63,11 +63,11 @@ def _area_ids(protocol: str, area: str) -> list[str]:
     return [tid for tid, t_area, t_proto in _suite_tests() if t_area == area and _speaks(protocol, t_proto)]
 
 
-def _run_suites(target, workdir: Path, keyword: str | None = None) -> tuple[list[dict], str]:
+def _run_suites(target, workdir: Path, keyword: str | None = None, profile: str = "dovecot") -> tuple[list[dict], str]:
     """`mailharness run` against `target`; (results.json tests, the run's output tail)."""
     workdir.mkdir(parents=True, exist_ok=True)
     target_file = workdir / "target.yaml"
-    target.profile = "dovecot"  # the Dovecot deviations are expected failures, not catches
+    target.profile = profile  # the Dovecot deviations are expected failures, not catches
     target.dump(target_file)
     report_dir = workdir / "report"
     cmd = [sys.executable, "-m", "harness.cli", "run", "--target", str(target_file), "--suite", "suites/",
@@ -108,8 +108,10 @@ def test_transparent_proxy_passes_whole_suite(target, tmp_path):
     [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=GAPS[name])) if name in GAPS else name
      for name in sorted(FAULTS)],
 )
-def test_suites_catch_fault(fault, target, tmp_path, record_property):
+def test_suites_catch_fault(fault, request, tmp_path, record_property):
     spec = FAULTS[fault]
+    profile = spec.implementation.profile
+    target = target_for(profile, request)
     ids = _area_ids(spec.protocol, spec.area)
     assert ids, (f"fault {fault} ({spec.description}): suites/ has no {spec.protocol} test of area {spec.area!r} "
                  "to catch it")
@@ -118,7 +120,7 @@ def test_suites_catch_fault(fault, target, tmp_path, record_property):
 
     started = time.monotonic()
     with proxied_target(target, fault=fault) as proxied:
-        tests, output = _run_suites(proxied, tmp_path, " or ".join(ids))
+        tests, output = _run_suites(proxied, tmp_path, " or ".join(ids), profile)
         proxy = proxied.proxies[spec.protocol]
         fired, errors = list(proxy.fired), list(proxy.errors)
     elapsed = time.monotonic() - started
