@@ -16,6 +16,11 @@ its connection becomes a dropped connection upstream (the server never sees a QU
 ``proxy.fired`` lists what the fault did ("dropped * 3 EXISTS during IDLE"), so a test can tell
 "the fault never had a chance" from "the suite did not notice". Not for TLS endpoints: the proxy
 must read the protocol.
+
+A fault may also send commands of its own ahead of the client's (``Prefixed``: a hidden RSET before
+QUIT, a hidden NOOP before FETCH); their answers are swallowed. ``Fault.profile`` names the embedded
+Dovecot a fault is shown against ("dovecot-lock" for the POP3 lock). ``VARIANTS`` are legal servers
+that differ from Dovecot (no UIDPLUS), for testing the harness itself rather than the suites.
 """
 
 from __future__ import annotations

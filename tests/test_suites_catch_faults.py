@@ -12,7 +12,8 @@ xfailed by the Dovecot profile, or skipped), so the proxy is honest and the catc
 
 Speed: each fault run selects only the tests of its area (by id, from the suite files) that speak the
 fault's protocol, in one process (``-n 0``) per run, so ``pytest -n 2`` keeps two runs going at a time;
-each xdist worker reuses its session's ManagedDovecot (tests/conftest.py).
+each xdist worker reuses its session's ManagedDovecot (tests/conftest.py), and a second, locking one
+for the faults whose ``profile`` is "dovecot-lock".
 """
 
 from __future__ import annotations
