@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 COMMANDS = {
     "run": ("harness.engine.run_command", "run conformance suites against a server and write reports"),
     "validate": ("harness.engine.validate_command", "check suite and profile files without a server"),
-    "target": ("harness.targets.command", "start/stop the embedded Dovecot, or check a target file"),
+    "target": ("harness.targets.command", "start/stop a managed server (Dovecot, Cyrus, ...), or check a target file"),
     "seed": ("harness.load.seed_command", "fill the target's accounts with messages for load tests"),
     "load": ("harness.load.load_command", "run a Locust load scenario and write capacity reports"),
     "bench": ("harness.load.bench_command", "measure the load generator's commands per CPU-second"),

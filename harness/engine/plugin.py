@@ -3,9 +3,10 @@
 Loaded with ``-p harness.engine.plugin`` (the `mailharness run` command does this),
 so ``-k``, ``-n`` (xdist), ``--junitxml`` and markers work as pytest users expect.
 
-The controller process owns the target: it loads the target file or starts the
-embedded Dovecot, probes it once, and hands both to xdist workers through
-``workerinput``. The controller also gathers every report into results.json.
+The controller process owns the target: it loads the target file or starts a
+managed server (--mh-server, default the embedded Dovecot), probes it once, and
+hands both to xdist workers through ``workerinput``. The controller also gathers
+every report into results.json.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from harness.targets.target_file import load_target
 
 def pytest_addoption(parser):
     group = parser.getgroup("mailharness", "mailharness suite engine")
-    group.addoption("--mh-target", metavar="FILE", help="target file; without it an embedded Dovecot is started")
+    group.addoption("--mh-target", metavar="FILE", help="target file; without it a managed server is started (--mh-server)")
+    group.addoption("--mh-server", metavar="NAME", help="managed server to start when no --mh-target: dovecot (default), cyrus, mailutils")
     group.addoption("--mh-profile", metavar="NAME|FILE", help="server profile (default: the target's `profile`)")
     group.addoption("--mh-results", metavar="FILE", help="write results.json here")
     group.addoption("--mh-timeout", type=float, metavar="SECONDS", help="default per-step timeout")
-    group.addoption("--mh-accounts", type=int, default=40, metavar="N", help="accounts of the embedded Dovecot")
+    group.addoption("--mh-accounts", type=int, default=40, metavar="N", help="accounts of the managed server")
 
 
 def _is_worker(config) -> bool:
@@ -50,7 +52,7 @@ class HarnessState:
 
     def __init__(self, config):
         self.config = config
-        self.dovecot = None
+        self.managed = None  # the managed server this process started, if any
         self.target = None
         self.target_file: str | None = None
         self.probe: dict = {}
@@ -65,15 +67,18 @@ class HarnessState:
         from harness.targets.probe import probe_target
 
         option = self.config.getoption("--mh-target")
+        server = self.config.getoption("--mh-server")
+        if option and server:
+            raise ConfigError("give --mh-target FILE or --mh-server NAME, not both")
         if option:
             self.target_file = option
             self.target = load_target(option)
         else:
-            from harness.targets.managed_dovecot import ManagedDovecot
+            from harness.targets.managed import DEFAULT_SERVER, managed_server
 
-            self.dovecot = ManagedDovecot(accounts=self.config.getoption("--mh-accounts"))
-            self.target = self.dovecot.start()
-            fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.dovecot.root)
+            self.managed = managed_server(server or DEFAULT_SERVER, accounts=self.config.getoption("--mh-accounts"))
+            self.target = self.managed.start()
+            fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.managed.root)
             os.close(fd)
             self.target.dump(Path(self.target_file))
         if self.target.imap is None:  # every test's set-up and clean-up need it, POP3 tests too
@@ -103,8 +108,16 @@ class HarnessState:
         self.probe = json.loads(workerinput["mh_probe"])
 
     def load_profile(self) -> None:
-        name = self.config.getoption("--mh-profile") or (self.target.profile if self.target else None)
+        name = self.config.getoption("--mh-profile") or (self.target.profile if self.target else self._managed_profile())
         self.profile = load_profile(name) if name else None
+
+    def _managed_profile(self) -> str | None:
+        """Listing tests (--collect-only) starts no server, yet shows the managed server's profile."""
+        if self.config.getoption("--mh-target"):
+            return None
+        from harness.targets.managed import DEFAULT_SERVER, server_class
+
+        return server_class(self.config.getoption("--mh-server") or DEFAULT_SERVER).PROFILE
 
     @property
     def default_timeout(self) -> float:
@@ -119,9 +132,9 @@ class HarnessState:
         return self.pool
 
     def stop(self) -> None:
-        if self.dovecot:
-            self.dovecot.stop()
-            self.dovecot = None
+        if self.managed:
+            self.managed.stop()
+            self.managed = None
 
 
 def pytest_configure(config):

@@ -9,17 +9,21 @@ from pathlib import Path
 
 from harness.errors import ConfigError
 from harness.paths import suites_dir
+from harness.targets.managed import DEFAULT_SERVER, server_class, server_names
 
 DESCRIPTION = """\
 Run conformance suites against a POP3/IMAP server and write reports.
 
-Without --target, a throwaway Dovecot is started on 127.0.0.1 (Debian's
-dovecot-imapd, dovecot-pop3d, dovecot-lmtpd must be installed) and removed
-afterwards. Each YAML test is a pytest item, so -k and -n work as in pytest.
+Without --target, a throwaway server is started on 127.0.0.1 and removed
+afterwards: Dovecot by default (Debian's dovecot-imapd, dovecot-pop3d,
+dovecot-lmtpd), or the one --server names ({servers}).
+It uses that server's profile (profiles/NAME.yaml) unless --profile says
+otherwise. Each YAML test is a pytest item, so -k and -n work as in pytest.
 
 examples:
   mailharness run                                  all bundled suites, embedded Dovecot
   mailharness run -n 2 -k "pop3 and deletion"      two workers, a subset
+  mailharness run --server cyrus                   all bundled suites, throwaway Cyrus IMAP
   mailharness run --target staging.yaml --profile dovecot --report-dir reports/2.3.21
   mailharness run --suite my-suites/ --suite suites/imap/idle.yaml
 
@@ -31,11 +35,12 @@ writes (in --report-dir, default reports/latest):
 exit codes: 0 every test passed or deviated as its profile expects,
             1 failures (or a profile's expected failure now passes),
             2 usage, configuration or malformed-suite errors.
-"""
+""".format(servers=", ".join(server_names()))
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--target", type=Path, metavar="FILE", help="target file (docs/targets.md); default: embedded Dovecot")
+    p.add_argument("--target", type=Path, metavar="FILE", help="target file (docs/targets.md); default: a managed server (--server)")
+    p.add_argument("--server", metavar="NAME", help=f"managed server to start when no --target: {', '.join(server_names())} (default {DEFAULT_SERVER})")
     p.add_argument("--suite", type=Path, action="append", metavar="PATH", help="suite file or directory (repeatable; default: the bundled suites)")
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only tests matching this pytest -k expression (ids, areas, file names)")
     p.add_argument("-n", dest="workers", type=int, default=0, metavar="WORKERS", help="parallel workers (pytest-xdist); 0 runs in one process (default)")
@@ -53,6 +58,10 @@ def pytest_args(args) -> list[str]:
             raise ConfigError(f"{suite}: no such suite file or directory")
     if args.target and not args.target.exists():
         raise ConfigError(f"{args.target}: target file not found")
+    if args.target and args.server:
+        raise ConfigError("give --target FILE (your server) or --server NAME (a managed one), not both")
+    if args.server:
+        server_class(args.server)  # an unknown name or a missing module: exit 2 before pytest starts
     if args.workers < 0:
         raise ConfigError("-n must be 0 or more")
     report_dir: Path = args.report_dir
@@ -73,6 +82,8 @@ def pytest_args(args) -> list[str]:
         out += ["-n", str(args.workers)]
     if args.target:
         out += ["--mh-target", str(args.target)]
+    if args.server:
+        out += ["--mh-server", args.server]
     if args.profile:
         out += ["--mh-profile", args.profile]
     if args.keyword:

@@ -1,4 +1,4 @@
-"""`mailharness target`: start and stop the embedded Dovecot, or check a target file."""
+"""`mailharness target`: start and stop a managed server (Dovecot, Cyrus, ...), or check a target file."""
 
 from __future__ import annotations
 
@@ -7,29 +7,32 @@ import sys
 from pathlib import Path
 
 from harness.errors import ConfigError, HarnessError
-from harness.targets.managed_dovecot import ManagedDovecot
+from harness.targets.managed import DEFAULT_SERVER, managed_server, server_class, server_names
 from harness.targets.target_file import load_target
 
 DESCRIPTION = """\
 Manage the server under test.
 
   mailharness target up --write target.yaml    start a throwaway Dovecot on 127.0.0.1 and keep it running
+  mailharness target up --server cyrus         the same with another managed server ({servers})
   mailharness target down                      stop it and delete its temp dir (mail included)
   mailharness target check target.yaml         validate a target file and log in over IMAP and POP3
 
 `target up` prints the target file (accounts and their generated password) or writes it
 with --write (mode 0600). Pass it to `mailharness run --target`, `seed` or `load`.
-"""
+""".format(servers=", ".join(server_names()))
 
 STATE_FILE = "embedded-target.json"
 
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = sub.add_parser("up", help="start the embedded Dovecot and leave it running")
+    up = sub.add_parser("up", help="start a managed server and leave it running")
+    up.add_argument("--server", default=DEFAULT_SERVER, metavar="NAME",
+                    help=f"which managed server: {', '.join(server_names())} (default {DEFAULT_SERVER})")
     up.add_argument("--accounts", type=int, default=40, metavar="N", help="number of accounts user1..userN (default 40)")
     up.add_argument("--quota-mb", type=int, default=50, metavar="MB", help="per-account storage quota (default 50)")
-    up.add_argument("--pop3-lock", action="store_true", help="refuse a second POP3 session with [IN-USE] (pop3_lock_session = yes)")
+    up.add_argument("--pop3-lock", action="store_true", help="Dovecot only: refuse a second POP3 session with [IN-USE] (pop3_lock_session = yes)")
     up.add_argument("--write", type=Path, metavar="FILE", help="write the target file here instead of printing it")
     up.add_argument("--state-dir", type=Path, default=Path(".mailharness"), help="where `down` finds the running server (default .mailharness)")
     down = sub.add_parser("down", help="stop the server started by `target up`")
@@ -45,15 +48,20 @@ def run(args) -> int:
 def _up(args) -> int:
     state_path = args.state_dir / STATE_FILE
     if state_path.exists():
-        raise ConfigError(f"an embedded target is already up ({state_path}); run `mailharness target down` first")
+        raise ConfigError(f"a managed target is already up ({state_path}); run `mailharness target down` first")
     if args.accounts < 1:
         raise ConfigError("--accounts must be at least 1")
     if args.write and not args.write.parent.is_dir():
         raise ConfigError(f"--write {args.write}: directory {args.write.parent} does not exist")
-    dc = ManagedDovecot(accounts=args.accounts, quota_mb=args.quota_mb, pop3_lock=args.pop3_lock)
-    target = dc.start()
+    options = {"quota_mb": args.quota_mb}
+    if args.pop3_lock:
+        if args.server != "dovecot":
+            raise ConfigError("--pop3-lock is a Dovecot setting (pop3_lock_session); drop it or use --server dovecot")
+        options["pop3_lock"] = True
+    server = managed_server(args.server, accounts=args.accounts, **options)
+    target = server.start()
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps(dc.detach()))
+    state_path.write_text(json.dumps({"server": args.server, **server.detach()}))
     state_path.chmod(0o600)
     if args.write:
         target.dump(args.write)
@@ -69,11 +77,13 @@ def _up(args) -> int:
 def _down(args) -> int:
     state_path = args.state_dir / STATE_FILE
     if not state_path.exists():
-        print("no embedded target is up", file=sys.stderr)
+        print("no managed target is up", file=sys.stderr)
         return 0
-    ManagedDovecot.stop_detached(json.loads(state_path.read_text()))
+    state = json.loads(state_path.read_text())
+    name = state.pop("server", DEFAULT_SERVER)  # state files from before --server are Dovecot's
+    server_class(name).stop_detached(state)
     state_path.unlink()
-    print("embedded target stopped")
+    print(f"managed target ({name}) stopped")
     return 0
 
 

@@ -70,7 +70,10 @@ def _alive(pid: int) -> bool:
 
 
 class ManagedDovecot:
-    """Start with ``with ManagedDovecot(accounts=20) as dc: dc.target``."""
+    """Start with ``with ManagedDovecot(accounts=20) as dc: dc.target``. Registered as "dovecot" (managed.py)."""
+
+    PROFILE = "dovecot"
+    INSTALL_HINT = INSTALL_HINT
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None):
         self.account_count = accounts
@@ -121,7 +124,7 @@ class ManagedDovecot:
             imap=Endpoint("imap", "127.0.0.1", imap_port),
             pop3=Endpoint("pop3", "127.0.0.1", pop3_port),
             lmtp=Endpoint("lmtp", "127.0.0.1", lmtp_port),
-            profile="dovecot-lock" if self.pop3_lock else "dovecot",
+            profile="dovecot-lock" if self.pop3_lock else self.PROFILE,
             disposable=True,
         )
         return self.target
