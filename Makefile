@@ -9,7 +9,7 @@ APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd
 TEST_APT_PACKAGES := chromium
 PYTEST_WORKERS ?= 2
 
-.PHONY: apt-dovecot setup setup-test demo test test-fast lint bench load-demo clean
+.PHONY: apt-dovecot apt-cyrus setup setup-test demo test test-fast lint bench load-demo clean
 
 setup: $(VENV)/.installed apt-dovecot
 
@@ -25,7 +25,12 @@ apt-dovecot:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
 
-setup-test: setup
+# Cyrus IMAP 3.6 for `--server cyrus`: support packages from apt, cyrus-imapd/cyrus-pop3d unpacked
+# into /opt/mailharness/cyrus (they conflict with dovecot-imapd). A no-op once in place.
+apt-cyrus:
+	@sh harness/targets/install-cyrus.sh
+
+setup-test: setup apt-cyrus
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES); \
 	fi
