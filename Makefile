@@ -9,7 +9,7 @@ APT_PACKAGES := dovecot-imapd dovecot-pop3d dovecot-lmtpd
 TEST_APT_PACKAGES := chromium
 PYTEST_WORKERS ?= 2
 
-.PHONY: apt-dovecot apt-cyrus setup setup-test demo test test-fast lint bench load-demo clean
+.PHONY: apt-dovecot apt-cyrus apt-mailutils setup setup-test demo test test-fast lint bench load-demo clean
 
 setup: $(VENV)/.installed apt-dovecot
 
@@ -30,7 +30,11 @@ apt-dovecot:
 apt-cyrus:
 	@sh harness/targets/install-cyrus.sh
 
-setup-test: setup apt-cyrus
+# GNU Mailutils for the managed "mailutils" target (tests run the suites against it).
+apt-mailutils:
+	@sh harness/targets/install-mailutils.sh
+
+setup-test: setup apt-cyrus apt-mailutils
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_APT_PACKAGES); \
 	fi

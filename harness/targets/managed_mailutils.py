@@ -1,0 +1,271 @@
+"""A throwaway GNU Mailutils (imap4d + pop3d) on 127.0.0.1, as Debian 12 packages it.
+
+Everything (configs, the virtdomain passwd file, the mbox homes, pid files, logs)
+lives in one temp dir, so several instances run side by side and stopping one
+leaves nothing behind. Mailutils has no QUOTA and no LMTP: the Target has no
+delivery endpoint, and the suites store their mail with IMAP APPEND.
+
+Login names are ``userN@localhost``: in daemon mode virtdomain splits the login
+at ``@`` and looks the user up in ``passwd/<domain>``; a bare ``userN`` is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from string import Template
+
+from harness.errors import TargetUnavailable
+from harness.targets.managed_dovecot import _alive, free_ports
+from harness.targets.target_file import Account, Endpoint, Target
+
+PACKAGES = "mailutils-imap4d mailutils-pop3d"
+INSTALL_HINT = (
+    "GNU Mailutils is not installed. The managed Mailutils target needs Debian's packages:\n"
+    "    make apt-mailutils\n"
+    f"(or, as root: apt-get update && apt-get install -y {PACKAGES}, behind a /usr/sbin/policy-rc.d\n"
+    "that exits 101 so the packages' own daemons do not start on 0.0.0.0:143 and :110)."
+)
+TEMPLATE = Path(__file__).with_name("mailutils.conf.tmpl")
+PROGRAMS = ("imap4d", "pop3d")
+DOMAIN = "localhost"
+MAIL_UID = MAIL_GID = 8  # Debian's `mail` user; virtdomain sessions run as root, files are group mail
+
+
+def mailutils_binary(program: str) -> str:
+    path = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
+    if not path:
+        raise TargetUnavailable(INSTALL_HINT)
+    return path
+
+
+def sha512_crypt(password: str) -> str:
+    """A crypt(3) "$6$" hash, what Mailutils' `generic` authentication checks against."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # stdlib crypt: deprecated in 3.11, gone in 3.13
+            import crypt
+    except ImportError:
+        crypt = None
+    if crypt is not None:
+        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+    out = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def _listens(pid: int | None, port: int) -> bool:
+    """True when process `pid` (None: any process) holds the listening socket on 127.0.0.1:port."""
+    inodes = set()
+    try:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 127.0.0.1, LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+        if pid is None or not inodes:
+            return bool(inodes)
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+class ManagedMailutils:
+    """Start with ``with ManagedMailutils(accounts=20) as mu: mu.target``."""
+
+    PROFILE = "mailutils"
+    INSTALL_HINT = INSTALL_HINT
+
+    def __init__(self, accounts: int = 40, *, quota_mb: int | None = None, root: Path | None = None):
+        # quota_mb is accepted like every managed server's, and unused: Mailutils has no QUOTA.
+        self.account_count = accounts
+        self._own_root = root is None
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-mailutils-"))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.target: Target | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> Target:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # no temp dir or half-started server left behind
+            raise
+
+    def _start(self, timeout: float) -> Target:
+        binaries = {program: mailutils_binary(program) for program in PROGRAMS}
+        if os.geteuid() != 0:
+            raise TargetUnavailable("the managed Mailutils runs as root (virtdomain sessions run as root); run as root or give --target")
+        ports = dict(zip(PROGRAMS, free_ports(len(PROGRAMS))))
+        password = secrets.token_urlsafe(12)
+        accounts = [Account(f"user{n}@{DOMAIN}", password) for n in range(1, self.account_count + 1)]
+        self._write_files(ports)
+        self._write_accounts(accounts)
+        for program, binary in binaries.items():
+            conf = self.root / f"{program}.conf"
+            lint = subprocess.run([binary, f"--config-file={conf}", "--config-lint"], capture_output=True, text=True)
+            if lint.returncode != 0 or "ignoring" in lint.stderr:
+                raise TargetUnavailable(f"generated {program} config is invalid:\n{lint.stderr.strip()}")
+        for program, binary in binaries.items():
+            with open(self.root / f"{program}.log", "wb") as log:
+                self.procs[program] = subprocess.Popen(
+                    [binary, f"--config-file={self.root / f'{program}.conf'}"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # our signals, not the terminal's; killpg takes its children
+                )
+        deadline = time.monotonic() + timeout
+        for program, port in ports.items():
+            self._wait_listening(program, port, deadline, timeout)
+        self.target = Target(
+            name=f"managed GNU Mailutils ({self.version()})",
+            accounts=accounts,
+            imap=Endpoint("imap", "127.0.0.1", ports["imap4d"]),
+            pop3=Endpoint("pop3", "127.0.0.1", ports["pop3d"]),
+            profile=self.PROFILE,
+            disposable=True,
+        )
+        return self.target
+
+    def _wait_listening(self, program: str, port: int, deadline: float, timeout: float) -> None:
+        """Until the daemon itself listens on the port, not just anyone: free_ports has a race, and
+        a daemon that lost it usually exits ("cannot open connection ... Address already in use")."""
+        proc = self.procs[program]
+        while True:
+            if proc.poll() is not None:
+                why = f"exited with status {proc.returncode}"
+            elif _listens(proc.pid, port):
+                return
+            elif time.monotonic() > deadline:
+                why = f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
+                if _listens(None, port):
+                    why += " (another process holds the port)"
+            else:
+                time.sleep(0.02)
+                continue
+            raise TargetUnavailable(f"Mailutils {program} {why}\n{self.log_tail(program)}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # session children the master left running
+            except OSError:
+                pass
+            proc.wait()
+        self.procs = {}
+        self._kill_leftovers()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def add_accounts(self, accounts: list[Account], timeout: float = 5.0) -> None:
+        """Add accounts to the running server; virtdomain reads the passwd file at every login.
+
+        Each user name must be ``NAME@localhost``, the form that logs in."""
+        for account in accounts:
+            if not account.user.endswith(f"@{DOMAIN}"):
+                raise TargetUnavailable(f"Mailutils account {account.user!r}: login names are NAME@{DOMAIN} (virtdomain)")
+        self._write_accounts(accounts, append=True)
+
+    def __enter__(self) -> "ManagedMailutils":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- detached use (`mailharness target up` / `down`) ------------------------------
+    def detach(self) -> dict:
+        """Leave the servers running after this process exits; the dict lets `stop_detached` find them."""
+        assert self.procs and self.target
+        return {"root": str(self.root), "pids": [p.pid for p in self.procs.values()], "target": self.target.to_dict()}
+
+    @staticmethod
+    def stop_detached(state: dict) -> None:
+        mu = ManagedMailutils(root=Path(state["root"]))
+        mu._own_root = True
+        pids = [int(p) for p in state.get("pids") or [state["pid"]]]
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.05)
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        mu.stop()
+
+    # -- helpers -------------------------------------------------------------------
+    def version(self) -> str:
+        out = subprocess.run([mailutils_binary("imap4d"), "--version"], capture_output=True, text=True).stdout
+        first = out.splitlines()[0] if out else ""
+        return f"GNU Mailutils {first.rsplit(' ', 1)[-1]}" if "Mailutils" in first else "GNU Mailutils"
+
+    def log_tail(self, program: str = "imap4d", lines: int = 20) -> str:
+        try:
+            return "\n".join((self.root / f"{program}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _write_files(self, ports: dict[str, int]) -> None:
+        for sub in ("run", "passwd", "home"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        for program, port in ports.items():
+            conf = Template(TEMPLATE.read_text()).substitute(root=self.root, program=program, port=port)
+            (self.root / f"{program}.conf").write_text(conf)
+
+    def _write_accounts(self, accounts: list[Account], append: bool = False) -> None:
+        """passwd(5) lines; the home holds the mbox INBOX and the folders."""
+        hashes: dict[str, str] = {}
+        lines = []
+        for account in accounts:
+            name = account.user.removesuffix(f"@{DOMAIN}")
+            home = self.root / "home" / name
+            home.mkdir(exist_ok=True)
+            os.chown(home, MAIL_UID, MAIL_GID)
+            # An empty INBOX, as an MTA leaves it after the first delivery: imap4d answers an
+            # APPEND to an INBOX file that does not exist yet with NO [TRYCREATE].
+            inbox = home / "INBOX"
+            inbox.touch(mode=0o600)
+            os.chown(inbox, MAIL_UID, MAIL_GID)
+            if account.password not in hashes:  # one hash per distinct password: crypt is slow on purpose
+                hashes[account.password] = sha512_crypt(account.password)
+            lines.append(f"{name}:{hashes[account.password]}:{MAIL_UID}:{MAIL_GID}:mailharness {name}:{home}:/bin/false\n")
+        passwd = self.root / "passwd" / DOMAIN
+        with open(passwd, "a" if append else "w") as f:
+            f.writelines(lines)
+        passwd.chmod(0o600)
+
+    def _kill_leftovers(self) -> None:
+        """Session processes that outlived their master; their argv names our config file."""
+        marker = f"--config-file={self.root}/".encode()
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline:
+                try:
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+                except OSError:
+                    pass
