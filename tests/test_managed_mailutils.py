@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+import json
 import os
 import poplib
 import socket
@@ -138,3 +139,22 @@ def test_a_broken_config_is_reported_with_the_daemons_words(monkeypatch, tmp_pat
         mu.start()
     assert not mu.root.exists()
 
+
+
+def test_target_up_and_down_with_server_mailutils(tmp_path):
+    from tests.test_cli import cli
+
+    state = tmp_path / "state"
+    up = cli("target", "up", "--server", "mailutils", "--accounts", "2", "--write", str(tmp_path / "t.yaml"), "--state-dir", str(state))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "IMAP imap://127.0.0.1:" in up.stdout and "LMTP" not in up.stdout
+        root = Path(json.loads((state / "embedded-target.json").read_text())["root"])
+        assert instance_processes(root.name)
+        target = (tmp_path / "t.yaml").read_text()
+        assert "user: user2@localhost" in target and "profile: mailutils" in target and "lmtp" not in target
+    finally:
+        down = cli("target", "down", "--state-dir", str(state))
+    assert down.returncode == 0 and "mailutils" in down.stdout
+    assert no_processes_left(root.name)
+    assert not root.exists()

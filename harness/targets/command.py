@@ -65,7 +65,8 @@ def _up(args) -> int:
     state_path.chmod(0o600)
     if args.write:
         target.dump(args.write)
-        print(f"{target.name} is up: IMAP {target.imap.url}, POP3 {target.pop3.url}, LMTP {target.lmtp.url}")
+        endpoints = ", ".join(f"{proto.upper()} {ep.url}" for proto in ("imap", "pop3", "lmtp") if (ep := getattr(target, proto)))
+        print(f"{target.name} is up: {endpoints}")  # Mailutils has no LMTP
         print(f"target file: {args.write}   stop with: mailharness target down")
     else:
         import yaml
