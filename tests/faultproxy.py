@@ -886,6 +886,20 @@ class ImapBadLoginAccepted(Fault):
         return resp
 
 
+def _bare_lf(line: bytes) -> bytes:
+    return line[:-2] + b"\n" if line.endswith(b"\r\n") else line
+
+
+@_register("imap-append-continuation-bare-lf", "imap", "append",
+           "the \"+\" continuation that invites APPEND's literal ends with a bare LF instead of CRLF")
+class ImapAppendContinuationBareLf(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "+" and "APPEND" in conn.pending_names():
+            conn.fire(f"continuation {_chomp(resp.line)[:30]!r} sent with a bare LF")
+            return ImapResponse([_bare_lf(resp.line), *resp.segments[1:]])
+        return resp
+
+
 # Faults that rewrite the section a FETCH asks for, and rename the answer back, so the client sees the
 # section it asked for with the content of another one.
 class _FetchSectionRewrite(Fault):

@@ -692,6 +692,19 @@ def _(env, proxy):
     return tagged.text.split()[1] == b"OK"
 
 
+@demo("imap-append-continuation-bare-lf")
+def _(env, proxy):
+    a = env.imap(proxy)
+    a.send(b"t9 APPEND INBOX {%d}\r\n" % len(MSG2))
+    deadline = time.monotonic() + 5
+    while b"\n" not in a.buf and time.monotonic() < deadline:
+        a.buf += a.sock.recv(65536)
+    line = a.buf.split(b"\n", 1)[0] + b"\n"
+    assert line.startswith(b"+"), line
+    a.send(MSG2 + b"\r\n")
+    return not line.endswith(b"\r\n")
+
+
 # nested parts and an encoded part, for the section faults: 1 text, 2 alternative (2.1, 2.2), 3 base64
 MULTI = (b"From: Alice <alice@example.com>\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
          b"Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"

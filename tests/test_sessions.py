@@ -458,7 +458,7 @@ def test_scripted_imap_pending_unexpected_continuation_and_bye():
         IMAPSession("127.0.0.1", port, timeout=2)
 
 
-def test_pop3_accepts_bare_lf_and_counts_it():
+def test_pop3_lenient_session_accepts_bare_lf_and_counts_it():
     def script(conn, stop):
         conn.sendall(b"+OK ready\r\n")
         for line in _lines(conn):
@@ -467,11 +467,91 @@ def test_pop3_accepts_bare_lf_and_counts_it():
 
     with scripted_server(script) as port:
         transcript = Transcript()
-        p = POP3Session("127.0.0.1", port, timeout=2, transcript=transcript)
+        p = POP3Session("127.0.0.1", port, timeout=2, transcript=transcript, strict_line_ends=False)
         resp = p.command("RETR 1")
         assert resp.body == b"Subject: x\r\n\r\nbody\r\n.dot\r\n"
         assert resp.bare_lf_lines == 6 and resp.wire_octets == len(b"Subject: x\n\nbody\n..dot\n")
         assert "bare LF" in transcript.render()
+
+
+def _pop3_serving(answers: dict[bytes, bytes], greeting: bytes = b"+OK ready\r\n"):
+    def script(conn, stop):
+        conn.sendall(greeting)
+        for line in _lines(conn):
+            conn.sendall(answers.get(line.split()[0].upper(), b"-ERR what\r\n"))
+
+    return scripted_server(script)
+
+
+@pytest.mark.parametrize("answer, offset, shown", [
+    (b"+OK 2 320\n", 9, "`+OK 2 320\\n`"),  # the status line
+    (b"+OK\r\nSubject: x\r\n\r\nbody\n.\r\n", 23, "`+OK\\r\\n` ... `body\\n`"),  # a body line
+    (b"+OK\r\nSubject: x\r\n\r\nbody\r\n.\n", 26, "`+OK\\r\\n` ... `.\\n`"),  # the terminating dot
+])
+def test_pop3_bare_lf_fails_the_read_with_its_position(answer, offset, shown):
+    verb = b"STAT" if answer.startswith(b"+OK 2") else b"RETR"
+    with _pop3_serving({verb: answer, b"NOOP": b"+OK\r\n"}) as port:
+        transcript = Transcript()
+        p = POP3Session("127.0.0.1", port, timeout=2, transcript=transcript)
+        with pytest.raises(ProtocolError) as exc:
+            p.command(verb.decode() + (" 1" if verb == b"RETR" else ""))
+        message = str(exc.value)
+        assert "bare LF instead of CRLF (RFC 1939 §3)" in message and f"response to `{verb.decode()}" in message
+        assert f"byte offset {offset} of the response {shown}" in message, message
+        assert p.closed  # out of step: the session is over
+        assert "body" in transcript.render() or verb == b"STAT"  # the transcript shows what came
+
+
+def test_pop3_bare_lf_in_greeting_and_continuation_fails():
+    with _pop3_serving({}, greeting=b"+OK ready\n") as port, \
+            pytest.raises(ProtocolError, match=r"bare LF .* in its greeting: byte offset 9 of the response `\+OK ready\\n`"):
+        POP3Session("127.0.0.1", port, timeout=2)
+    with _pop3_serving({b"AUTH": b"+ \n", b"QUIT": b"+OK\r\n"}) as port:
+        p = POP3Session("127.0.0.1", port, timeout=2)
+        with pytest.raises(ProtocolError, match=r"response to `AUTH PLAIN`: byte offset 2 of the response `\+ \\n`"):
+            p.command("AUTH PLAIN", continuations=["AGEAYg=="])
+    with _pop3_serving({b"STAT": b"+OK 1 2\r\n"}) as port:  # CRLF everywhere: nothing to report
+        assert POP3Session("127.0.0.1", port, timeout=2).command("STAT").ok
+
+
+def test_imap_bare_lf_fails_the_read_with_its_position():
+    def script(conn, stop):
+        conn.sendall(b"* OK ready\r\n")
+        for line in _lines(conn):
+            tag = line.split()[0]
+            if b"CAPABILITY" in line:
+                conn.sendall(b"* CAPABILITY IMAP4rev1\n" + tag + b" OK done\r\n")
+            elif b"AUTHENTICATE" in line:
+                conn.sendall(b"+ \n")
+            elif b"FETCH" in line:  # a bare LF inside a literal is data, not a line end
+                conn.sendall(b"* 1 FETCH (BODY[] {7}\r\na\nb\r\nc)\r\n" + tag + b" OK done\n")
+            else:
+                conn.sendall(tag + b" OK\r\n")
+
+    for command, pattern in [
+        ("CAPABILITY", r"response to `A0001 CAPABILITY`: byte offset 22 of the response `\* CAPABILITY IMAP4rev1\\n`"),
+        ("AUTHENTICATE PLAIN", r"response to `A0001 AUTHENTICATE PLAIN`: byte offset 2 of the response `\+ \\n`"),
+        ("FETCH 1 BODY[]", r"response to `A0001 FETCH 1 BODY\[\]`: byte offset 13 of the response `A0001 OK done\\n`"),
+    ]:
+        with scripted_server(script) as port:
+            s = IMAPSession("127.0.0.1", port, timeout=2)
+            with pytest.raises(ProtocolError, match=r"bare LF instead of CRLF \(RFC 3501 §2.2, RFC 9051 §2.2\) in its "
+                               + pattern):
+                s.command(command, continuations=["AGEAYg=="])
+            assert s.closed
+
+
+def test_imap_lenient_session_notes_bare_lf():
+    def script(conn, stop):
+        conn.sendall(b"* OK ready\n")
+        for line in _lines(conn):
+            conn.sendall(line.split()[0] + b" OK fine\n")
+
+    with scripted_server(script) as port:
+        transcript = Transcript()
+        s = IMAPSession("127.0.0.1", port, timeout=2, transcript=transcript, strict_line_ends=False)
+        assert s.command("NOOP").ok and s.command("NOOP").ok
+        assert transcript.render().count("line(s) ended with a bare LF") == 3
 
 
 @pytest.fixture(scope="module")

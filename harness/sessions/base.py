@@ -5,7 +5,9 @@ from __future__ import annotations
 from harness.sessions.errors import ConnectionClosed, ProtocolError, ProtocolTimeout, SessionError
 from harness.sessions.redact import MASK, redact_line
 from harness.sessions.transcript import Transcript
-from harness.sessions.wire import MAX_LINE, LineTooLong, Wire, WireClosed, WireTimeout, deadline_after
+from harness.sessions.wire import (
+    MAX_LINE, BareLineFeed, LineTooLong, Wire, WireClosed, WireTimeout, deadline_after,
+)
 
 
 def secs(seconds: float) -> str:
@@ -16,9 +18,10 @@ def secs(seconds: float) -> str:
 class Session:
     scheme = ""  # "imap" or "pop3"; "s" is appended for implicit TLS
     literals = False  # does the transcript look for IMAP literals in this protocol?
+    line_end_rfc = ""  # where the protocol says every line ends with CRLF
 
     def __init__(self, host: str, port: int, *, tls: bool, starttls: bool, tls_verify: bool, ca_file: str | None,
-                 name: str, transcript: Transcript | None, timeout: float):
+                 name: str, transcript: Transcript | None, timeout: float, strict_line_ends: bool = True):
         if tls and starttls:
             raise ValueError("tls and starttls exclude each other")
         self.name = name
@@ -30,6 +33,9 @@ class Session:
         self._secrets: set[str] = set()
         self.closed = False
         self.wire = Wire(self.url, host, port, tls=tls, tls_verify=tls_verify, ca_file=ca_file, timeout=timeout)
+        # Strict (the default): a line ended by a bare LF fails the read that received it. The probe is
+        # lenient, so such a server still gets a run whose tests each report it.
+        self.wire.strict_line_ends = strict_line_ends
         if tls:
             self._note(f"TLS established ({self.wire.tls_version})")
 
@@ -113,11 +119,16 @@ class Session:
         self._note(f"session abandoned: {exc}")
         return exc
 
-    def _read_error(self, exc: Exception, what: str | None, seconds: float, progress: str | None) -> SessionError:
+    def _read_error(self, exc: Exception, what: str | None, seconds: float, progress: str | None, *,
+                    offset: int = 0, head: bytes | None = None) -> SessionError:
         """The SessionError for a low-level read failure while waiting for the answer to `what`
-        (None: the greeting). `progress` says what did arrive, for a response cut short."""
+        (None: the greeting). `progress` says what did arrive, for a response cut short. For a bare LF:
+        `offset` is where the bytes taken start within their response, `head` that response's first line."""
         got = f" (got {progress})" if progress else ""
         answer = f"response to `{self._describe(what)}`" if what is not None else "greeting"
+        if isinstance(exc, BareLineFeed):
+            self._record(exc.data)  # the reader sees the response as it came
+            return self._fail(ProtocolError(self._bare_lf_message(exc, answer, offset, head)))
         if isinstance(exc, WireTimeout):
             partial = "complete " if progress else ""
             return self._fail(ProtocolTimeout(f"no {partial}{answer} within {secs(seconds)} s{got}"
@@ -130,9 +141,25 @@ class Session:
             return self._fail(ConnectionClosed(f"{self.url} closed the connection {where} {answer}{got}: {exc}"))
         raise exc
 
+    def _bare_lf_message(self, exc: BareLineFeed, answer: str, offset: int, head: bytes | None) -> str:
+        first = exc.offsets[0]
+        start = exc.data.rfind(b"\n", 0, first) + 1
+        line = exc.data[start:first + 1]
+        head = exc.data[:exc.data.find(b"\n") + 1] if head is None else head
+        shown = _display(head) if start == 0 and offset == 0 else f"{_display(head)} ... {_display(line)}"
+        more = f"; {len(exc.offsets)} bare LFs in these {len(exc.data)} bytes" if len(exc.offsets) > 1 else ""
+        return (f"{self.url} ended a line with a bare LF instead of CRLF ({self.line_end_rfc}) in its {answer}: "
+                f"byte offset {offset + first} of the response {shown}{more}")
+
     def _tls_upgrade(self, deadline: float) -> None:
         try:
             self.wire.start_tls(self._tls_verify, self._ca_file, deadline)
         except ProtocolError as exc:
             raise self._fail(exc) from None
         self._note(f"TLS established ({self.wire.tls_version})")
+
+
+def _display(data: bytes, limit: int = 80) -> str:
+    """A line for an error message: its bytes shown with escapes (so \\n and \\r are visible), cut at `limit`."""
+    text = repr(data[:limit])[2:-1]
+    return f"`{text}{'...' if len(data) > limit else ''}`"

@@ -18,7 +18,7 @@ from harness.sessions.base import Session
 from harness.sessions.errors import ConnectionClosed, ProtocolError, SessionError
 from harness.sessions.literals import MARKER_ANYWHERE, frame, marker_at_end
 from harness.sessions.transcript import Transcript
-from harness.sessions.wire import MAX_RESPONSE, LineTooLong, WireClosed, WireTimeout
+from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
 CRLF = b"\r\n"
 _FETCH = re.compile(r"\* (\d+) FETCH ", re.IGNORECASE)
@@ -88,19 +88,20 @@ class _Received:
 class IMAPSession(Session):
     scheme = "imap"
     literals = True
+    line_end_rfc = "RFC 3501 §2.2, RFC 9051 §2.2"
 
     def __init__(self, host: str, port: int, *, tls: bool = False, starttls: bool = False, tls_verify: bool = True,
                  ca_file: str | None = None, name: str = "a", transcript: Transcript | None = None,
-                 timeout: float = 5.0):
+                 timeout: float = 5.0, strict_line_ends: bool = True):
         super().__init__(host, port, tls=tls, starttls=starttls, tls_verify=tls_verify, ca_file=ca_file, name=name,
-                         transcript=transcript, timeout=timeout)
+                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends)
         self._tag_counter = 0
         self._pending: list[Untagged] = []
         self._idle: tuple[str, str] | None = None  # (tag, command line) while IDLE is active
         deadline, seconds = self._deadline(None)
         try:
             first = self._read_one(deadline)
-        except (WireTimeout, WireClosed, LineTooLong) as exc:
+        except (WireTimeout, WireClosed, LineTooLong, BareLineFeed) as exc:
             raise self._read_error(exc, None, seconds, None) from None
         self.greeting = first.text
         status = first.text.split(" ", 2)[1].upper() if first.kind == "untagged" and " " in first.text else ""
@@ -230,7 +231,7 @@ class IMAPSession(Session):
                     self.drop()
                     break
                 raise self._fail(ConnectionClosed(f"{self.url} closed the connection: {exc}")) from None
-            except LineTooLong as exc:
+            except (LineTooLong, BareLineFeed) as exc:
                 raise self._read_error(exc, "(waiting for untagged responses)", timeout, None) from None
             if rec.kind == "continuation":
                 raise self._unexpected_continuation(rec, self._idle[1] if self._idle else "(no command)")
@@ -252,7 +253,7 @@ class IMAPSession(Session):
         while True:
             try:
                 rec = self._read_one(deadline)
-            except (WireTimeout, WireClosed, LineTooLong) as exc:
+            except (WireTimeout, WireClosed, LineTooLong, BareLineFeed) as exc:
                 raise self._read_error(exc, what, seconds, self._progress(since)) from None
             if rec.kind == "untagged":
                 self._pending.append(rec.untagged())
@@ -272,11 +273,9 @@ class IMAPSession(Session):
         wire, pos = self.wire, 0
         parts: list[bytes] = []
         literals: list[bytes] = []
-        bare_lf = 0
         while True:
             eol = wire.find_eol(pos, deadline)
             end = eol - 1 if eol > pos and wire.buf[eol - 1] == 0x0D else eol
-            bare_lf += end == eol
             line = bytes(wire.buf[pos:end])
             parts.append(line)
             pos = eol + 1
@@ -290,11 +289,11 @@ class IMAPSession(Session):
             wire.ensure(pos + marker.size, deadline)
             literals.append(bytes(wire.buf[pos:pos + marker.size]))
             pos += marker.size
-        raw = wire.take(pos)
+        raw = wire.take(pos)  # BareLineFeed when a line ended without CR (and the session is strict)
         arrived = time.monotonic()
         self._record(raw)
-        if bare_lf:
-            self._note(f"{bare_lf} line(s) ended with a bare LF instead of CRLF")
+        if wire.last_bare_lf:
+            self._note(f"{len(wire.last_bare_lf)} line(s) ended with a bare LF instead of CRLF")
         text = b"".join(parts).decode("utf-8", "backslashreplace")
         if parts[0].startswith(b"* "):
             kind = "untagged"

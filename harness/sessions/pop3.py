@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from harness.sessions.base import Session
 from harness.sessions.errors import ProtocolError
 from harness.sessions.transcript import Transcript
-from harness.sessions.wire import MAX_RESPONSE, LineTooLong, WireClosed, WireTimeout
+from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
 # Commands whose +OK answer has a body; LIST and UIDL only without an argument.
 MULTILINE_ALWAYS = {"CAPA", "RETR", "TOP"}
@@ -35,12 +35,13 @@ def is_multiline(line: str) -> bool:
 
 class POP3Session(Session):
     scheme = "pop3"
+    line_end_rfc = "RFC 1939 §3"
 
     def __init__(self, host: str, port: int, *, tls: bool = False, starttls: bool = False, tls_verify: bool = True,
                  ca_file: str | None = None, name: str = "p", transcript: Transcript | None = None,
-                 timeout: float = 5.0):
+                 timeout: float = 5.0, strict_line_ends: bool = True):
         super().__init__(host, port, tls=tls, starttls=starttls, tls_verify=tls_verify, ca_file=ca_file, name=name,
-                         transcript=transcript, timeout=timeout)
+                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends)
         deadline, seconds = self._deadline(None)
         raw = self._readline(deadline, None, seconds, None)
         self._record(raw)
@@ -83,17 +84,18 @@ class POP3Session(Session):
         resp = POP3Response(ok=status == "+OK", status=status, text=text, line=status_line,
                             bare_lf_lines=int(not raw.endswith(b"\r\n")))
         if resp.ok and (is_multiline(line) if multiline is None else multiline):
-            self._read_body(resp, deadline, line, seconds)
+            self._read_body(resp, deadline, line, seconds, raw)
         if resp.bare_lf_lines:
             self._note(f"{resp.bare_lf_lines} line(s) ended with a bare LF instead of CRLF")
         return resp
 
-    def _read_body(self, resp: POP3Response, deadline: float, line: str, seconds: float) -> None:
+    def _read_body(self, resp: POP3Response, deadline: float, line: str, seconds: float, status: bytes) -> None:
         lines: list[bytes] = []
         wire_lines: list[bytes] = []  # as received, for the transcript
         wire_octets = 0
         while True:
-            raw = self._readline(deadline, line, seconds, f"{len(lines)} lines")
+            raw = self._readline(deadline, line, seconds, f"{len(lines)} lines", offset=len(status) + wire_octets,
+                                 head=status, earlier=wire_lines)
             content = _strip_eol(raw)
             resp.bare_lf_lines += not raw.endswith(b"\r\n")
             if content == b".":
@@ -111,11 +113,19 @@ class POP3Session(Session):
         resp.body = b"".join(x + b"\r\n" for x in lines)
         resp.wire_octets = wire_octets
 
-    def _readline(self, deadline: float, line: str | None, seconds: float, progress: str | None) -> bytes:
+    def _readline(self, deadline: float, line: str | None, seconds: float, progress: str | None, *,
+                  offset: int = 0, head: bytes | None = None, earlier: list[bytes] | None = None) -> bytes:
+        """One line. For a bare-LF failure, `offset` and `head` place it in its multi-line response, and
+        `earlier` (body lines not yet in the transcript) goes into the transcript before it."""
         try:
             return self.wire.readline(deadline)
+        except BareLineFeed as exc:
+            if earlier:  # the transcript shows the body up to the bad line, and offsets count from there
+                before = b"".join(earlier)
+                exc, offset = BareLineFeed(before + exc.data, [o + len(before) for o in exc.offsets]), offset - len(before)
+            raise self._read_error(exc, line, seconds, progress, offset=offset, head=head) from None
         except (WireTimeout, WireClosed, LineTooLong) as exc:
-            raise self._read_error(exc, line, seconds, progress) from None
+            raise self._read_error(exc, line, seconds, progress, offset=offset, head=head) from None
 
     # -- conveniences ------------------------------------------------------------------
     def login(self, user: str, password: str) -> POP3Response:

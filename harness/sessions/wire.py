@@ -32,6 +32,17 @@ class LineTooLong(Exception):
     """No line end within MAX_LINE bytes."""
 
 
+class BareLineFeed(Exception):
+    """A line of a response ended with LF alone; RFC 1939 §3 and RFC 3501 §2.2 end every line with CRLF.
+
+    Raised by `take()` once the bytes are out of the buffer, so the stream stays in step: `data` is what
+    was taken, `offsets` the index in it of each bare LF."""
+
+    def __init__(self, data: bytes, offsets: list[int]):
+        super().__init__(f"bare LF at offset(s) {offsets}")
+        self.data, self.offsets = data, offsets
+
+
 def deadline_after(seconds: float) -> float:
     return time.monotonic() + seconds
 
@@ -52,6 +63,12 @@ class Wire:
         self.url = url
         self.host = host
         self.buf = bytearray()
+        # Line ends are checked here, where every received byte passes, not by each check: with
+        # `strict_line_ends`, take() raises BareLineFeed; otherwise `last_bare_lf` says where they were.
+        self.strict_line_ends = True
+        self.last_bare_lf: list[int] = []
+        self._taken = 0  # bytes taken from the stream so far: positions below are stream offsets
+        self._bare_lf: set[int] = set()  # stream offsets of line-ending LFs without a CR before them
         try:
             self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -112,6 +129,8 @@ class Wire:
             if i >= 0:
                 if i - start > MAX_LINE:
                     raise LineTooLong()
+                if not (i > start and self.buf[i - 1] == 0x0D):
+                    self._bare_lf.add(self._taken + i)  # a set: a timed-out read scans the line again
                 return i
             if len(self.buf) - start > MAX_LINE:
                 raise LineTooLong()
@@ -124,8 +143,16 @@ class Wire:
             self.fill(deadline)
 
     def take(self, size: int) -> bytes:
+        """The first `size` bytes of `buf`, removed. BareLineFeed if a line end in them was a bare LF
+        (and `strict_line_ends`)."""
         data = bytes(self.buf[:size])
         del self.buf[:size]
+        start, self._taken = self._taken, self._taken + size
+        self.last_bare_lf = sorted(pos - start for pos in self._bare_lf if pos < self._taken)
+        if self.last_bare_lf:
+            self._bare_lf = {pos for pos in self._bare_lf if pos >= self._taken}
+            if self.strict_line_ends:
+                raise BareLineFeed(data, self.last_bare_lf)
         return data
 
     def readline(self, deadline: float) -> bytes:
