@@ -72,3 +72,8 @@ def test_target_up_records_which_server_down_stops(tmp_path):
     finally:
         down = cli("target", "down", "--state-dir", str(state))
     assert down.returncode == 0 and "dovecot" in down.stdout
+
+
+def test_accounts_option_is_for_managed_servers_only(tmp_path, target_file):
+    proc = cli("run", "--target", str(target_file), "--accounts", "3", "--report-dir", str(tmp_path))
+    assert proc.returncode == 2 and "--accounts" in proc.stderr

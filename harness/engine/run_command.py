@@ -41,6 +41,7 @@ exit codes: 0 every test passed or deviated as its profile expects,
 def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, metavar="FILE", help="target file (docs/targets.md); default: a managed server (--server)")
     p.add_argument("--server", metavar="NAME", help=f"managed server to start when no --target: {', '.join(server_names())} (default {DEFAULT_SERVER})")
+    p.add_argument("--accounts", type=int, metavar="N", help="accounts of the managed server (default 40; not with --target)")
     p.add_argument("--suite", type=Path, action="append", metavar="PATH", help="suite file or directory (repeatable; default: the bundled suites)")
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only tests matching this pytest -k expression (ids, areas, file names)")
     p.add_argument("-n", dest="workers", type=int, default=0, metavar="WORKERS", help="parallel workers (pytest-xdist); 0 runs in one process (default)")
@@ -62,6 +63,8 @@ def pytest_args(args) -> list[str]:
         raise ConfigError("give --target FILE (your server) or --server NAME (a managed one), not both")
     if args.server:
         server_class(args.server)  # an unknown name or a missing module: exit 2 before pytest starts
+    if args.accounts is not None and (args.target or args.accounts < 1):
+        raise ConfigError("--accounts N (at least 1) sets up a managed server's accounts; a --target file lists its own")
     if args.workers < 0:
         raise ConfigError("-n must be 0 or more")
     report_dir: Path = args.report_dir
@@ -84,6 +87,8 @@ def pytest_args(args) -> list[str]:
         out += ["--mh-target", str(args.target)]
     if args.server:
         out += ["--mh-server", args.server]
+    if args.accounts:
+        out += ["--mh-accounts", str(args.accounts)]
     if args.profile:
         out += ["--mh-profile", args.profile]
     if args.keyword:

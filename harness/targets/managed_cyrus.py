@@ -41,6 +41,12 @@ CONFIG_DIRS = ("db", "proc", "socket", "log", "msg", "user", "quota", "lock", "s
 HASHED = ("user", "quota")  # what `cyrus makedirs` gives a..z subdirectories
 
 
+def _scratch_dir() -> str | None:
+    """tmpfs when there is one: Cyrus fsyncs every database commit, and this mail is thrown away anyway."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def _installed_common_version() -> str | None:
     out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Version}", "cyrus-common"],
                          capture_output=True, text=True)
@@ -79,7 +85,7 @@ class ManagedCyrus:
         self.account_count = accounts
         self.quota_mb = quota_mb
         self._own_root = root is None
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-cyrus-"))
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-cyrus-", dir=_scratch_dir()))
         self.proc: subprocess.Popen | None = None
         self.target: Target | None = None
         self._admin_password = ""
