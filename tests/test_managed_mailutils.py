@@ -127,6 +127,7 @@ def test_a_daemon_that_cannot_start_says_why(monkeypatch, tmp_path):
             mu.start(timeout=30)
     finally:
         taken.close()
+        mu.stop()  # a start that wrongly succeeded must not leave its daemons running
     assert not mu.root.exists()
 
 
