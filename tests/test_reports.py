@@ -106,13 +106,54 @@ def results():
 
 def test_summarize_counts_every_outcome_and_sets_the_verdict():
     out = summarize(make_results()["tests"])
-    assert out["summary"] == {"passed": 6, "failed": 2, "xfailed": 2, "xpassed": 1, "skipped": 2, "error": 1,
-                              "total": 14}
+    assert out["summary"] == {"passed": 6, "failed": 2, "warning": 0, "behaviour": 0, "xfailed": 2, "xpassed": 1,
+                              "skipped": 2, "error": 1, "total": 14}
     assert out["verdict"] == "fail"
     # Expected deviations and skips do not break the verdict; an unexpected pass does.
     assert summarize([make_test("a.b.c"), make_test("a.b.d", "xfailed"), make_test("a.b.e", "skipped")])["verdict"] == "pass"
     assert summarize([make_test("a.b.c", "xpassed")])["verdict"] == "fail"
     assert summarize([])["summary"]["total"] == 0
+
+
+@pytest.mark.parametrize("run, verdict, reason", [
+    ({}, "pass", "All 3 tests ran; none failed (1 warning, 1 optional behaviour)."),
+    ({"strict": True}, "fail", "1 warning (--strict); 3 of 3 tests ran."),
+    ({"collected": 0}, "error", "No test matched the selection (check --suite and -k); nothing ran."),
+    ({"collection_errors": ["malformed suite: s.yaml:9: 'q' is neither a session"], "collected": 3}, "error",
+     "1 suite file could not be loaded (malformed suite: s.yaml:9: 'q' is neither a session); 3 of 3 tests ran."),
+    ({"error": "target x: IMAP: no greeting within 2.0 s", "collected": 0}, "error",
+     "The run could not start: target x: IMAP: no greeting within 2.0 s; no test had been collected."),
+    ({"error": "target x: IMAP: no greeting within 2.0 s", "collected": 0, "ran": 0}, "error",
+     "The run could not start: target x: IMAP: no greeting within 2.0 s; no test ran."),
+    ({"interrupted": "SIGTERM", "collected": 40}, "incomplete", "The run was interrupted (SIGTERM): 3 of 40 tests ran."),
+    ({"collect_only": True, "ran": 0}, "incomplete", "Tests were only collected (--collect-only): 3 tests found, none ran."),
+    ({"collected": 5}, "incomplete", "The run stopped early: 3 of 5 tests ran."),
+])
+def test_a_verdict_is_never_pass_for_what_did_not_run(run, verdict, reason):
+    tests = [make_test("a.b.c"), make_test("a.b.d", "warning"), make_test("a.b.e", "behaviour")]
+    out = summarize(tests, run)
+    assert (out["verdict"], out["verdict_reason"]) == (verdict, reason)
+    results = make_results(tests)
+    results.update(out)
+    stream = io.StringIO()
+    print_summary(results, stream, color=False)
+    last = stream.getvalue().rstrip().splitlines()[-1]
+    if verdict in ("error", "incomplete"):
+        assert last == f"{verdict.upper()}: {reason}"
+    else:
+        assert last.startswith(f"{verdict.upper()}:")
+
+
+def test_html_report_of_an_incomplete_run_says_why(tmp_path):
+    results = make_results([make_test("a.b.c")])
+    results.update(summarize(results["tests"], {"collected": 0, "error": "target x: IMAP: no greeting within 2.0 s"}))
+    write_html_report(results, tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    text = text_by_id(html)
+    assert text["verdict"] == "ERROR"
+    assert "could not start: target x: IMAP: no greeting" in text["verdict-reason"]
+    assert "Every test" not in html
+    assert "no greeting within 2.0 s" in text["run-problems"]
 
 
 @pytest.mark.parametrize("ref, url", [
@@ -376,8 +417,8 @@ def test_compare_cli_regression_exit_1_with_terminal_html_and_json(tmp_path, cap
 
 
 def test_compare_cli_no_regression_exit_0(tmp_path, capsys):
-    baseline = make_results()
-    candidate = with_outcomes(baseline, **{"pop3.deletion.marks-only": "passed"})  # a fix only
+    baseline = with_outcomes(passing_results(), **{"pop3.deletion.marks-only": "failed"})
+    candidate = passing_results()  # a fix only, and the candidate itself passes
     html = tmp_path / "diff.html"
     code = run_cli(["compare", str(write_json(tmp_path / "a.json", baseline)),
                     str(write_json(tmp_path / "b.json", candidate)), "--html", str(html)])
@@ -386,6 +427,75 @@ def test_compare_cli_no_regression_exit_0(tmp_path, capsys):
     assert "FIXES (1)" in out and "NO REGRESSION:" in out and "REGRESSIONS" not in out
     assert text_by_id(html.read_text())["verdict"] == "NO REGRESSION"
     assert not (tmp_path / "compare.html").exists()
+
+
+def test_compare_a_failing_candidate_is_never_a_green_no_regression(tmp_path, capsys):
+    """The same failures in both runs are no regression, but the candidate FAILED: exit 1, and the banner says so."""
+    baseline = make_results()
+    candidate = with_outcomes(baseline, **{"pop3.deletion.marks-only": "passed"})  # still fails elsewhere
+    html = tmp_path / "diff.html"
+    code = run_cli(["compare", str(write_json(tmp_path / "a.json", baseline)),
+                    str(write_json(tmp_path / "b.json", candidate)), "--html", str(html)])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "NO REGRESSION, BUT CANDIDATE FAIL:" in out.splitlines()[-2]
+    assert "the candidate's own verdict is FAIL" in out
+    text = text_by_id(html.read_text())
+    assert text["verdict"] == "NO REGRESSION, BUT CANDIDATE FAIL"
+    assert "Candidate verdict: FAIL" in text["candidate-verdict"]
+    assert 'class="banner banner-fail"' in html.read_text()
+
+
+def _incomplete(results: dict, **run) -> dict:
+    results = copy.deepcopy(results)
+    results.update(summarize(results["tests"], {"collected": len(results["tests"]) + 30, **run}))
+    return results
+
+
+@pytest.mark.parametrize("run, verdict", [
+    ({"interrupted": "SIGTERM"}, "incomplete"),
+    ({"collection_errors": ["suites/x.yaml:3: unknown key 'stesp'"]}, "error"),
+    ({"error": "IMAP: no greeting within 5.0 s"}, "error"),
+])
+def test_compare_exits_1_when_the_candidate_did_not_run_everything(tmp_path, capsys, run, verdict):
+    baseline = passing_results()
+    candidate = _incomplete(passing_results(), **run)
+    assert candidate["verdict"] == verdict
+    code = run_cli(["compare", str(write_json(tmp_path / "a.json", baseline)), str(write_json(tmp_path / "b.json", candidate)),
+                    "--html", str(tmp_path / "d.html")])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert f"NO REGRESSION, BUT CANDIDATE {verdict.upper()}" in out
+    assert f"14 of {14 + 30} tests ran" in out
+
+
+def test_compare_tests_missing_from_the_candidate_need_allow_removed(tmp_path, capsys):
+    baseline = passing_results()
+    candidate = copy.deepcopy(baseline)
+    candidate["tests"] = [t for t in candidate["tests"] if not t["id"].startswith("imap.")]
+    candidate.update(summarize(candidate["tests"]))
+    a, b = write_json(tmp_path / "a.json", baseline), write_json(tmp_path / "b.json", candidate)
+    assert run_cli(["compare", str(a), str(b), "--html", str(tmp_path / "d.html")]) == 1
+    out = capsys.readouterr().out
+    assert "did not run in the candidate (--allow-removed if that is intended)" in out
+    assert "NO REGRESSION, BUT TESTS MISSING:" in out
+    assert run_cli(["compare", str(a), str(b), "--html", str(tmp_path / "d.html"), "--allow-removed"]) == 0
+    assert "NO REGRESSION:" in capsys.readouterr().out
+
+
+def test_compare_shows_new_warnings_and_strict_counts_them(tmp_path, capsys):
+    baseline = passing_results()
+    candidate = with_outcomes(baseline, **{"imap.idle.done-ends": "warning"})
+    assert candidate["verdict"] == "pass"
+    c = compare_results(baseline, candidate)
+    assert [e["id"] for e in c["new_warnings"]] == ["imap.idle.done-ends"] and c["certified"]
+    assert compare_results(baseline, candidate, strict=True)["regressions"][0]["id"] == "imap.idle.done-ends"
+    a, b = write_json(tmp_path / "a.json", baseline), write_json(tmp_path / "b.json", candidate)
+    assert run_cli(["compare", str(a), str(b), "--html", str(tmp_path / "d.html")]) == 0
+    out = capsys.readouterr().out
+    assert "NEW WARNINGS (1)" in out and "passed -> warning (SHOULD)" in out
+    assert text_by_id((tmp_path / "d.html").read_text())["count-new-warnings"] == "1"
+    assert run_cli(["compare", str(a), str(b), "--html", str(tmp_path / "d.html"), "--strict"]) == 1
 
 
 def test_compare_cli_bad_input_exit_2(tmp_path, capsys):

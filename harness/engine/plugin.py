@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ def pytest_addoption(parser):
     group.addoption("--mh-results", metavar="FILE", help="write results.json here")
     group.addoption("--mh-timeout", type=float, metavar="SECONDS", help="default per-step timeout")
     group.addoption("--mh-accounts", type=int, default=40, metavar="N", help="accounts of the managed server")
+    group.addoption("--mh-strict", action="store_true", help="a failed SHOULD check (outcome warning) fails the run")
 
 
 def _is_worker(config) -> bool:
@@ -59,6 +61,12 @@ class HarnessState:
         self.profile: Profile | None = None
         self.pool: AccountPool | None = None
         self.results: dict[str, dict] = {}
+        # What happened around the tests, for the verdict (results.summarize): never PASS for what did not run.
+        self.collected: int | None = None
+        self.collection_errors: list[str] = []
+        self.run_error: str | None = None
+        self.interrupted: str | None = None
+        self.signal: str | None = None  # set by the SIGTERM handler before it interrupts
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
 
@@ -146,6 +154,22 @@ def pytest_configure(config):
         state.load_profile()
     else:
         config.pluginmanager.register(ResultsCollector(state), "mailharness-results")
+        _interrupt_on_sigterm(state)
+
+
+def _interrupt_on_sigterm(state: HarnessState) -> None:
+    """SIGTERM ends the run like Ctrl-C: pytest stops, clean-up runs and the reports say the run was interrupted."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # someone (a caller embedding pytest) already handles it
+
+    def interrupt(signum, frame):
+        state.signal = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        pass
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist starts its workers: they need the target
@@ -163,7 +187,32 @@ def pytest_sessionstart(session):
         state.load_profile()
     except HarnessError as exc:
         state.stop()
+        # pytest does not finish a session whose start failed, so the reports are written here: they must say
+        # the run did not happen, not show an empty PASS.
+        state.run_error = str(exc)
+        _write_start_failure(config, state)
         raise pytest.UsageError(str(exc)) from None
+
+
+def _write_start_failure(config, state: HarnessState) -> None:
+    results = config.getoption("--mh-results")
+    if results:
+        write_results(state, Path(results))
+    xmlpath = getattr(config.option, "xmlpath", None)
+    if xmlpath:
+        write_error_junit(Path(xmlpath), f"the run could not start: {state.run_error}")
+
+
+def write_error_junit(path: Path, message: str) -> None:
+    """A junit.xml with one error, for CI systems, when pytest wrote none."""
+    import xml.etree.ElementTree as ET
+
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name="mailharness", errors="1", failures="0", skipped="0", tests="1", time="0")
+    case = ET.SubElement(suite, "testcase", classname="mailharness", name="run")
+    ET.SubElement(case, "error", message=message).text = message
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def pytest_configure_node(node):
@@ -330,10 +379,11 @@ def pytest_collection_modifyitems(session, config, items):
     for item in suite_items:
         first = seen.setdefault(item.spec.id, item)
         if first is not item:
-            raise pytest.UsageError(
+            state.run_error = (
                 f"duplicate test id {item.spec.id!r}: {first.spec.location} and {item.spec.location} "
                 "(profiles and comparisons match tests by id)"
             )
+            raise pytest.UsageError(state.run_error)
         default = state.default_timeout if state.target else 5.0
         item.add_marker(pytest.mark.timeout(_time_budget(item.spec, default), method="signal"))
     profile = state.profile
@@ -366,7 +416,7 @@ class ResultsCollector:
             return
         entry = self.state.results.setdefault(report.nodeid, {
             **{k: props[k] for k in ("id", "title", "file", "line", "area", "protocol", "rfc")},
-            "outcome": "passed", "duration_s": 0.0, "message": "", "failure": None, "transcript": "",
+            "outcome": None, "duration_s": 0.0, "message": "", "failure": None, "transcript": "",
             "profile_reason": None, "metrics": {},
         })
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
@@ -376,10 +426,33 @@ class ResultsCollector:
         outcome = _outcome(report)
         if outcome is None:
             return
-        if report.when == "teardown" and entry["outcome"] not in ("passed",):
+        if report.when == "teardown" and entry["outcome"] not in ("passed", None):
             return  # a teardown problem does not hide the call's verdict
         entry["outcome"] = outcome
         entry["message"] = _message(report, outcome, entry)
+
+    @pytest.hookimpl
+    def pytest_collectreport(self, report):
+        if report.failed:  # a malformed suite (under xdist, forwarded from the workers)
+            text = str(report.longrepr).strip()
+            if text not in self.state.collection_errors:
+                self.state.collection_errors.append(text)
+
+    @pytest.hookimpl
+    def pytest_collection_finish(self, session):
+        if not self.state.collected:
+            self.state.collected = len(session.items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        self.state.collected = max(self.state.collected or 0, len(ids))
+
+    @pytest.hookimpl
+    def pytest_keyboard_interrupt(self, excinfo):
+        # pytest stops on collection errors and -x with Session.Interrupted, a KeyboardInterrupt too:
+        # only a real one (Ctrl-C, or SIGTERM through the handler) is an interrupt.
+        if self.state.signal or type(excinfo.value) is KeyboardInterrupt:
+            self.state.interrupted = self.state.signal or "Ctrl-C"
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
@@ -427,10 +500,27 @@ def _message(report, outcome: str, entry: dict) -> str:
     return text.split("\n\ntranscript:\n")[0][:4000]
 
 
-def write_results(state: HarnessState, path: Path, exitstatus) -> None:
+UNFINISHED = "the run was interrupted while this test ran; it has no outcome"
+
+
+def write_results(state: HarnessState, path: Path, exitstatus=None) -> None:
     from harness.reports.results import summarize
 
     tests = sorted(state.results.values(), key=lambda t: (t["file"], t["line"]))
+    finished = [t for t in tests if t["outcome"] is not None]
+    for test in tests:
+        if test["outcome"] is None:  # set up, never reported its call: interrupted (its transcript shows where)
+            test["outcome"], test["message"] = "error", UNFINISHED
+    config = state.config
+    run = {
+        "collected": state.collected if state.collected is not None else len(tests),
+        "ran": len(finished),
+        "strict": bool(config.getoption("--mh-strict")),
+        "interrupted": state.interrupted or state.signal,
+        "collect_only": bool(config.option.collectonly),
+        "collection_errors": [_redact(state, e) for e in state.collection_errors],
+        "error": _redact(state, state.run_error) if state.run_error else None,
+    }
     target = state.target
     info = {
         "name": target.name if target else None,
@@ -438,7 +528,7 @@ def write_results(state: HarnessState, path: Path, exitstatus) -> None:
         "pop3_url": target.pop3.url if target and target.pop3 else None,
         **{k: state.probe.get(k) for k in ("imap_greeting", "imap_capabilities", "pop3_greeting", "pop3_capabilities")},
     }
-    summary = summarize(tests)
+    summary = summarize(tests, run)
     results = {
         "format": 1,
         "harness_version": __version__,
@@ -453,6 +543,11 @@ def write_results(state: HarnessState, path: Path, exitstatus) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+def _redact(state: HarnessState, text: str) -> str:
+    secrets = state.target.passwords if state.target else []
+    return Transcript(secrets=secrets).redact(text) if secrets else text
 
 
 def pytest_unconfigure(config):

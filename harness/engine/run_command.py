@@ -32,9 +32,12 @@ writes (in --report-dir, default reports/latest):
   junit.xml      for CI systems
   report.html    one self-contained page to read
 
-exit codes: 0 every test passed or deviated as its profile expects,
-            1 failures (or a profile's expected failure now passes),
-            2 usage, configuration or malformed-suite errors.
+exit codes: 0 every test ran and passed (or deviated as its profile expects); failed SHOULD
+              checks (warnings) and optional MAY behaviour do not fail the run unless --strict,
+            1 failures (or a profile's expected failure now passes; or warnings with --strict),
+            2 usage, configuration or malformed-suite errors, an unusable target, no matching test,
+              or an incomplete run (--collect-only); the reports say why,
+            130 / 143 interrupted by Ctrl-C / SIGTERM (reports are written for the part that ran).
 """.format(servers=", ".join(server_names()))
 
 
@@ -48,6 +51,7 @@ def add_arguments(p) -> None:
     p.add_argument("--profile", metavar="NAME|FILE", help="server profile of expected deviations (default: the target's)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/latest"), metavar="DIR", help="where reports go (default reports/latest)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
+    p.add_argument("--strict", action="store_true", help="a failed SHOULD check (outcome warning) fails the run (exit 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per test while running")
     p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="pass an extra argument to pytest (repeatable)")
 
@@ -95,6 +99,8 @@ def pytest_args(args) -> list[str]:
         out += ["-k", args.keyword]
     if args.timeout:
         out += ["--mh-timeout", str(args.timeout)]
+    if getattr(args, "strict", False):
+        out += ["--mh-strict"]
     out += args.pytest_arg
     out += [_display_path(s) for s in suites]
     return out
@@ -134,6 +140,21 @@ def run(args) -> int:
     print()
     print_summary(results, sys.stdout)
     print(f"reports: {args.report_dir}/report.html, results.json, junit.xml")
-    if code == 0 and results["verdict"] != "pass":
-        code = 1
-    return _EXIT.get(code, 2)
+    return verdict_exit_code(results, code)
+
+
+# Signals that interrupted a run -> the shell's convention (128 + signal number).
+_SIGNAL_EXIT = {"Ctrl-C": 130, "SIGINT": 130, "SIGTERM": 143}
+
+
+def verdict_exit_code(results: dict, pytest_code: int) -> int:
+    """The exit code follows the verdict the reports show, so CI and the reader never disagree."""
+    verdict = results["verdict"]
+    if verdict == "pass":
+        return 0 if pytest_code == 0 else _EXIT.get(pytest_code, 2)
+    if verdict == "fail":
+        return 1
+    interrupted = results.get("run", {}).get("interrupted")
+    if verdict == "incomplete" and interrupted:
+        return _SIGNAL_EXIT.get(interrupted, 130)
+    return 2

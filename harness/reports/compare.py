@@ -25,14 +25,21 @@ Reported, most important first:
   identity         changed target name, greetings, profile or harness version
   fixes            failed in the baseline, pass now
   other changes    any other outcome change (passed -> skipped, expected deviation -> passed, ...)
+  new warnings     passed in the baseline, a SHOULD check does not hold now (warning)
   new / removed    tests only in the candidate / only in the baseline
 
+The banner shows the candidate's own verdict next to the comparison: a candidate that failed, did not
+complete or could not run is never certified, even when nothing regressed.
+
 An HTML version is written to compare.html next to CANDIDATE unless --html says otherwise.
-Exit codes: 0 no regression, 1 at least one regression, 2 unreadable or invalid input.
+Exit codes: 0 no regression and the candidate passed,
+            1 a regression, a candidate that failed, errored or is incomplete, baseline tests missing
+              from the candidate (unless --allow-removed), or new warnings with --strict,
+            2 unreadable or invalid input.
 """
 
 # Regressions are listed most serious first: a real failure before a stale profile entry.
-_SEVERITY = {"error": 0, "failed": 1, "xpassed": 2}
+_SEVERITY = {"error": 0, "failed": 1, "xpassed": 2, "warning": 3}
 
 # Identity fields worth a line when they change. URLs are left out: the embedded server gets new ports every run.
 _IDENTITY_FIELDS = (
@@ -49,6 +56,9 @@ def add_arguments(p) -> None:
     p.add_argument("candidate", type=Path, metavar="CANDIDATE.json", help="the run to judge")
     p.add_argument("--html", type=Path, metavar="FILE", help="HTML comparison (default: compare.html next to CANDIDATE)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON (for scripts)")
+    p.add_argument("--allow-removed", action="store_true",
+                   help="tests of the baseline missing from the candidate are intended (a smaller -k, a retired test)")
+    p.add_argument("--strict", action="store_true", help="new warnings (failed SHOULD checks) count as regressions")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour in the terminal summary (default auto: on a terminal, unless NO_COLOR is set)")
 
@@ -56,7 +66,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     baseline = load_results(args.baseline)
     candidate = load_results(args.candidate)
-    comparison = compare_results(baseline, candidate)
+    comparison = compare_results(baseline, candidate, allow_removed=getattr(args, "allow_removed", False),
+                                 strict=getattr(args, "strict", False))
     color = {"auto": None, "always": True, "never": False}[getattr(args, "color", "auto")]
     print_comparison(comparison, sys.stdout, color=color)
 
@@ -69,25 +80,26 @@ def run(args) -> int:
         except OSError as exc:
             raise ConfigError(f"{args.json}: cannot write: {exc.strerror}") from None
         print(f"JSON comparison: {args.json}")
-    return 1 if comparison["regressions"] else 0
+    return 0 if comparison["certified"] else 1
 
 
 # --- the comparison itself --------------------------------------------------------------------
 
 
-def compare_results(baseline: dict, candidate: dict) -> dict:
+def compare_results(baseline: dict, candidate: dict, allow_removed: bool = False, strict: bool = False) -> dict:
     """Everything that changed from ``baseline`` to ``candidate`` (both results format 1), as plain data.
 
-    Keys: baseline, candidate (run identity and counts), regressions, fixes, other_changes,
+    Keys: baseline, candidate (run identity and counts), regressions, new_warnings, fixes, other_changes,
     still_failing, new_tests, removed_tests (lists of test entries), capabilities
-    ({"imap"|"pop3": {"added": [...], "removed": [...]}}), identity_changes, unchanged (count), regressed (bool).
+    ({"imap"|"pop3": {"added": [...], "removed": [...]}}), identity_changes, unchanged (count), regressed (bool),
+    problems (why the candidate cannot be certified, one sentence each), certified (bool: exit 0).
     """
     baseline = validate_results(baseline, "baseline")
     candidate = validate_results(candidate, "candidate")
     before = {t["id"]: t for t in baseline["tests"]}
     after = {t["id"]: t for t in candidate["tests"]}
 
-    regressions, fixes, other, still_failing, new = [], [], [], [], []
+    regressions, warnings, fixes, other, still_failing, new = [], [], [], [], [], []
     unchanged = 0
     for test_id, now in after.items():
         then = before.get(test_id)
@@ -102,6 +114,8 @@ def compare_results(baseline: dict, candidate: dict) -> dict:
                 still_failing.append(entry)
         elif was == "passed" and is_ in BAD_OUTCOMES:
             regressions.append(entry)
+        elif is_ == "warning" and was not in BAD_OUTCOMES:  # a SHOULD that held (or was not checked) before
+            (regressions if strict else warnings).append(entry)
         elif was in BAD_OUTCOMES and is_ == "passed":
             fixes.append(entry)
         else:
@@ -110,12 +124,17 @@ def compare_results(baseline: dict, candidate: dict) -> dict:
     # New tests that fail come first: they are the ones an admin has to look at.
     new.sort(key=lambda e: e["after"] not in BAD_OUTCOMES)
     removed = [_entry(then, before=then, removed=True) for test_id, then in before.items() if test_id not in after]
+    problems = _certification_problems(candidate, removed, allow_removed, strict, warnings)
 
     return {
         "baseline": _run_identity(baseline),
         "candidate": _run_identity(candidate),
         "regressed": bool(regressions),
+        "certified": not regressions and not problems,
+        "problems": problems,
+        "allow_removed": allow_removed,
         "regressions": regressions,
+        "new_warnings": warnings,
         "capabilities": {
             proto: _diff_capabilities(baseline["target"][f"{proto}_capabilities"],
                                       candidate["target"][f"{proto}_capabilities"])
@@ -133,6 +152,18 @@ def compare_results(baseline: dict, candidate: dict) -> dict:
         "still_failing": still_failing,
         "unchanged": unchanged,
     }
+
+
+def _certification_problems(candidate: dict, removed: list, allow_removed: bool, strict: bool, warnings: list) -> list[str]:
+    """Why the candidate cannot be certified even without a regression: it did not pass, or tests did not run."""
+    problems = []
+    verdict = candidate["verdict"]
+    if verdict != "pass":
+        problems.append(f"the candidate's own verdict is {verdict.upper()}: {candidate['verdict_reason']}")
+    if removed and not allow_removed:
+        problems.append(f"{plural(len(removed), 'test')} of the baseline did not run in the candidate "
+                        "(--allow-removed if that is intended)")
+    return problems
 
 
 def _entry(test: dict, before: dict | None, removed: bool = False) -> dict:
@@ -158,7 +189,9 @@ def _run_identity(results: dict) -> dict:
         "harness_version": results["harness_version"],
         "profile": (results["profile"] or {}).get("name"),
         "verdict": results["verdict"],
+        "verdict_reason": results["verdict_reason"],
         "summary": results["summary"],
+        "run": results["run"],
     }
 
 
@@ -188,8 +221,9 @@ def print_comparison(comparison: dict, stream: TextIO | None = None, color: bool
     for role in ("baseline", "candidate"):
         run = c[role]
         verdict = paint(run["verdict"].upper(), "green" if run["verdict"] == "pass" else "red")
+        ran = f"{run['run']['ran']} of {plural(run['run']['collected'], 'test')} ran"
         out.append(f"  {role:<9}  {run['target'] or '(unnamed)'} · {format_when(run['started_at']) or 'time unknown'}"
-                   f" · {verdict} ({plural(run['summary']['total'], 'test')})")
+                   f" · {verdict} ({ran})")
 
     def section(title: str, entries: list, note: str = "", style: tuple = ("bold",)) -> None:
         if not entries:
@@ -205,7 +239,13 @@ def print_comparison(comparison: dict, stream: TextIO | None = None, color: bool
             if e["message"]:
                 out.append(f"  {' ' * width}  {one_line(e['message'])}")
 
+    if c["problems"]:
+        out.append("")
+        out.append(paint("NOT CERTIFIED", "bold", "red"))
+        out.extend(f"  {p}" for p in c["problems"])
     section("REGRESSIONS", c["regressions"], "passed in the baseline, not now", ("bold", "red"))
+    section("NEW WARNINGS", c["new_warnings"], "a SHOULD check that does not hold now (--strict: a regression)",
+            ("bold", "yellow"))
     caps = [(proto.upper(), kind, d[kind]) for proto, d in c["capabilities"].items()
             for kind in ("removed", "added") if d[kind]]
     if caps:
@@ -237,14 +277,31 @@ def conclusion(comparison: dict, paint=None) -> str:
     """``REGRESSION: 2 regressions · 1 fix, 3 capability changes, ...`` / ``NO REGRESSION: ...``"""
     paint = paint or Painter(False)
     c = comparison
-    parts = [plural(len(c["fixes"]), "fix", "fixes"), plural(len(c["other_changes"]), "other change"),
+    parts = [plural(len(c["new_warnings"]), "new warning"),
+             plural(len(c["fixes"]), "fix", "fixes"), plural(len(c["other_changes"]), "other change"),
              plural(capability_change_count(c), "capability change"), f"{len(c['new_tests'])} new",
              f"{len(c['removed_tests'])} removed", f"{c['unchanged']} unchanged"]
+    head = headline_word(c)
     if c["regressions"]:
-        head = paint("REGRESSION:", "bold", "red") + " " + plural(len(c["regressions"]), "regression") + " · "
+        head = paint(f"{head}:", "bold", "red") + " " + plural(len(c["regressions"]), "regression") + " · "
+    elif not c["certified"]:
+        head = paint(f"{head}:", "bold", "red") + " "
     else:
-        head = paint("NO REGRESSION:", "bold", "green") + " "
+        head = paint(f"{head}:", "bold", "green") + " "
     return head + ", ".join(parts)
+
+
+def headline_word(comparison: dict) -> str:
+    """What the banner says. Green NO REGRESSION only for a candidate that itself passed and ran every baseline test."""
+    c = comparison
+    verdict = c["candidate"]["verdict"].upper()
+    if c["regressions"]:
+        return "REGRESSION" if verdict == "FAIL" else f"REGRESSION, candidate {verdict}"
+    if c["certified"]:
+        return "NO REGRESSION"
+    if verdict != "PASS":
+        return f"NO REGRESSION, BUT CANDIDATE {verdict}"
+    return "NO REGRESSION, BUT TESTS MISSING"
 
 
 def _transition(entry: dict, paint) -> str:
@@ -280,4 +337,5 @@ def write_compare_html(comparison: dict, baseline: dict, candidate: dict, path: 
         cand=candidate,
         cand_tests={t["id"]: t for t in candidate["tests"]},
         capability_changes=capability_change_count(comparison),
+        headline=headline_word(comparison),
     )

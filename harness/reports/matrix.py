@@ -22,7 +22,7 @@ in the same order). Exit codes: 0 written, 2 unreadable or invalid input.
 
 # Cell text: short, and loud for the outcomes that break a verdict.
 CELL_TEXT = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "xpassed": "XPASS", "xfailed": "xfail",
-             "skipped": "skip"}
+             "skipped": "skip", "warning": "warn", "behaviour": "may"}
 
 
 def add_arguments(p) -> None:
@@ -58,6 +58,8 @@ def build_matrix(runs: list[dict], labels: list[str] | None = None) -> dict:
             "label": labels[i] if labels else name,
             "sublabel": f"{name} · {when}" if labels else when,
             "verdict": r["verdict"],
+            "verdict_reason": r["verdict_reason"],
+            "run": r["run"],
             "summary": r["summary"],
             "profile": (r["profile"] or {}).get("name"),
         })
@@ -102,6 +104,7 @@ def _area_counts(tests: list[dict], n_runs: int) -> list[dict]:
         counts.append({
             "passed": sum(c["outcome"] == "passed" for c in cells),
             "bad": sum(c["outcome"] in BAD_OUTCOMES for c in cells),
+            "warnings": sum(c["outcome"] == "warning" for c in cells),
             "ran": len(cells),
         })
     return counts

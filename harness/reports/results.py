@@ -13,16 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.reports.formatting import plural
 
 FORMAT = 1
 
 # Order used by every table and summary line.
-OUTCOMES = ("passed", "failed", "xfailed", "xpassed", "skipped", "error")
+# "warning": a SHOULD check did not hold; "behaviour": a MAY check did not hold (reported, never a failure).
+OUTCOMES = ("passed", "failed", "warning", "behaviour", "xfailed", "xpassed", "skipped", "error")
 
 # Words for people: "xfailed" means the profile declared that this server deviates here.
 OUTCOME_LABELS = {
     "passed": "passed",
     "failed": "failed",
+    "warning": "warning (SHOULD)",
+    "behaviour": "behaviour (MAY)",
     "xfailed": "expected deviation",
     "xpassed": "unexpected pass",
     "skipped": "skipped",
@@ -31,6 +35,11 @@ OUTCOME_LABELS = {
 
 # Outcomes that make the verdict "fail". An unexpected pass counts: the profile is out of date.
 BAD_OUTCOMES = frozenset({"failed", "error", "xpassed"})
+
+# Verdicts, worst first. "error": what was asked could not run (malformed suite, no matching test, unusable
+# target); "incomplete": it stopped before every collected test ran (interrupt, --collect-only, -x).
+# Neither is ever "pass": a run is never certified for tests that did not run.
+VERDICTS = ("error", "incomplete", "fail", "pass")
 
 REQUIRED_KEYS = ("format", "target", "tests", "summary", "verdict")
 REQUIRED_TEST_KEYS = ("id", "outcome")
@@ -66,13 +75,28 @@ _TEST_DEFAULTS: dict[str, Any] = {
     "transcript": "",
     "profile_reason": None,
     "metrics": {},
+    "level": "MUST",
+    "deviations": [],
 }
 
 
-def summarize(tests: list[dict]) -> dict:
-    """``{"summary": {outcome: n, ..., "total": n}, "verdict": "pass"|"fail"}`` for a list of tests.
+def bad_outcomes(strict: bool = False) -> frozenset:
+    """Outcomes that make the verdict "fail"; with ``--strict`` a warning (failed SHOULD) does too."""
+    return BAD_OUTCOMES | {"warning"} if strict else BAD_OUTCOMES
 
-    The engine can do ``results.update(summarize(tests))``.
+
+def run_defaults(tests: list[dict]) -> dict:
+    """The ``run`` block of a results file that has none (written before it existed): everything ran."""
+    return {"collected": len(tests), "ran": len(tests), "strict": False, "interrupted": None,
+            "collect_only": False, "collection_errors": [], "error": None}
+
+
+def summarize(tests: list[dict], run: dict | None = None) -> dict:
+    """``{"summary": {...}, "run": {...}, "verdict": ..., "verdict_reason": "one sentence"}`` for a run.
+
+    ``run`` says what happened around the tests (see docs/results.md): how many were collected, whether
+    the run was interrupted, collection errors, a target that could not be used, --strict. Without it,
+    every test is taken to have run. The engine does ``results.update(summarize(tests, run))``.
     """
     summary = dict.fromkeys(OUTCOMES, 0)
     for test in tests:
@@ -81,8 +105,48 @@ def summarize(tests: list[dict]) -> dict:
             raise ValueError(f"test {test.get('id')!r}: unknown outcome {outcome!r}")
         summary[outcome] += 1
     summary["total"] = len(tests)
-    verdict = "fail" if any(summary[o] for o in BAD_OUTCOMES) else "pass"
-    return {"summary": summary, "verdict": verdict}
+    run = {**run_defaults(tests), **(run or {})}
+    verdict, reason = _verdict(summary, run)
+    return {"summary": summary, "run": run, "verdict": verdict, "verdict_reason": reason}
+
+
+def _verdict(summary: dict, run: dict) -> tuple[str, str]:
+    collected, ran = run["collected"], run["ran"]
+    of = f"{ran} of {plural(collected, 'test')} ran" if collected else "no test had been collected"
+    bad = [_count_words(summary, o) for o in ("failed", "error", "xpassed") if summary.get(o)]
+    if run["strict"] and summary.get("warning"):
+        bad.append(_count_words(summary, "warning") + " (--strict)")
+    found = f"; {', '.join(bad)}" if bad else ""
+    errors = run["collection_errors"]
+    if errors:
+        first = errors[0].splitlines()[0] if errors[0] else "(no message)"
+        more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+        return "error", f"{plural(len(errors), 'suite file')} could not be loaded ({first}{more}); {of}."
+    if run["error"]:
+        return "error", f"The run could not start: {run['error']}; " + (f"{of}." if ran else "no test ran.")
+    if run["interrupted"]:
+        return "incomplete", f"The run was interrupted ({run['interrupted']}): {of}{found}."
+    if not collected:
+        return "error", "No test matched the selection (check --suite and -k); nothing ran."
+    if run["collect_only"]:
+        return "incomplete", f"Tests were only collected (--collect-only): {plural(collected, 'test')} found, none ran."
+    if ran < collected:
+        return "incomplete", f"The run stopped early: {of}{found}."
+    if bad:
+        return "fail", f"{', '.join(bad)}; {of}."
+    soft = [_count_words(summary, o) for o in ("warning", "behaviour") if summary.get(o)]
+    return "pass", f"All {plural(collected, 'test')} ran; none failed" + (f" ({', '.join(soft)})" if soft else "") + "."
+
+
+def _count_words(summary: dict, outcome: str) -> str:
+    n = summary[outcome]
+    return {
+        "failed": f"{n} failed",
+        "error": plural(n, "error"),
+        "xpassed": plural(n, "unexpected pass", "unexpected passes"),
+        "warning": plural(n, "warning"),
+        "behaviour": plural(n, "optional behaviour"),
+    }[outcome]
 
 
 def counts_by(tests: list[dict], key: str) -> dict[str, dict[str, int]]:
@@ -136,8 +200,10 @@ def validate_results(data: Any, source: str = "results") -> dict:
         raise ConfigError(f"{source}: 'tests' must be a list")
     if not isinstance(data["summary"], dict):
         raise ConfigError(f"{source}: 'summary' must be an object")
-    if data["verdict"] not in ("pass", "fail"):
-        raise ConfigError(f"{source}: 'verdict' must be \"pass\" or \"fail\", not {data['verdict']!r}")
+    if data["verdict"] not in VERDICTS:
+        raise ConfigError(f"{source}: 'verdict' must be one of {', '.join(VERDICTS)}, not {data['verdict']!r}")
+    if data.get("run") is not None and not isinstance(data["run"], dict):
+        raise ConfigError(f"{source}: 'run' must be an object")
     if data.get("profile") is not None and not isinstance(data["profile"], dict):
         raise ConfigError(f"{source}: 'profile' must be an object or null")
 
@@ -164,9 +230,12 @@ def validate_results(data: Any, source: str = "results") -> dict:
         if isinstance(test["rfc"], str):
             test["rfc"] = [test["rfc"]]
     # The engine writes the summary with summarize(); fill any gap the same way.
-    computed = summarize(results["tests"])["summary"]
-    for key, value in computed.items():
+    computed = summarize(results["tests"])
+    for key, value in computed["summary"].items():
         results["summary"].setdefault(key, value)
+    results["run"] = {**run_defaults(results["tests"]), **(results.get("run") or {})}
+    if not results.get("verdict_reason"):
+        results["verdict_reason"] = summarize(results["tests"], results["run"])["verdict_reason"]
     return results
 
 

@@ -10,15 +10,16 @@ import sys
 from typing import TextIO
 
 from harness.reports.formatting import format_duration, format_when, headline, plural
-from harness.reports.results import BAD_OUTCOMES, counts_by, failure_location, validate_results
+from harness.reports.results import bad_outcomes, counts_by, failure_location, validate_results
 
 # Short column headings; the HTML report spells them out.
-COLUMNS = {"passed": "passed", "failed": "failed", "xfailed": "xfail", "skipped": "skip", "error": "error",
-           "xpassed": "xpass"}
-TAGS = {"failed": "FAILED", "error": "ERROR", "xpassed": "XPASS"}
-_ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "magenta": "35"}
+COLUMNS = {"passed": "passed", "failed": "failed", "warning": "warn", "behaviour": "may", "xfailed": "xfail",
+           "skipped": "skip", "error": "error", "xpassed": "xpass"}
+TAGS = {"failed": "FAILED", "error": "ERROR", "xpassed": "XPASS", "warning": "WARNING", "behaviour": "MAY"}
+_ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "magenta": "35", "cyan": "36"}
 OUTCOME_STYLE = {"passed": "green", "failed": "red", "error": "red", "xpassed": "yellow", "xfailed": "magenta",
-                 "skipped": ""}
+                 "skipped": "", "warning": "yellow", "behaviour": "cyan"}
+VERDICT_STYLE = {"pass": "green", "fail": "red", "error": "red", "incomplete": "yellow"}
 
 
 def want_color(stream: TextIO, color: bool | None) -> bool:
@@ -62,7 +63,8 @@ def print_summary(results: dict, stream: TextIO | None = None, color: bool | Non
     out.append("")
     out.extend(_area_table(results, paint))
 
-    attention = [t for t in results["tests"] if t["outcome"] in BAD_OUTCOMES]
+    bad = bad_outcomes(results["run"]["strict"])
+    attention = [t for t in results["tests"] if t["outcome"] in bad]
     if attention:
         out.append("")
         out.append(paint(f"Needs attention ({len(attention)}):", "bold"))
@@ -74,6 +76,7 @@ def print_summary(results: dict, stream: TextIO | None = None, color: bool | Non
             text = headline(test)
             if text:
                 out.append(f"  {' ' * width}  {text}")
+    _soft_list(out, results, paint, bad)
 
     out.append("")
     out.append(verdict_line(results, paint))
@@ -81,11 +84,30 @@ def print_summary(results: dict, stream: TextIO | None = None, color: bool | Non
     stream.flush()
 
 
+def _soft_list(out: list[str], results: dict, paint: Painter, bad: frozenset) -> None:
+    """Warnings (failed SHOULD) and optional behaviour (MAY): shown, apart from what fails the run."""
+    for outcome, title in (("warning", "Warnings: SHOULD checks that did not hold (not failures"
+                            + (")" if not results["run"]["strict"] else "; --strict makes them fail the run)")),
+                           ("behaviour", "Optional behaviour: MAY checks the server does not do (never failures)")):
+        tests = [t for t in results["tests"] if t["outcome"] == outcome and outcome not in bad]
+        if not tests:
+            continue
+        out.append("")
+        out.append(paint(f"{title} ({len(tests)}):", "bold"))
+        for test in tests:
+            where = failure_location(test)
+            out.append(f"  {paint(TAGS[outcome], OUTCOME_STYLE[outcome])}  {test['id']}" + (f"  {paint(where, 'dim')}" if where else ""))
+            text = headline(test)
+            if text:
+                out.append(f"  {' ' * len(TAGS[outcome])}  {text}")
+
+
 def _area_table(results: dict, paint: Painter) -> list[str]:
     summary = results["summary"]
-    # error/xpass columns only when they occur: they are rare and the table should stay narrow.
-    shown = [o for o in ("passed", "failed", "xfailed", "skipped", "error", "xpassed")
-             if o not in ("error", "xpassed") or summary.get(o)]
+    # rarer columns only when they occur: the table should stay narrow.
+    rare = ("error", "xpassed", "warning", "behaviour")
+    shown = [o for o in ("passed", "failed", "warning", "behaviour", "xfailed", "skipped", "error", "xpassed")
+             if o not in rare or summary.get(o)]
     rows = counts_by(results["tests"], "area")
     name_width = max([len("area"), len("total")] + [len(a) for a in rows])
     widths = {o: max(len(COLUMNS[o]), len(str(summary.get(o, 0)))) for o in shown}
@@ -106,18 +128,27 @@ def _area_table(results: dict, paint: Painter) -> list[str]:
 
 
 def verdict_line(results: dict, paint: Painter | None = None) -> str:
-    """``FAIL: 2 failed, 1 error · 6 passed, 2 expected deviations, 2 skipped (14 tests, 12.3 s)``"""
+    """``FAIL: 2 failed, 1 error · 6 passed, 2 expected deviations, 2 skipped (14 tests, 12.3 s)``
+
+    An ``ERROR`` or ``INCOMPLETE`` run gets its reason instead: what did not run, and why.
+    """
     paint = paint or Painter(False)
+    results = validate_results(results)
+    verdict = results["verdict"]
+    word = paint(f"{verdict.upper()}:", "bold", VERDICT_STYLE.get(verdict, "red"))
+    if verdict in ("error", "incomplete"):
+        return f"{word} {results['verdict_reason']}"
     s = results["summary"]
-    bad = [_count(s, o) for o in ("failed", "error", "xpassed") if s.get(o)]
-    good = [_count(s, o) for o in ("passed", "xfailed", "skipped") if s.get(o)]
+    strict = results["run"]["strict"]
+    bad = [_count(s, o) for o in ("failed", "error", "xpassed", *(("warning",) if strict else ())) if s.get(o)]
+    good = [_count(s, o) for o in ("passed", *(() if strict else ("warning",)), "behaviour", "xfailed", "skipped")
+            if s.get(o)]
     detail = ", ".join(bad) + (" · " if bad and good else "") + ", ".join(good)
     extra = plural(s.get("total", 0), "test")
     if results.get("duration_s") is not None:
         extra += f", {format_duration(results['duration_s'])}"
-    word = "PASS" if results["verdict"] == "pass" else "FAIL"
     text = f" {detail} ({extra})" if detail else " no tests ran"
-    return paint(f"{word}:", "bold", "green" if word == "PASS" else "red") + text
+    return word + text
 
 
 def _count(summary: dict, outcome: str) -> str:
@@ -129,5 +160,7 @@ def _count(summary: dict, outcome: str) -> str:
         "xpassed": plural(n, "unexpected pass", "unexpected passes"),
         "xfailed": plural(n, "expected deviation"),
         "skipped": f"{n} skipped",
+        "warning": plural(n, "warning"),
+        "behaviour": plural(n, "optional behaviour"),
     }[outcome]
 
