@@ -113,6 +113,8 @@ class Pop3Command:
     raw: bytes  # as the client sent it, line end included
     local: bytes | None = None  # the proxy's own answer, for a command it does not forward
     hidden: bool = False  # sent by the proxy itself: its answer is swallowed
+    answered: threading.Event | None = None  # Pop3Conn.ask(): set when `answer` has arrived
+    answer: tuple[bytes, list[bytes] | None] | None = None
 
     @property
     def multiline(self) -> bool:
@@ -559,6 +561,19 @@ class Pop3RetrOffByOne(Fault):
             return b"RETR %d%s" % (n + 1, _eol(cmd.raw))
         return cmd.raw
 
+
+
+@_register("pop3-retr-size-not-listed", "pop3", "retrieval",
+           "RETR adds a Status: header field that LIST's and STAT's sizes do not count")
+class Pop3RetrSizeNotListed(Fault):
+    """Adding a field is legal; sending more octets than LIST said is not (RFC 1939 §5: LIST gives the exact
+    size). The body checks allow added fields, so only the RETR-equals-LIST check can catch this."""
+
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "RETR" and body:
+            conn.fire(f"RETR {cmd.args[0] if cmd.args else ''}: Status: added, sizes unchanged")
+            return status, [b"Status: RO\r\n", *body]
+        return status, body
 
 
 @_register("pop3-in-use-code-dropped", "pop3", "lock",
@@ -1237,6 +1252,72 @@ class ImapNoUidplus(Fault):
         line = re.sub(rb"(?i)\[(?:APPENDUID|COPYUID) [^\]]*\] ?", b"", line)
         return resp if line == resp.line else ImapResponse([line, *resp.segments[1:]])
 
+
+
+@_register("pop3-reordered-added-headers", "pop3", "retrieval",
+           "a server that numbers the messages in the reverse of Dovecot's order and adds Received:, Status: and "
+           "X-UID: header fields to every message (LIST, STAT and RETR sizes grow to match)", registry=VARIANTS)
+class Pop3ReorderedAddedHeaders(Fault):
+    """Legal under RFC 1939 (numbers 1..N in the server's order; a server may add header fields): what
+    GNU Mailutils and mail delivered over LMTP look like. The suites must pass through it unchanged."""
+
+    FIRST = b"Received: from variant.invalid by mailharness-proxy; Tue, 01 Dec 2026 00:00:00 +0000\r\n"
+    LAST = b"Status: RO\r\nX-UID: 7\r\n"
+    ADDED = len(FIRST) + len(LAST)
+    NUMBERED = {"RETR", "TOP", "DELE", "LIST", "UIDL"}
+
+    def _count(self, conn) -> int | None:
+        if not conn.authenticated:
+            return None
+        if "count" not in conn.state:  # the first command after login: learn N, the size of the session's view
+            status, _ = conn.ask(b"STAT\r\n")
+            words = _chomp(status).split()
+            conn.state["count"] = int(words[1]) if status.startswith(b"+OK") and len(words) > 1 and words[1].isdigit() else 0
+        return conn.state["count"]
+
+    @staticmethod
+    def _flip(number: bytes, count: int) -> bytes:
+        return b"%d" % (count + 1 - int(number)) if number.isdigit() and 1 <= int(number) <= count else number
+
+    def pop3_command(self, conn, cmd):
+        count = self._count(conn)
+        if count is None or cmd.verb not in self.NUMBERED or not cmd.args:
+            return cmd.raw
+        words = _chomp(cmd.raw).split(b" ")
+        words[1] = self._flip(words[1], count)
+        conn.fire(f"{cmd.verb} {cmd.args[0]} sent as {words[1].decode('latin-1')}")
+        return b" ".join(words) + _eol(cmd.raw)
+
+    def pop3_response(self, conn, cmd, status, body):
+        count = conn.state.get("count")
+        if cmd is None or count is None or not status.startswith(b"+OK"):
+            return status, body
+        words = _chomp(status).split(b" ")
+        if cmd.verb == "STAT" and len(words) >= 3 and words[1].isdigit() and words[2].isdigit():
+            words[2] = b"%d" % (int(words[2]) + int(words[1]) * self.ADDED)
+        elif cmd.verb in ("LIST", "UIDL") and cmd.args and len(words) >= 3:
+            words[1] = self._flip(words[1], count)
+            if cmd.verb == "LIST" and words[2].isdigit():
+                words[2] = b"%d" % (int(words[2]) + self.ADDED)
+        elif cmd.verb == "RETR" and len(words) >= 2 and words[1].isdigit():
+            words[1] = b"%d" % (int(words[1]) + self.ADDED)  # Dovecot's "+OK 312 octets"
+        status = b" ".join(words) + _eol(status)
+        if body is not None and cmd.verb in ("LIST", "UIDL"):
+            lines = []
+            for line in body:
+                parts = _chomp(line).split(b" ")
+                if len(parts) >= 2:
+                    parts[0] = self._flip(parts[0], count)
+                    if cmd.verb == "LIST" and parts[1].isdigit():
+                        parts[1] = b"%d" % (int(parts[1]) + self.ADDED)
+                lines.append(b" ".join(parts) + _eol(line))
+            body = sorted(lines, key=lambda x: int(x.split(b" ")[0]) if x.split(b" ")[0].isdigit() else 0)
+        elif body is not None and cmd.verb in ("RETR", "TOP"):
+            end = next((i for i, line in enumerate(body) if line == b"\r\n"), len(body))
+            body = [self.FIRST, *body[:end], self.LAST, *body[end:]]
+        return status, body
+
+
 # ---------------------------------------------------------------------------------------------------
 # Connections
 
@@ -1361,6 +1442,18 @@ class Pop3Conn(_Conn):
                     self.quit_sent = True
             self.write_server(b"".join(hidden) + out)
 
+    def ask(self, line: bytes, timeout: float = 10.0) -> tuple[bytes, list[bytes] | None]:
+        """Send a hidden command now, from the client loop, and wait for its answer (status, body lines):
+        for a fault or variant that must know something (say, the message count) before it rewrites a command."""
+        words = line.decode("latin-1").split()
+        cmd = Pop3Command(words[0].upper(), words[1:], line, hidden=True, answered=threading.Event())
+        with self.lock:
+            self.pending.append(cmd)
+        self.write_server(line)
+        if not cmd.answered.wait(timeout) or cmd.answer is None:
+            raise EOFError(f"no answer to the proxy's own {_chomp(line)!r}")
+        return cmd.answer
+
     def client_dropped(self) -> None:
         with self.lock:
             quit_line = None if self.quit_sent or self.server_gone else self.fault.pop3_client_dropped(self)
@@ -1405,6 +1498,9 @@ class Pop3Conn(_Conn):
         if cmd is not None and cmd.hidden:
             with self.lock:
                 self.pending.popleft()
+            if cmd.answered is not None:
+                cmd.answer = (line, body)
+                cmd.answered.set()
             return
         status, body = self.fault.pop3_response(self, cmd, line, body)
         with self.lock:

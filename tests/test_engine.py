@@ -141,6 +141,26 @@ MALFORMED = [
             steps:
               - a: {await: []}
         """, ":8:", "await"),
+    ("a POP3 message number in an IMAP step", """
+        tests:
+          - id: t.one
+            title: x
+            area: retrieval
+            rfc: [RFC3501 §6.4.5]
+            sessions: {a: imap}
+            steps:
+              - a: FETCH ${msg:plain} (FLAGS)
+        """, ":8:", "${msg:plain}: a message number is a POP3 notion"),
+    ("a POP3 message number of no corpus message", """
+        tests:
+          - id: t.one
+            title: x
+            area: retrieval
+            rfc: [RFC1939 §5]
+            sessions: {p: pop3}
+            steps:
+              - p: RETR ${msg:plian}
+        """, ":8:", "${msg:plian}: no corpus message named 'plian'"),
     ("bad rfc reference", """
         tests:
           - {id: t.one, title: x, area: deletion, rfc: [rfc-1939], sessions: {p: pop3}, steps: [{p: STAT}]}

@@ -144,3 +144,25 @@ def test_suites_catch_fault(fault, request, tmp_path, record_property):
         + "\nnot passed:\n" + ("\n".join(map(_line, not_passed)) or "  (none)")
         + f"\n--- mailharness run ---\n{output}"
     )
+
+
+def _pop3_variants() -> list[str]:
+    from tests.faultproxy import VARIANTS
+
+    return sorted(name for name, spec in VARIANTS.items() if spec.protocol == "pop3")
+
+
+@pytest.mark.parametrize("variant", _pop3_variants())
+def test_legal_pop3_variant_passes_pop3_suites(variant, target, tmp_path):
+    """A legal POP3 server unlike Dovecot (other message order, added header fields; RFC 1939 allows both)
+    passes every test that speaks POP3, as Dovecot itself does: the suites assume only what the RFC says."""
+    ids = [tid for tid, _area, proto in _suite_tests() if _speaks("pop3", proto)]
+    with proxied_target(target, pop3_fault=variant) as proxied:
+        tests, output = _run_suites(proxied, tmp_path, " or ".join(ids))
+        proxy = proxied.proxies["pop3"]
+        fired, errors = list(proxy.fired), list(proxy.errors)
+    assert not errors, f"variant {variant}: the proxy raised:\n" + "\n".join(errors)
+    assert fired, f"variant {variant} never changed anything: the run proves nothing"
+    bad = [t for t in tests if t["outcome"] not in HONEST]
+    assert not bad, f"through variant {variant} these tests did not pass:\n" + "\n".join(map(_line, bad))
+    assert len(tests) == len(ids), f"ran {len(tests)} of {len(ids)} tests\n{output}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import corpus
-from harness.engine.patterns import Pattern, PatternError, _compile, variables_in
+from harness.engine.patterns import Pattern, PatternError, _compile, function_tokens, variables_in
 from harness.errors import ConfigError
 from harness.yaml_source import line_of, load_document
 
@@ -198,8 +198,9 @@ def _patterns(ctx: _Ctx, keys: list, value) -> list[Pattern]:
     out = []
     for i, text in enumerate(_as_list(value)):
         pattern = Pattern(str(text))
+        placeholders = tuple(sorted({(f"msg:{arg}", "1") for fn, arg in function_tokens(pattern.source) if fn == "msg"}))
         try:
-            _compile(pattern.source, (), False)
+            _compile(pattern.source, placeholders, False)
         except (PatternError, Exception) as exc:  # re.error too
             ctx.fail(keys + [i] if isinstance(value, list) else keys, f"bad pattern {text!r}: {exc}")
         out.append(pattern)
@@ -309,6 +310,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
             step.fetch[item.upper()] = _patterns(ctx, keys + ["fetch", item], spec)[0]
         else:
             step.fetch[item.upper()] = _body(ctx, keys + ["fetch", item], spec)
+    _check_message_numbers(ctx, keys, step, protocol)
     step.timeout = raw.get("timeout", step.timeout)
     step.why = raw.get("why")
     step.metric = raw.get("metric")
@@ -316,6 +318,19 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     for pattern in step.expect + step.untagged + step.lines + step.all_lines + fetch_patterns:
         known_vars.update(variables_in(pattern.source))
     return step
+
+
+def _check_message_numbers(ctx: _Ctx, keys: list, step: Step, protocol: str | None) -> None:
+    """${msg:NAME} is a POP3 message number: only POP3 steps have one, and NAME is a corpus message."""
+    sources = [step.command or ""] + [p.source for p in step.expect + step.lines + step.absent_lines + step.all_lines
+                                      + step.untagged + step.absent + step.may]
+    for fn, arg in (t for source in sources for t in function_tokens(source)):
+        if fn != "msg":
+            continue
+        if protocol != "pop3":
+            ctx.fail(keys, f"${{msg:{arg}}}: a message number is a POP3 notion; in IMAP steps use sequence numbers or UIDs")
+        if arg not in corpus.names():
+            ctx.fail(keys, f"${{msg:{arg}}}: no corpus message named {arg!r} (known: {', '.join(corpus.names())})")
 
 
 def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec) -> None:

@@ -7,7 +7,9 @@ runs of white space matching any white space:
                  time, compared with the captured value afterwards
     ${name}      the same, where letters follow: Projects${delim}Alpha
     $$           a literal "$" (keywords such as $$Forwarded)
-    ${size:NAME} the size in octets of corpus message NAME (or A+B: a sum)
+    ${size:NAME} the size in octets of corpus message NAME (or A+B: a sum); in a POP3
+                 step, of that message as this session's server sends it (see pop3_view.py)
+    ${msg:NAME}  (POP3 steps) the message number of the message that is corpus NAME
     ${literal:X} (commands only) X sent as an IMAP literal, UTF-8
     ...          anything, including nothing
     re:REGEX     the rest is a Python regex; (?P<name>...) groups are captured
@@ -37,7 +39,22 @@ class PatternError(ValueError):
     pass
 
 
-def expand_function(fn: str, arg: str) -> str:
+FUNCTIONS = ("size", "msg", "literal")
+
+
+def function_tokens(text: str) -> list[tuple[str, str]]:
+    """The ${fn:arg} tokens of a pattern or command, e.g. [("msg", "plain"), ("size", "plain+dot-lines")]."""
+    if text.startswith("re:"):
+        return []
+    return [(m.group("fn"), m.group("arg")) for m in _TOKEN.finditer(text) if m.group("fn")]
+
+
+def expand_function(fn: str, arg: str, bound: dict[str, str] | None = None) -> str:
+    """The text of ${fn:arg}; a session may bind its own value under the key "fn:arg" (POP3 numbers, sizes)."""
+    if bound and f"{fn}:{arg}" in bound:
+        return bound[f"{fn}:{arg}"]
+    if fn == "msg":
+        raise PatternError(f"${{msg:{arg}}}: message numbers are only known in a POP3 session's steps")
     if fn == "size":  # ${size:plain} or a sum, ${size:plain+dot-lines}
         total = 0
         for name in arg.split("+"):
@@ -46,7 +63,7 @@ def expand_function(fn: str, arg: str) -> str:
             except KeyError:
                 raise PatternError(f"${{size:{arg}}}: no corpus message named {name!r}") from None
         return str(total)
-    raise PatternError(f"unknown function ${{{fn}:...}} (known: size)")
+    raise PatternError(f"unknown function ${{{fn}:...}} (known: {', '.join(FUNCTIONS)})")
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,7 @@ def _compile(source: str, bound: tuple, allow_tail: bool):
         if m.group("dollar"):
             out.append(re.escape("$"))
         elif m.group("fn"):
-            out.append(re.escape(expand_function(m.group("fn"), m.group("arg"))))
+            out.append(re.escape(expand_function(m.group("fn"), m.group("arg"), bound_vars)))
         elif m.group("var") or m.group("bvar"):
             name = m.group("var") or m.group("bvar")
             if name in bound_vars:
@@ -111,7 +128,7 @@ def substitute(text: str, variables: dict[str, str]) -> str:
         if m.group("fn") == "literal":
             return m.group(0)  # sent as a literal by the session: split_literals()
         if m.group("fn"):
-            return expand_function(m.group("fn"), m.group("arg"))
+            return expand_function(m.group("fn"), m.group("arg"), variables)
         if m.group("var") or m.group("bvar"):
             name = m.group("var") or m.group("bvar")
             if name not in variables:

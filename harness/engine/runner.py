@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass
 
 from harness.engine.model import BodySpec, Step, TestSpec
-from harness.engine.patterns import Pattern, PatternError, split_literals, substitute
+from harness.engine.patterns import Pattern, PatternError, function_tokens, split_literals, substitute
+from harness.engine.pop3_view import Pop3View, ViewError, build_view, compare_message
 from harness.sessions import IMAPSession, POP3Session, open_session
 from harness.sessions.errors import SessionError
 from harness.sessions.imap import astring
@@ -79,6 +80,11 @@ class TestRun:
             transcript.add_secret(account.password)
         self.metrics: dict[str, float] = {}
         self._last_step_end = time.monotonic()
+        # POP3: per connection, which number is which corpus message, and LIST's sizes (pop3_view.py)
+        self.views: dict[str, Pop3View | None] = {name: None for name in spec.sessions}
+        self.list_sizes: dict[str, dict[int, int]] = {name: {} for name in spec.sessions}
+        self._view_users = {step.session for step in spec.steps
+                            if step.session and spec.sessions[step.session].protocol == "pop3" and _pop3_tokens(step)}
 
     # -- whole test -----------------------------------------------------------------
     def run(self) -> None:
@@ -113,10 +119,30 @@ class TestRun:
         session = open_session(spec.protocol, endpoint, name=name, transcript=self.transcript, timeout=timeout, ca_file=self.target.ca_file)
         self.sessions[name] = session
         self.buffers[name] = []
+        self.views[name] = None  # message numbers belong to one connection
+        self.list_sizes[name] = {}
         if spec.login:
             account = self.accounts[spec.account - 1]
             session.login(account.user, account.password)
+            if name in self._view_users:  # at once, before a step marks or another session removes anything
+                self._view(name, session, timeout)
         return session
+
+    def _view(self, name: str, session: POP3Session, timeout: float) -> Pop3View:
+        if self.views[name] is None:
+            try:
+                self.views[name] = build_view(session.command, lambda text: self.transcript.note(name, text),
+                                              timeout, self.list_sizes[name])
+            except ViewError as exc:
+                raise SessionError(str(exc)) from None
+        return self.views[name]
+
+    def _pop3_variables(self, step: Step, session: POP3Session, timeout: float) -> dict[str, str]:
+        """The test's variables plus this session's ${msg:NAME} and ${size:NAME} values."""
+        tokens = _pop3_tokens(step)
+        if not tokens:
+            return self.variables
+        return {**self.variables, **self._view(step.session, session, timeout).bindings(tokens)}
 
     def _imap_variables(self) -> dict[str, str]:
         """Account names and passwords as IMAP astrings: a password with a space or quote must still log in."""
@@ -129,13 +155,18 @@ class TestRun:
     # -- step kinds -----------------------------------------------------------------
     def _step_command(self, step: Step, timeout: float) -> None:
         session = self._session(step.session, timeout)
-        variables = self.variables if isinstance(session, POP3Session) else self._imap_variables()
+        if isinstance(session, POP3Session):
+            variables = self._pop3_variables(step, session, timeout)
+        else:
+            variables = self._imap_variables()
         line = substitute(step.command, variables)
         verb = line.split()[0].upper() if line.split() else ""
         if isinstance(session, POP3Session):
             response = session.command(line, timeout=timeout)
-            self._check_status(step, response.line, "+OK")
-            self._check_pop3_body(step, response)
+            self._check_status(step, response.line, "+OK", variables)
+            self._learn_list_sizes(step.session, line, response)
+            self._check_retr_size(step, line, response)
+            self._check_pop3_body(step, response, variables)
             if verb == "QUIT":
                 session.drop()
         else:
@@ -210,17 +241,38 @@ class TestRun:
         deliver(endpoint, recipient, step.message.data(), timeout=timeout, ca_file=self.target.ca_file)
 
     # -- checks ---------------------------------------------------------------------
-    def _check_status(self, step: Step, line: str, default: str) -> None:
+    def _check_status(self, step: Step, line: str, default: str, variables: dict | None = None) -> None:
         patterns = step.expect or [Pattern(default)]
         for pattern in patterns:
-            captures = pattern.match(line, self.variables, allow_tail=True)
+            captures = pattern.match(line, self.variables if variables is None else variables, allow_tail=True)
             if captures is not None:
                 self.variables.update(captures)
                 return
         raise StepFailure(self.spec, step, " or ".join(f"`{p}`" for p in patterns), line or "(empty line)")
 
-    def _check_pop3_body(self, step: Step, response) -> None:
+    def _learn_list_sizes(self, session: str, line: str, response) -> None:
+        """Remember what LIST said, so a RETR in the same connection can be held to it."""
+        words = line.split()
+        if not response.ok or not words or words[0].upper() != "LIST":
+            return
+        pairs = [response.text.split()[:2]] if len(words) > 1 else [x.decode("latin-1").split()[:2] for x in response.lines or []]
+        for pair in pairs:
+            if len(pair) == 2 and pair[0].isdigit() and pair[1].isdigit():
+                self.list_sizes[session].setdefault(int(pair[0]), int(pair[1]))
+
+    def _check_retr_size(self, step: Step, line: str, response) -> None:
+        """RFC 1939 §5: LIST gives the exact size; within a session RETR sends that many octets (unstuffed, CRLF)."""
+        words = line.split()
+        if not response.ok or response.body is None or len(words) != 2 or words[0].upper() != "RETR" or not words[1].isdigit():
+            return
+        listed = self.list_sizes[step.session].get(int(words[1]))
+        if listed is not None and listed != len(response.body):
+            raise StepFailure(self.spec, step, f"{listed} octets, the size LIST gave for message {words[1]} in this session",
+                              f"{len(response.body)} octets (RFC 1939 §5: LIST's size is the message's exact size)")
+
+    def _check_pop3_body(self, step: Step, response, variables: dict | None = None) -> None:
         """Checks of a multi-line answer; a -ERR the step allows has no body to check."""
+        variables = self.variables if variables is None else variables
         wants_body = step.count is not None or step.lines or step.absent_lines or step.all_lines or step.body
         if not wants_body or not response.ok:
             return
@@ -229,27 +281,39 @@ class TestRun:
         texts = [line.decode("utf-8", "replace") for line in response.lines]
         if step.count is not None and len(texts) != step.count:
             raise StepFailure(self.spec, step, f"{step.count} line(s)", f"{len(texts)} line(s):\n" + _shown(texts))
-        self._match_lines(step, step.lines, texts, "a line matching")
+        self._match_lines(step, step.lines, texts, "a line matching", variables)
+        variables = {**variables, **self.variables}  # with what the lines just captured
         for pattern in step.absent_lines:
-            hits = [t for t in texts if pattern.match(t, self.variables) is not None]
+            hits = [t for t in texts if pattern.match(t, variables) is not None]
             if hits:
                 raise StepFailure(self.spec, step, f"no line matching `{pattern}`", _shown(hits))
         if step.all_lines:
             for text in texts:
-                if not any(p.match(text, self.variables) is not None for p in step.all_lines):
+                if not any(p.match(text, variables) is not None for p in step.all_lines):
                     raise StepFailure(self.spec, step, "every line matching " + " or ".join(f"`{p}`" for p in step.all_lines), text)
         if step.body is not None:  # (a line ended by a bare LF has already failed the step: sessions are strict)
-            self._compare(step, step.body, response.body)
+            self._compare_pop3(step, step.body, response.body)
 
-    def _match_lines(self, step: Step, patterns: list[Pattern], texts: list[str], what: str) -> None:
+    def _match_lines(self, step: Step, patterns: list[Pattern], texts: list[str], what: str, variables: dict) -> None:
         for pattern in patterns:
             for text in texts:
-                captures = pattern.match(text, self.variables)
+                captures = pattern.match(text, {**variables, **self.variables})
                 if captures is not None:
                     self.variables.update(captures)
                     break
             else:
                 raise StepFailure(self.spec, step, f"{what} `{pattern}`", "lines:\n" + _shown(texts))
+
+    def _compare_pop3(self, step: Step, spec: BodySpec, got: bytes) -> None:
+        """The body byte for byte and the original header fields in order; fields the server adds are allowed."""
+        expected = spec.expected()
+        problem, added = compare_message(expected, got)
+        if problem:
+            raise StepFailure(self.spec, step, f"the body and the header fields of {spec.describe()} ({len(expected)} octets)",
+                              f"{len(got)} octets; {problem}")
+        if added:
+            names = ", ".join(dict.fromkeys(f.split(b":", 1)[0].decode("latin-1") for f in added))
+            self.transcript.note(step.session, f"the server added header fields: {names}")
 
     def _compare(self, step: Step, spec: BodySpec, got: bytes | None) -> None:
         expected = spec.expected()
@@ -321,6 +385,12 @@ class TestRun:
                 if captures is None:
                     raise StepFailure(self.spec, step, f"{item} matching `{spec}`", text)
                 self.variables.update(captures)
+
+
+def _pop3_tokens(step: Step) -> list[tuple[str, str]]:
+    """The ${msg:...} and ${size:...} tokens of a POP3 step: those need the session's view."""
+    sources = [step.command or ""] + [p.source for p in step.expect + step.lines + step.absent_lines + step.all_lines]
+    return [t for source in sources for t in function_tokens(source) if t[0] in ("msg", "size")]
 
 
 def _item_name(key) -> str:
