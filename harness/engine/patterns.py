@@ -79,7 +79,17 @@ class Pattern:
         return {n: m.group(g) for g, n in names.items() if m.group(g) is not None}
 
     def __str__(self) -> str:
-        return self.source
+        """The pattern as a reader should see it in a failure: ``${size:plain}`` shown as its number."""
+        if self.source.startswith("re:"):
+            return self.source
+
+        def resolved(m: re.Match) -> str:
+            try:
+                return expand_function(m.group("fn"), m.group("arg")) if m.group("fn") == "size" else m.group(0)
+            except PatternError:
+                return m.group(0)
+
+        return _TOKEN.sub(lambda m: resolved(m) if m.group("fn") else m.group(0), self.source)
 
 
 @lru_cache(maxsize=4096)

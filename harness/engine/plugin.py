@@ -1,7 +1,11 @@
 """The pytest plugin: every test in a suite YAML file becomes a pytest item.
 
-Loaded with ``-p harness.engine.plugin`` (the `mailharness run` command does this),
-so ``-k``, ``-n`` (xdist), ``--junitxml`` and markers work as pytest users expect.
+Installed as a pytest11 entry point (plain ``pytest suites/`` works; ``-p
+harness.engine.plugin`` loads it where autoloading is off), so ``-k``, ``-n``
+(xdist), ``--junitxml`` and markers work as pytest users expect. It collects only
+suite files (a top-level ``suite:`` key, see suite_files.py) and starts or probes
+a server only when a run holds suites: other projects' pytest runs in the same
+environment are left alone.
 
 The controller process owns the target: it loads the target file or starts a
 managed server (--mh-server, default the embedded Dovecot), probes it once, and
@@ -29,6 +33,7 @@ from harness.engine.accounts import admin_client, cleanup, inspect_account, prep
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import StepFailure, TestRun
+from harness.engine.suite_files import is_suite_file, suite_files
 from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeAccount
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import load_target
@@ -67,6 +72,7 @@ class HarnessState:
         self.run_error: str | None = None
         self.interrupted: str | None = None
         self.signal: str | None = None  # set by the SIGTERM handler before it interrupts
+        self.active = False  # the run holds suites (decided at session start, see _run_has_suites)
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
 
@@ -175,9 +181,15 @@ def _interrupt_on_sigterm(state: HarnessState) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist starts its workers: they need the target
 def pytest_sessionstart(session):
     config = session.config
-    state: HarnessState = config._mailharness
-    if _is_worker(config):
-        return
+    if _is_worker(config) or not _run_has_suites(config):
+        return  # another project's run (or nothing of ours): no server, no profile
+    _activate(config._mailharness)
+
+
+def _activate(state: HarnessState) -> None:
+    """Controller: load the profile and start (or load) the target; a listing needs no server."""
+    config = state.config
+    state.active = True
     try:
         if config.option.collectonly:  # listing tests needs the profile, not a server
             if config.getoption("--mh-target"):
@@ -213,6 +225,19 @@ def write_error_junit(path: Path, message: str) -> None:
     ET.SubElement(case, "error", message=message).text = message
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+def _run_has_suites(config) -> bool:
+    """Do the run's paths (arguments, else testpaths) hold a suite file? Decided before collection:
+    under xdist the controller collects nothing, yet must start the target before the workers."""
+    base = config.invocation_params.dir
+    paths = []
+    for arg in config.args:
+        path = Path(str(arg).split("::")[0])
+        paths.append(path if path.is_absolute() else base / path)
+    try:
+        skip = list(config.getini("norecursedirs"))
+    except ValueError:
+        skip = None
+    return bool(suite_files(paths, skip) if skip is not None else suite_files(paths))
 
 
 def pytest_configure_node(node):
@@ -223,7 +248,7 @@ def pytest_configure_node(node):
 
 
 def pytest_collect_file(file_path: Path, parent):
-    if file_path.suffix in (".yaml", ".yml") and not file_path.name.startswith("_"):
+    if is_suite_file(file_path):  # only files with a top-level `suite:` key: other YAML is not ours
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 
@@ -265,10 +290,15 @@ class SuiteItem(pytest.Item):
         }
         self.accounts = []
         self.account_states = []
+        self.profile_skip: str | None = None
         self.transcript: Transcript | None = None
 
     def setup(self):
         state: HarnessState = self.config._mailharness
+        if self.profile_skip:
+            pytest.skip(self.profile_skip)
+        if state.target is None:  # a worker whose controller saw no suite files (see _run_has_suites)
+            raise HarnessError("no target: the run's paths held no suite file when the session started")
         missing = _missing_requirements(self.spec, state)
         if missing:
             pytest.skip(missing)
@@ -329,13 +359,36 @@ class SuiteItem(pytest.Item):
 
     def repr_failure(self, excinfo):
         if excinfo.errisinstance(StepFailure):
-            return f"{self.spec.id}: {excinfo.value}\n\ntranscript:\n{self.transcript.render()}"
+            failure = excinfo.value
+            line = failure.step.line if failure.step else self.spec.line
+            body = f"{failure}\n\ntranscript:\n{self.transcript.render()}"
+            return _located_repr(str(self.spec.file), line, failure_headline(failure), body)
         if excinfo.errisinstance(HarnessError):
-            return f"{self.spec.id}: {excinfo.value}"
+            return str(excinfo.value)  # the node id already names the test
         return super().repr_failure(excinfo)
 
     def reportinfo(self):
         return self.path, self.spec.line - 1, f"{self.spec.id} ({self.spec.title})"
+
+
+def failure_headline(failure: StepFailure) -> str:
+    """One line for pytest's short summary and JUnit's failure message: expected and got first."""
+    where = f"step {failure.step.index} `{failure.step.describe()}`" if failure.step else "setup"
+    return f"expected {_first_line(failure.expected)}, got {_first_line(failure.got)} ({where} at {failure.location})"
+
+
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines() or [""]
+    return lines[0] + (" ..." if len(lines) > 1 else "")
+
+
+def _located_repr(path: str, line: int, headline: str, body: str):
+    """A failure pytest treats like a traceback's: ``reprcrash`` feeds the short summary line and JUnit's
+    message, and, unlike a plain string, it survives xdist's report serialisation."""
+    from _pytest._code.code import ExceptionChainRepr, ReprEntry, ReprFileLocation, ReprTraceback
+
+    entry = ReprEntry(body.splitlines(), None, None, None, "value")
+    return ExceptionChainRepr([(ReprTraceback([entry], None, "value"), ReprFileLocation(path, line, headline), None)])
 
 
 def _missing_requirements(spec, state: HarnessState) -> str | None:
@@ -361,7 +414,13 @@ def pytest_runtest_makereport(item, call):
         report = outcome.get_result()
         if call.when != "call" and call.excinfo is not None and call.excinfo.errisinstance(HarnessError):
             # pytest renders set-up and tear-down errors as tracebacks (repr_failure is for the call only)
-            report.longrepr = f"{item.spec.id}: {call.when} failed: {call.excinfo.value}"
+            report.longrepr = f"{call.when} failed: {call.excinfo.value}"
+        if report.skipped and isinstance(report.longrepr, tuple) and not hasattr(report, "wasxfail"):
+            # "SKIPPED [1] suites/x.yaml:12: reason", not the line of the plugin that called pytest.skip()
+            report.longrepr = (str(item.spec.file), item.spec.line, report.longrepr[2])
+        if hasattr(report, "wasxfail") and report.skipped:
+            item.data["xfail_message"] = str(report.wasxfail).removeprefix("reason: ")
+            report.wasxfail = f"{item.spec.location}: {item.data['xfail_message']}"
         # pytest (and xdist, which ships report attributes to the controller) keeps this on the report
         report.mailharness = dict(item.data)
 
@@ -375,6 +434,8 @@ def _time_budget(spec, default: float) -> float:
 def pytest_collection_modifyitems(session, config, items):
     state: HarnessState = config._mailharness
     suite_items = [item for item in items if isinstance(item, SuiteItem)]
+    if suite_items and not state.active and not _is_worker(config):
+        _activate(state)  # suites reached by a path the session-start scan did not see (e.g. from a conftest)
     seen: dict[str, SuiteItem] = {}
     for item in suite_items:
         first = seen.setdefault(item.spec.id, item)
@@ -395,7 +456,7 @@ def pytest_collection_modifyitems(session, config, items):
             continue
         reason = f"profile {profile.name}: {deviation.reason}"
         if deviation.expect == "skip":
-            item.add_marker(pytest.mark.skip(reason=reason))
+            item.profile_skip = reason  # skipped in setup: a skip marker would hide the YAML line in -rs
         else:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason, raises=StepFailure))
         item.data["profile_reason"] = deviation.reason
@@ -490,7 +551,8 @@ def _message(report, outcome: str, entry: dict) -> str:
         return ""
     if outcome in ("skipped", "xfailed") and report.skipped:
         if outcome == "xfailed":
-            return str(getattr(report, "wasxfail", "")).removeprefix("reason: ")
+            props = getattr(report, "mailharness", None) or {}  # the reason without the location the summary shows
+            return props.get("xfail_message") or str(getattr(report, "wasxfail", "")).removeprefix("reason: ")
         longrepr = report.longrepr
         return str(longrepr[2]).removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
     if outcome == "xpassed":
