@@ -8,7 +8,14 @@ class HarnessError(Exception):
 
 
 class ConfigError(HarnessError):
-    """A target file, suite, profile or scenario is malformed or inconsistent."""
+    """A target file, suite, profile or scenario is malformed or inconsistent.
+
+    ``problems`` lists each problem (``file:line: ...``) when one file has several; the message joins them.
+    """
+
+    def __init__(self, message: str = "", problems: list[str] | None = None):
+        self.problems = list(problems) if problems else [message]
+        super().__init__(message or "\n".join(self.problems))
 
 
 class TargetUnavailable(HarnessError):

@@ -8,6 +8,7 @@ and schema errors are turned into ``ConfigError("file:line: key: problem")``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -119,27 +120,80 @@ def _best_error(errors: list) -> jsonschema.ValidationError:
     return jsonschema.exceptions.best_match(errors)
 
 
-def validate(data: Any, schema: dict, source: Path | str) -> None:
-    """Validate ``data`` against ``schema``; raise ConfigError naming file, line and key."""
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = list(validator.iter_errors(data))
-    if not errors:
-        return
-    error = _best_error(errors)
+def _required_alternatives(schemas) -> list[str] | None:
+    """``oneOf: [{required: [password]}, {required: [password_env]}]`` -> ["password", "password_env"]."""
+    names = []
+    for schema in schemas if isinstance(schemas, list) else []:
+        if not (isinstance(schema, dict) and set(schema) == {"required"} and len(schema["required"]) == 1):
+            return None
+        names.append(schema["required"][0])
+    return names or None
+
+
+def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors a person fixes: inside oneOf/anyOf, those of the branch written for this kind of value."""
+    if error.validator not in ("oneOf", "anyOf") or _required_alternatives(error.validator_value):
+        return [error]
+    branches: dict = {}
+    for sub in error.context or []:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    # a branch whose own type (mapping, string, ...) fits the value
+    fitting = [errs for errs in branches.values() if not any(e.validator == "type" and not e.relative_path for e in errs)]
+    if len(fitting) != 1:
+        return [_best_error([error]) if error.context else error]
+    return [leaf for sub in fitting[0] for leaf in _leaves(sub)]
+
+
+def _explain(data: Any, error: jsonschema.ValidationError) -> tuple[list, str]:
+    """(path, message) for one schema error, in words: no Python reprs of whole mappings."""
     path = list(error.absolute_path)
-    message = error.message
+    alternatives = _required_alternatives(error.validator_value) if error.validator in ("oneOf", "anyOf") else None
+    if alternatives:
+        if error.context:  # none of them given
+            rest = " or ".join(repr(n) for n in alternatives[1:])
+            return path, f"{alternatives[0]!r} is a required property (or {rest})"
+        return path, "give one of " + ", ".join(repr(n) for n in alternatives) + ", not several"
     if error.validator == "additionalProperties":
         # Point at the unknown key itself rather than its parent mapping.
         node = data
         for key in path:
             node = node[key]
-        unknown = [k for k in node if k not in error.schema.get("properties", {})]
+        known = error.schema.get("properties", {})
+        unknown = [k for k in node if k not in known]
         if unknown:
-            path.append(unknown[0])
-            allowed = ", ".join(sorted(error.schema.get("properties", {})))
-            message = f"unknown key {unknown[0]!r} (allowed: {allowed})"
-    line = line_of(data, path)
-    raise ConfigError(f"{source}:{line}: {describe_path(path)}: {message}")
+            allowed = ", ".join(sorted(known))
+            return path + [unknown[0]], f"unknown key {unknown[0]!r} ({_suggestion(unknown[0], known)}allowed: {allowed})"
+    message = error.message
+    if error.validator == "enum" and isinstance(error.validator_value, list):
+        return path, f"{error.instance!r} is not one of: " + ", ".join(map(str, error.validator_value))
+    if isinstance(error.instance, dict | list):
+        message = message.replace(repr(error.instance), "this " + ("mapping" if isinstance(error.instance, dict) else "list"), 1)
+    return path, message
+
+
+def _suggestion(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), sorted(map(str, known)), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def schema_problems(data: Any, schema: dict, source: Path | str) -> list[tuple[list, str]]:
+    """Every schema error as (path, "file:line: key: problem"), in file order."""
+    validator = jsonschema.Draft202012Validator(schema)
+    found = []
+    for error in validator.iter_errors(data):
+        for leaf in _leaves(error):
+            path, message = _explain(data, leaf)
+            line = line_of(data, path)
+            found.append((line, tuple(path), f"{source}:{line}: {describe_path(path)}: {message}"))
+    found = sorted(dict.fromkeys(found), key=lambda item: item[0])
+    return [(list(path), text) for _, path, text in found]
+
+
+def validate(data: Any, schema: dict, source: Path | str) -> None:
+    """Validate ``data`` against ``schema``; raise ConfigError naming file, line and key of every problem."""
+    problems = schema_problems(data, schema, source)
+    if problems:
+        raise ConfigError(problems=[text for _, text in problems])
 
 
 def load_document(path: Path | str, schema_name: str, shape_hint: str):

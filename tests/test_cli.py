@@ -90,6 +90,7 @@ def test_run_against_a_server_given_by_target_file(tmp_path, target, target_file
 def test_profile_expected_failure_is_exit_0_and_unexpected_pass_is_exit_1(tmp_path, target_file):
     suite = tmp_path / "s.yaml"
     suite.write_text(
+        "suite: s\n"
         "tests:\n"
         "  - {id: t.fails, title: fails, area: deletion, rfc: [RFC1939 §5], sessions: {p: pop3}, steps: [{p: STAT, expect: '+OK 9 9'}]}\n"
         "  - {id: t.passes, title: passes, area: deletion, rfc: [RFC1939 §5], sessions: {p: pop3}, steps: [{p: STAT}]}\n"

@@ -53,6 +53,7 @@ def test_pop3_lock_is_refused_for_other_servers(tmp_path):
 def test_run_server_dovecot_uses_its_profile(tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(
+        "suite: s\n"
         "tests:\n"
         "  - {id: t.stat, title: stat, area: deletion, rfc: [RFC1939 §5], sessions: {p: pop3}, steps: [{p: STAT}]}\n"
     )

@@ -8,13 +8,14 @@ Every error names the file and line.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import corpus
 from harness.engine.patterns import Pattern, PatternError, _compile, function_tokens, variables_in
 from harness.errors import ConfigError
-from harness.yaml_source import line_of, load_document
+from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
@@ -158,6 +159,7 @@ class TestSpec:
     accounts: int = 1
     timeout: float | None = None  # None: the run's default (--timeout, the target's, 5 s)
     setup: list[SetupEntry] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
     @property
     def protocol(self) -> str:
@@ -170,13 +172,22 @@ class TestSpec:
 
 
 class _Ctx:
-    """Error helper bound to one file."""
+    """Error helper bound to one file: ``fail`` ends the current step (or test); ``problems`` keeps them all."""
 
     def __init__(self, path: Path, data):
         self.path, self.data = path, data
+        self.problems: list[str] = []
 
     def fail(self, keys: list, message: str):
         raise ConfigError(f"{self.path}:{line_of(self.data, keys)}: {message}")
+
+    def checked(self, check, *args):
+        """Run one check; a problem is recorded (None returned) and the caller goes on with the next one."""
+        try:
+            return check(*args)
+        except ConfigError as exc:
+            self.problems += exc.problems
+            return None
 
 
 def _as_list(value) -> list:
@@ -202,7 +213,7 @@ def _patterns(ctx: _Ctx, keys: list, value) -> list[Pattern]:
         try:
             _compile(pattern.source, placeholders, False)
         except (PatternError, Exception) as exc:  # re.error too
-            ctx.fail(keys + [i] if isinstance(value, list) else keys, f"bad pattern {text!r}: {exc}")
+            ctx.fail(keys + [i] if isinstance(value, list) else keys, f"bad pattern `{text}`: {exc}")
         out.append(pattern)
     return out
 
@@ -255,6 +266,11 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     line = line_of(ctx.data, keys)
     step = Step(index=index, line=line, kind="command")
     actors = [k for k in raw if k not in STEP_KEYWORDS]
+    for key in actors:
+        if key not in sessions and key not in SPECIAL_STEPS:
+            close = difflib.get_close_matches(str(key), sorted(STEP_KEYWORDS | set(SPECIAL_STEPS)), n=1, cutoff=0.7)
+            if close:  # a misspelt check, not a session: `expcet: -ERR`
+                ctx.fail(keys + [key], f"unknown step key {key!r} (did you mean `{close[0]}`?)")
     if len(actors) != 1:
         if not actors:
             ctx.fail(keys, "a step needs a session (e.g. `a: NOOP`) or one of drop/sleep/deliver")
@@ -293,7 +309,8 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     unused = sorted(present - ALLOWED_KEYWORDS[step.kind])
     if unused:
         allowed = ", ".join(sorted(ALLOWED_KEYWORDS[step.kind])) or "none"
-        ctx.fail(keys + [unused[0]], f"{unused[0]}: a {step.kind.replace('_', ' ')} step does not check this (it takes: {allowed})")
+        kind = step.kind.replace("_", " ")
+        ctx.fail(keys + [unused[0]], f"{unused[0]}: {'an' if kind[0] in 'aeiou' else 'a'} {kind} step does not check this (it takes: {allowed})")
     step.expect = _patterns(ctx, keys + ["expect"], raw.get("expect"))
     step.untagged += _patterns(ctx, keys + ["untagged"], raw.get("untagged"))
     step.absent = _patterns(ctx, keys + ["absent"], raw.get("absent"))
@@ -356,48 +373,96 @@ def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec
         step.timeout = value.get("within")
 
 
+# Markers with a meaning already (pytest's own and the harness's): a tag must not reuse one.
+RESERVED_MARKERS = {"skip", "skipif", "xfail", "parametrize", "usefixtures", "filterwarnings", "timeout",
+                    "mailharness", "slow", "must", "should", "may", "pop3", "imap"}
+SUITE_KEY_HINT = "a suite file has a top-level `suite:` key (its title, e.g. `suite: POP3 deletion`): pytest collects only YAML files that have one"
+
+
 def load_suite(path: Path) -> list[TestSpec]:
-    """All tests of one suite file; ConfigError (file:line: problem) when anything is wrong."""
-    data = load_document(path, "suite.schema.json", "a suite has a `tests:` list")
+    """All tests of one suite file; ConfigError listing every problem (file:line: problem) when anything is wrong.
+
+    Schema problems come first; meaning problems follow for the tests whose shape is right.
+    """
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping (a suite has `suite:` and a `tests:` list)")
+    shape = schema_problems(data, load_schema("suite.schema.json"), path)
     ctx = _Ctx(path, data)
+    if "suite" not in data:
+        ctx.problems.append(f"{path}:1: {SUITE_KEY_HINT}")
+    misshapen = {p[1] for p, _ in shape if len(p) > 1 and p[0] == "tests"}
+    if any(len(p) < 2 or p[0] != "tests" for p, _ in shape) or not isinstance(data.get("tests"), list):
+        raise ConfigError(problems=[text for _, text in shape] + ctx.problems)  # no test can be read safely
     defaults = data.get("defaults", {})
     tests, seen = [], {}
     for i, raw in enumerate(data["tests"]):
-        keys = ["tests", i]
-        merged = {**defaults, **raw}
-        if raw["id"] in seen:
-            ctx.fail(keys + ["id"], f"duplicate test id {raw['id']!r} (first at line {seen[raw['id']]})")
-        seen[raw["id"]] = line_of(data, keys)
-        for required in ("area", "rfc", "sessions"):
-            if required not in merged:
-                ctx.fail(keys, f"test {raw['id']}: `{required}` is required (here or in defaults)")
-        accounts = merged.get("accounts", 1)
-        sessions = _sessions(ctx, keys + ["sessions"] if "sessions" in raw else ["defaults", "sessions"], merged["sessions"], accounts)
-        setup_keys = keys + ["setup"] if "setup" in raw else ["defaults", "setup"]
-        setup = _setup(ctx, setup_keys, merged.get("setup", {}), accounts)
-        known_vars: set[str] = set()
-        steps = [
-            _step(ctx, keys + ["steps", j], step, j + 1, sessions, known_vars, accounts)
-            for j, step in enumerate(raw["steps"])
-        ]
-        for step in steps:
-            if step.kind == "deliver" and step.to > accounts:
-                ctx.fail(keys + ["steps", step.index - 1], f"deliver to account {step.to} but the test has accounts: {accounts}")
-        tests.append(
-            TestSpec(
-                id=raw["id"],
-                title=raw["title"],
-                file=path,
-                line=line_of(data, keys),
-                area=merged["area"],
-                rfc=list(merged["rfc"]),
-                sessions=sessions,
-                steps=steps,
-                description=raw.get("description", ""),
-                requires=dict(merged.get("requires", {})),
-                accounts=accounts,
-                timeout=float(merged["timeout"]) if "timeout" in merged else None,
-                setup=setup,
-            )
-        )
+        if i not in misshapen:
+            spec = ctx.checked(_test, ctx, i, raw, defaults, seen)
+            if spec is not None:
+                tests.append(spec)
+    problems = [text for _, text in shape] + ctx.problems
+    if problems:
+        raise ConfigError(problems=problems)
     return tests
+
+
+def _test(ctx: _Ctx, i: int, raw: dict, defaults: dict, seen: dict) -> TestSpec:
+    keys = ["tests", i]
+    path, data = ctx.path, ctx.data
+    merged = {**defaults, **raw}
+    if raw["id"] in seen:
+        ctx.fail(keys + ["id"], f"duplicate test id {raw['id']!r} (first at line {seen[raw['id']]})")
+    seen[raw["id"]] = line_of(data, keys)
+    for required in ("area", "rfc", "sessions"):
+        if required not in merged:
+            ctx.fail(keys, f"test {raw['id']}: `{required}` is required (here or in defaults)")
+    reserved = sorted(set(merged.get("tags", [])) & RESERVED_MARKERS)
+    if reserved:
+        ctx.fail(keys + ["tags"] if "tags" in raw else ["defaults", "tags"],
+                 f"tags: {reserved[0]!r} is a marker pytest or the harness already uses; pick another name")
+    accounts = merged.get("accounts", 1)
+    sessions = _sessions(ctx, keys + ["sessions"] if "sessions" in raw else ["defaults", "sessions"], merged["sessions"], accounts)
+    setup_keys = keys + ["setup"] if "setup" in raw else ["defaults", "setup"]
+    setup = ctx.checked(_setup, ctx, setup_keys, merged.get("setup", {}), accounts)  # reported; the steps are still checked
+    known_vars: set[str] = set()
+    steps = []
+    for j, raw_step in enumerate(raw["steps"]):
+        step = ctx.checked(_step, ctx, keys + ["steps", j], raw_step, j + 1, sessions, known_vars, accounts)
+        if step is None:  # reported; what it would have captured is known, so later steps are not blamed for it
+            known_vars.update(_captures_of(raw_step))
+            continue
+        steps.append(step)
+        if step.kind == "deliver" and step.to > accounts:
+            ctx.checked(ctx.fail, keys + ["steps", j], f"deliver to account {step.to} but the test has accounts: {accounts}")
+    return TestSpec(
+        id=raw["id"],
+        title=raw["title"],
+        file=path,
+        line=line_of(data, keys),
+        area=merged["area"],
+        rfc=list(merged["rfc"]),
+        sessions=sessions,
+        steps=steps,
+        description=raw.get("description", ""),
+        requires=dict(merged.get("requires", {})),
+        accounts=accounts,
+        timeout=float(merged["timeout"]) if "timeout" in merged else None,
+        setup=setup or [],
+        tags=list(merged.get("tags", [])),
+    )
+
+
+def _captures_of(raw_step) -> set[str]:
+    """Variables a (malformed) step's patterns would capture."""
+    out: set[str] = set()
+    if not isinstance(raw_step, dict):
+        return out
+    values = [raw_step.get(k) for k in ("expect", "untagged", "lines", "all_lines")]
+    values += [v.get("await") for v in raw_step.values() if isinstance(v, dict)]
+    values += list((raw_step.get("fetch") or {}).values()) if isinstance(raw_step.get("fetch"), dict) else []
+    for value in values:
+        for text in _as_list(value):
+            if isinstance(text, str):
+                out.update(variables_in(text))
+    return out

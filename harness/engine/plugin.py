@@ -73,6 +73,7 @@ class HarnessState:
         self.interrupted: str | None = None
         self.signal: str | None = None  # set by the SIGTERM handler before it interrupts
         self.active = False  # the run holds suites (decided at session start, see _run_has_suites)
+        self.suite_paths: list[Path] = []
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
 
@@ -156,11 +157,13 @@ def pytest_configure(config):
     state = HarnessState(config)
     config._mailharness = state
     if _is_worker(config):
-        state.attach(config.workerinput)
-        state.load_profile()
+        if config.workerinput.get("mh_active"):  # the controller found suites and set up their target
+            state.active = True
+            if config.workerinput.get("mh_target_file"):
+                state.attach(config.workerinput)
+            state.load_profile()
     else:
         config.pluginmanager.register(ResultsCollector(state), "mailharness-results")
-        _interrupt_on_sigterm(state)
 
 
 def _interrupt_on_sigterm(state: HarnessState) -> None:
@@ -190,6 +193,7 @@ def _activate(state: HarnessState) -> None:
     """Controller: load the profile and start (or load) the target; a listing needs no server."""
     config = state.config
     state.active = True
+    _interrupt_on_sigterm(state)  # only in runs of suites: other projects' pytest runs keep their signal handling
     try:
         if config.option.collectonly:  # listing tests needs the profile, not a server
             if config.getoption("--mh-target"):
@@ -197,6 +201,7 @@ def _activate(state: HarnessState) -> None:
         else:
             state.start()
         state.load_profile()
+        _check_profile_ids(state)
     except HarnessError as exc:
         state.stop()
         # pytest does not finish a session whose start failed, so the reports are written here: they must say
@@ -225,6 +230,21 @@ def write_error_junit(path: Path, message: str) -> None:
     ET.SubElement(case, "error", message=message).text = message
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _check_profile_ids(state: HarnessState) -> None:
+    """A deviation whose id matches no test (a typo, a renamed test) would silently not apply: refuse the run,
+    as `validate` does. Ids of the bundled suites count too, so a subset run with a full profile is fine."""
+    if state.profile is None:
+        return
+    from harness.engine.suite_files import test_ids
+    from harness.paths import suites_dir
+
+    problems = state.profile.unused_problems(test_ids(state.suite_paths + suite_files([suites_dir()])))
+    if problems:
+        raise ConfigError(problems=problems)
+
+
 def _run_has_suites(config) -> bool:
     """Do the run's paths (arguments, else testpaths) hold a suite file? Decided before collection:
     under xdist the controller collects nothing, yet must start the target before the workers."""
@@ -237,12 +257,15 @@ def _run_has_suites(config) -> bool:
         skip = list(config.getini("norecursedirs"))
     except ValueError:
         skip = None
-    return bool(suite_files(paths, skip) if skip is not None else suite_files(paths))
+    found = suite_files(paths, skip) if skip is not None else suite_files(paths)
+    config._mailharness.suite_paths = found
+    return bool(found)
 
 
 def pytest_configure_node(node):
     """xdist hook (controller side): tell a worker which target to use."""
     state: HarnessState = node.config._mailharness
+    node.workerinput["mh_active"] = state.active
     node.workerinput["mh_target_file"] = state.target_file
     node.workerinput["mh_probe"] = json.dumps(state.probe)
 
@@ -268,7 +291,47 @@ class SuiteFile(pytest.File):
         except HarnessError as exc:
             raise self.CollectError(f"malformed suite: {exc}") from None
         for spec in specs:
+            _register_markers(self.config, spec)
             yield SuiteItem.from_parent(self, name=spec.id, spec=spec)
+
+
+PROTOCOL_MARKERS = {"pop3": "a test that speaks POP3", "imap": "a test that speaks IMAP"}
+LEVEL_MARKERS = {"must": "a MUST of the RFC: a failure fails the run", "should": "a SHOULD of the RFC",
+                 "may": "a MAY of the RFC: behaviour, reported"}
+
+
+def marker_names(spec) -> list[str]:
+    """-m selects by area, protocol (both for cross-protocol tests), requirement level and free tags."""
+    names = [spec.area, *spec.protocol.split("+")]
+    level = getattr(spec, "level", None)
+    if level:
+        names.append(str(level).lower())
+    return list(dict.fromkeys(names + list(spec.tags)))
+
+
+def _register_markers(config, spec) -> None:
+    """Registered when suites are collected (not at configure time: other projects' runs keep their own
+    --strict-markers checks), so `-m deletion` works under --strict-markers too."""
+    known = config.stash.get(_MARKERS_KEY, None)
+    if known is None:  # the fixed vocabulary at once, so `-m imap` is valid even where no test speaks IMAP
+        known = config.stash[_MARKERS_KEY] = set()
+        from harness.yaml_source import load_schema
+
+        for area in load_schema("suite.schema.json")["$defs"]["area"]["enum"]:
+            config.addinivalue_line("markers", f"{area}: suite area {area} (mailharness)")
+            known.add(area)
+        for name, what in {**PROTOCOL_MARKERS, **LEVEL_MARKERS}.items():
+            config.addinivalue_line("markers", f"{name}: {what} (mailharness)")
+            known.add(name)
+    for name in marker_names(spec):
+        if name not in known:
+            known.add(name)
+            what = PROTOCOL_MARKERS.get(name) or LEVEL_MARKERS.get(name) or (
+                f"suite area {name}" if name == spec.area else f"suite tag {name}")
+            config.addinivalue_line("markers", f"{name}: {what} (mailharness)")
+
+
+_MARKERS_KEY = pytest.StashKey[set]()
 
 
 class SetupError(HarnessError):
@@ -282,6 +345,8 @@ class SuiteItem(pytest.Item):
         super().__init__(**kwargs)
         self.spec = spec
         self.add_marker("mailharness")
+        for name in marker_names(spec):
+            self.add_marker(name)
         # Everything results.json needs; attached to each report (see pytest_runtest_makereport),
         # not to user_properties, which junit.xml would dump whole.
         self.data: dict = {
@@ -515,11 +580,30 @@ class ResultsCollector:
         if self.state.signal or type(excinfo.value) is KeyboardInterrupt:
             self.state.interrupted = self.state.signal or "Ctrl-C"
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(trylast=True)  # after junitxml has written its file
     def pytest_sessionfinish(self, session, exitstatus):
-        path = session.config.getoption("--mh-results")
-        if path:
+        config = session.config
+        path = config.getoption("--mh-results")
+        if path:  # our own option: a run of suites, even one that found none
             write_results(self.state, Path(path), exitstatus)
+        if not self.state.active:
+            return  # not a run of suites: leave other projects' reports alone
+        xmlpath = getattr(config.option, "xmlpath", None)
+        if xmlpath and Path(xmlpath).is_file() and self.state.results:
+            from harness.reports.junit import enrich
+
+            enrich(xmlpath, self.state.results)
+        from harness.reports import github
+
+        if github.enabled():
+            github.write_step_summary(results_document(self.state, exitstatus))
+
+    def pytest_terminal_summary(self, terminalreporter):
+        from harness.reports import github
+
+        if self.state.active and github.enabled():
+            for line in github.annotations(sorted(self.state.results.values(), key=lambda t: (t["file"], t["line"]))):
+                terminalreporter.write_line(line)
 
 
 def _outcome(report) -> str | None:
@@ -566,6 +650,13 @@ UNFINISHED = "the run was interrupted while this test ran; it has no outcome"
 
 
 def write_results(state: HarnessState, path: Path, exitstatus=None) -> None:
+    results = results_document(state, exitstatus)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+def results_document(state: HarnessState, exitstatus=None) -> dict:
+    """results.json's content (docs/results.md)."""
     from harness.reports.results import summarize
 
     tests = sorted(state.results.values(), key=lambda t: (t["file"], t["line"]))
@@ -603,8 +694,7 @@ def write_results(state: HarnessState, path: Path, exitstatus=None) -> None:
         "tests": tests,
         **summary,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
 
 
 def _redact(state: HarnessState, text: str) -> str:

@@ -7,6 +7,7 @@ passing, the run says so) or cannot run, and why.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from harness.yaml_source import load_document
 class Deviation:
     expect: str  # "fail" | "skip"
     reason: str
+    line: int = 0  # of its id in the profile file
 
 
 @dataclass
@@ -39,6 +41,15 @@ class Profile:
     def unused(self, test_ids: set[str]) -> list[str]:
         return [p for p in self.deviations if not any(fnmatch.fnmatchcase(t, p) for t in test_ids)]
 
+    def unused_problems(self, test_ids: set[str]) -> list[str]:
+        """``file:line: deviation 'x' matches no test`` for each deviation no test id matches."""
+        out = []
+        for pattern in self.unused(test_ids):
+            close = difflib.get_close_matches(pattern, sorted(test_ids), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append(f"{self.path}:{self.deviations[pattern].line}: deviation {pattern!r} matches no test{hint}")
+        return out
+
     def summary(self) -> dict:
         return {"name": self.name, "server": self.server, "path": str(self.path)}
 
@@ -50,5 +61,7 @@ def resolve_profile_path(name_or_path: str) -> Path:
 def load_profile(name_or_path: str) -> Profile:
     path = resolve_profile_path(name_or_path)
     data = load_document(path, "profile.schema.json", "a profile has `server:` and `deviations:`")
-    deviations = {tid: Deviation(d["expect"], d["reason"]) for tid, d in (data.get("deviations") or {}).items()}
+    raw = data.get("deviations") or {}
+    lines = getattr(raw, "key_lines", {})
+    deviations = {tid: Deviation(d["expect"], d["reason"], lines.get(tid, 0)) for tid, d in raw.items()}
     return Profile(path.stem, data["server"], path, deviations)

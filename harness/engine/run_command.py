@@ -25,7 +25,7 @@ examples:
   mailharness run -n 2 -k "pop3 and deletion"      two workers, a subset
   mailharness run --server cyrus                   all bundled suites, throwaway Cyrus IMAP
   mailharness run --target staging.yaml --profile dovecot --report-dir reports/2.3.21
-  mailharness run --suite my-suites/ --suite suites/imap/idle.yaml
+  mailharness run --suite my-suites/ --suite suites/imap/notification.yaml
 
 writes (in --report-dir, default reports/latest):
   results.json   every test's outcome, message and transcript (docs/results.md)
@@ -61,6 +61,7 @@ def pytest_args(args) -> list[str]:
     for suite in suites:
         if not suite.exists():
             raise ConfigError(f"{suite}: no such suite file or directory")
+    _refuse_unmarked_suites(suites)
     if args.target and not args.target.exists():
         raise ConfigError(f"{args.target}: target file not found")
     if args.target and args.server:
@@ -104,6 +105,22 @@ def pytest_args(args) -> list[str]:
     out += args.pytest_arg
     out += [_display_path(s) for s in suites]
     return out
+
+
+def _refuse_unmarked_suites(suites: list[Path]) -> None:
+    """pytest collects only YAML files with a top-level `suite:` key; one named (or found) here without it
+    would silently not run, so stop and say so."""
+    from harness.engine.suite_files import is_suite_file, is_unmarked_suite, yaml_files
+
+    problems = []
+    for path in suites:
+        if path.is_file() and not is_suite_file(path):
+            problems.append(f"{path}:1: not a suite file: it has no top-level `suite:` key (a title, e.g. `suite: POP3 deletion`)")
+        elif path.is_dir():
+            problems += [f"{p}:1: has `tests:` but no top-level `suite:` key, so it would not run; add `suite: TITLE`"
+                         for p in yaml_files([path]) if is_unmarked_suite(p)]
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _display_path(path: Path) -> str:

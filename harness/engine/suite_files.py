@@ -49,6 +49,15 @@ def is_unmarked_suite(path: Path) -> bool:
     return bool(_TESTS_KEY.search(head)) and not _SUITE_KEY.search(head)
 
 
+_ID = re.compile(rb"(?:^[ \t]*-[ \t]*\{?|[{,][ \t]*)id[ \t]*:[ \t]*[\"']?([a-z0-9][a-z0-9._-]*)", re.MULTILINE)
+
+
+def test_ids(paths: Iterable[Path]) -> set[str]:
+    """The test ids of suite files, by a text scan (no YAML parse: cheap enough for every run's start).
+    A superset at worst, which only makes checks against it lenient."""
+    return {m.group(1).decode() for path in paths for m in _ID.finditer(_head(path))}
+
+
 def _walk(directory: Path, skip: Iterable[str]) -> Iterable[Path]:
     try:
         entries = sorted(directory.iterdir())

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from harness.engine.model import load_suite
 from harness.engine.profiles import load_profile
-from harness.errors import HarnessError
+from harness.engine.suite_files import is_suite_file, is_unmarked_suite, yaml_files
+from harness.engine.suite_files import suite_files as find_suites
+from harness.engine.suite_files import test_ids as scanned_test_ids
+from harness.errors import ConfigError, HarnessError
 from harness.paths import profiles_dir, suites_dir
 
 DESCRIPTION = """\
@@ -26,15 +29,12 @@ def add_arguments(p) -> None:
 
 
 def suite_files(paths: list[Path]) -> list[Path]:
-    files = []
+    """Named files as given; in directories, the YAML files pytest would collect (a top-level `suite:`)
+    and those that have `tests:` without it (reported: they would silently not run)."""
     for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*.y*ml") if not p.name.startswith("_"))
-        elif path.exists():
-            files.append(path)
-        else:
+        if not path.exists():
             raise HarnessError(f"{path}: no such file or directory")
-    return list(dict.fromkeys(files))  # a file named twice is read once
+    return [p for p in yaml_files(paths) if p in paths or is_suite_file(p) or is_unmarked_suite(p)]
 
 
 def run(args) -> int:
@@ -44,6 +44,9 @@ def run(args) -> int:
     for file in files:
         try:
             specs = load_suite(file)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
         except HarnessError as exc:
             problems.append(str(exc))
             continue
@@ -53,16 +56,19 @@ def run(args) -> int:
             else:
                 where[spec.id] = spec.location
     test_ids = set(where)
+    bundled_ids = scanned_test_ids(find_suites([suites_dir()]))
     profiles = args.profile or [str(p) for p in sorted(profiles_dir().glob("*.yaml"))]
     for name in profiles:
         try:
             profile = load_profile(name)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
         except HarnessError as exc:
             problems.append(str(exc))
             continue
-        if not args.paths:  # ids only make sense against the full bundled suites
-            for unused in profile.unused(test_ids):
-                problems.append(f"{profile.path}: deviation {unused!r} matches no test")
+        # against the given suites and the bundled ones: a profile for the bundled suites may be checked with yours
+        problems += profile.unused_problems(test_ids | bundled_ids)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"{len(files)} suite file(s), {len(test_ids)} test(s), {len(profiles)} profile(s): "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,12 +23,40 @@ Manage the server under test.
 with --write (mode 0600). Pass it to `mailharness run --target`, `seed` or `load`.
 """.format(servers=", ".join(server_names()))
 
+UP_DESCRIPTION = """\
+Start a throwaway mail server on 127.0.0.1 (free ports, a temp dir, accounts
+user1..userN with one generated password) and leave it running, for `run
+--target`, `seed` or `load`. Without --write the target file is printed.
+
+examples:
+  mailharness target up --write target.yaml
+  mailharness target up --server cyrus --accounts 8 --write cyrus.yaml
+"""
+
+DOWN_DESCRIPTION = """\
+Stop the server `target up` started (found through --state-dir) and delete its
+temp dir, mail included. Nothing is up: says so and exits 0.
+
+example:
+  mailharness target down
+"""
+
+CHECK_DESCRIPTION = """\
+Validate a target file (every problem, with file:line), then connect to each
+endpoint, log in with the first account and print the greetings and
+capabilities. Exit 0 when everything works, 2 otherwise.
+
+example:
+  mailharness target check staging.yaml
+"""
+
 STATE_FILE = "embedded-target.json"
 
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    up = sub.add_parser("up", help="start a managed server and leave it running")
+    up = sub.add_parser("up", help="start a managed server and leave it running", description=UP_DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("--server", default=DEFAULT_SERVER, metavar="NAME",
                     help=f"which managed server: {', '.join(server_names())} (default {DEFAULT_SERVER})")
     up.add_argument("--accounts", type=int, default=40, metavar="N", help="number of accounts user1..userN (default 40)")
@@ -35,9 +64,11 @@ def add_arguments(p) -> None:
     up.add_argument("--pop3-lock", action="store_true", help="Dovecot only: refuse a second POP3 session with [IN-USE] (pop3_lock_session = yes)")
     up.add_argument("--write", type=Path, metavar="FILE", help="write the target file here instead of printing it")
     up.add_argument("--state-dir", type=Path, default=Path(".mailharness"), help="where `down` finds the running server (default .mailharness)")
-    down = sub.add_parser("down", help="stop the server started by `target up`")
+    down = sub.add_parser("down", help="stop the server started by `target up`", description=DOWN_DESCRIPTION,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     down.add_argument("--state-dir", type=Path, default=Path(".mailharness"))
-    check = sub.add_parser("check", help="validate a target file and try to log in")
+    check = sub.add_parser("check", help="validate a target file and try to log in", description=CHECK_DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("file", type=Path)
 
 
@@ -93,9 +124,18 @@ def _check(args) -> int:
 
     target = load_target(args.file)
     info = probe_target(target)
-    print(f"target {target.name}: {len(target.accounts)} account(s), disposable={target.disposable}")
-    for key, value in info.items():
-        print(f"  {key}: {value}")
+    print(f"target {target.name}: {len(target.accounts)} account(s), "
+          + ("disposable (the harness may empty them)" if target.disposable else "not disposable (foreign mail is left alone)"))
+    for proto, endpoint in (("IMAP", target.imap), ("POP3", target.pop3)):
+        if endpoint is None:
+            print(f"  {proto}: not configured")
+            continue
+        key = proto.lower()
+        print(f"  {proto} {endpoint.url}")
+        print(f"    greeting:     {info.get(key + '_greeting') or '(none)'}")
+        print(f"    capabilities: {' '.join(info.get(key + '_capabilities') or []) or '(none)'}")
+    for error in info.get("errors") or []:
+        print(f"  problem: {error}")
     if info.get("errors"):
         raise HarnessError("; ".join(info["errors"]))
     return 0

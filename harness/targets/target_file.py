@@ -114,31 +114,47 @@ def _password(entry, source, line: int) -> str:
     return os.environ[var]
 
 
-def _accounts(spec, source, data) -> list[Account]:
+def _accounts(spec, source, data, problems: list[str]) -> list[Account]:
     if isinstance(spec, list):
-        return [Account(str(e["user"]), _password(e, source, line_of(data, ["accounts", i]))) for i, e in enumerate(spec)]
+        out = []
+        for i, entry in enumerate(spec):
+            password = _checked(problems, _password, entry, source, line_of(data, ["accounts", i]))
+            out.append(Account(str(entry["user"]), password or ""))
+        return out
     first, last = spec["range"]
     line = line_of(data, ["accounts"])
     if last < first:
-        raise ConfigError(f"{source}:{line}: accounts.range: {first} > {last}")
-    password = _password(spec, source, line)
+        problems.append(f"{source}:{line}: accounts.range: {first} > {last}")
+    password = _checked(problems, _password, spec, source, line) or ""
     return [Account(spec["pattern"].replace("{n}", str(n)), password) for n in range(first, last + 1)]
+
+
+def _checked(problems: list[str], check, *args):
+    """One check; its problem is recorded so the file's other problems are reported too."""
+    try:
+        return check(*args)
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
 
 
 def parse_target(data, source: Path | str = "<target>") -> Target:
     validate(data, load_schema("target.schema.json"), source)
     verify = data.get("tls_verify", True)
+    problems: list[str] = []
     endpoints = {
-        proto: _endpoint(proto, data[proto], source, line_of(data, [proto]), verify)
+        proto: _checked(problems, _endpoint, proto, data[proto], source, line_of(data, [proto]), verify)
         for proto in ("imap", "pop3", "lmtp", "smtp")
         if proto in data
     }
-    if not ("imap" in endpoints or "pop3" in endpoints):
-        raise ConfigError(f"{source}:{getattr(data, 'line', 1)}: give at least one of imap or pop3")
-    accounts = _accounts(data["accounts"], source, data)
+    if not ("imap" in data or "pop3" in data):
+        problems.append(f"{source}:{getattr(data, 'line', 1)}: give at least one of imap or pop3")
+    accounts = _accounts(data["accounts"], source, data, problems)
     users = [a.user for a in accounts]
     if len(set(users)) != len(users):
-        raise ConfigError(f"{source}:{line_of(data, ['accounts'])}: accounts: a user is listed twice")
+        problems.append(f"{source}:{line_of(data, ['accounts'])}: accounts: a user is listed twice")
+    if problems:
+        raise ConfigError(problems=sorted(problems, key=_line_number))
     return Target(
         name=data["name"],
         accounts=accounts,
@@ -149,6 +165,11 @@ def parse_target(data, source: Path | str = "<target>") -> Target:
         source=Path(source) if not isinstance(source, Path) else source,
         **endpoints,
     )
+
+
+def _line_number(problem: str) -> int:
+    parts = problem.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
 def load_target(path: Path | str) -> Target:
