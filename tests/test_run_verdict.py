@@ -66,7 +66,10 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip())
+    text = textwrap.dedent(text).lstrip()
+    if path.suffix == ".yaml" and text.startswith("tests:"):  # a suite: `suite:` marks it (last, so lines stay)
+        text = text.rstrip("\n") + "\nsuite: a test suite\n"
+    path.write_text(text)
     return path
 
 
