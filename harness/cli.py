@@ -13,7 +13,9 @@ from harness.errors import HarnessError
 # Modules are light at import time (no locust/gevent) so `mailharness --help` stays fast.
 COMMANDS = {
     "run": ("harness.engine.run_command", "run conformance suites against a server and write reports"),
-    "validate": ("harness.engine.validate_command", "check suite and profile files without a server"),
+    "validate": ("harness.engine.validate_command", "check suite, profile and target files without a server"),
+    "list": ("harness.engine.list_command", "list the tests a run would select (-k, -m), without a server"),
+    "init": ("harness.engine.init_command", "write an example suite and target file to start from"),
     "target": ("harness.targets.command", "start/stop a managed server (Dovecot, Cyrus, ...), or check a target file"),
     "seed": ("harness.load.seed_command", "fill the target's accounts with messages for load tests"),
     "load": ("harness.load.load_command", "run a Locust load scenario and write capacity reports"),

@@ -3,6 +3,7 @@ JUnit attributes, GitHub annotations and step summary, and the messages that tea
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -393,3 +394,60 @@ def test_suite_format_lists_the_required_keys():
     required = schema["required"] + schema["$defs"]["test"]["required"] + ["area", "rfc", "sessions", "suite"]
     for key in required:
         assert f"`{key}`" in section or f"`{key}:`" in section, key
+
+
+# -- list and init ---------------------------------------------------------------------------------
+
+def test_list_shows_what_run_would_select_without_a_server(tmp_path):
+    suite = write(tmp_path / "s.yaml", SUITE)
+    proc = cli("list", "--suite", str(suite), "-m", "deletion and not smoke", "-k", "not needs")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[:-1]]
+    assert [row[0] for row in rows] == ["ci.known", "ci.skipped-by-profile"]
+    assert rows[0][2:5] == ["deletion", "pop3", f"{suite}:21"]
+    assert proc.stdout.splitlines()[-1] == "2 test(s) in 1 file(s)"
+
+    proc = cli("list", "--suite", str(suite), "-m", "smoke", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [{
+        "id": "ci.fails", "title": "RETR of a message marked deleted (the check is wrong on purpose)",
+        "area": "deletion", "protocol": "pop3", "level": None, "rfc": ["RFC1939 §6"], "tags": ["smoke"],
+        "file": str(suite), "line": 7,
+    }]
+
+    proc = cli("list", "--suite", str(suite), "-m", "imap")
+    assert proc.returncode == 2 and "no tests matched" in proc.stderr
+
+
+def test_list_of_the_bundled_suites_matches_the_suite_files():
+    from harness.engine.model import load_suite
+    from harness.engine.suite_files import suite_files
+
+    proc = cli("list", "--json", "-m", "pop3 and deletion")
+    assert proc.returncode == 0, proc.stderr
+    listed = [(t["id"], t["file"], t["line"]) for t in json.loads(proc.stdout)]
+    expected = [(s.id, str(s.file.relative_to(ROOT)), s.line) for f in suite_files([ROOT / "suites"]) for s in load_suite(f)
+                if s.area == "deletion" and "pop3" in s.protocol.split("+")]
+    assert sorted(listed) == sorted(expected) and listed
+
+
+def test_list_reports_a_malformed_suite_with_every_problem(tmp_path):
+    path = write(tmp_path / "broken.yaml", "suite: broken\n" + textwrap.dedent(BROKEN).lstrip())
+    proc = cli("list", "--suite", str(path))
+    assert proc.returncode == 2
+    assert f"{path}:18: unknown step key 'expcet'" in proc.stderr and f"{path}:30: expect: an idle start step" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_init_writes_a_suite_and_target_that_validate_and_run(tmp_path, target_file):
+    root = tmp_path / "checks"
+    proc = cli("init", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "suites" / "example.yaml").is_file() and (root / "target.yaml").is_file()
+    proc = cli("validate", str(root / "suites"), "--target", str(root / "target.yaml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 test(s)" in proc.stdout and "0 problem(s)" in proc.stdout
+    proc = cli("run", "--suite", str(root / "suites"), "--target", str(target_file), "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # the example passes against a real server
+    proc = cli("init", str(root))
+    assert proc.returncode == 2 and "never overwrites" in proc.stderr

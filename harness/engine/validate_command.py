@@ -12,20 +12,25 @@ from harness.engine.suite_files import suite_files as find_suites
 from harness.engine.suite_files import test_ids as scanned_test_ids
 from harness.errors import ConfigError, HarnessError
 from harness.paths import profiles_dir, suites_dir
+from harness.targets.target_file import UNSET_PASSWORD_ENV, load_target
 
 DESCRIPTION = """\
-Check suite files (schema, sessions, corpus names, patterns, variables) and
-profiles, and report every problem with its file and line. Needs no server.
+Check suite files (schema, sessions, corpus names, patterns, variables),
+profiles and target files, and report every problem with its file and line:
+all schema problems of a file, then all meaning problems. Needs no server.
 
 examples:
   mailharness validate                      the bundled suites and profiles
   mailharness validate my-suites/ --profile profiles/cyrus.yaml
+  mailharness validate my-suites/ --target staging.yaml
 """
 
 
 def add_arguments(p) -> None:
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="suite files or directories (default: bundled suites)")
     p.add_argument("--profile", action="append", default=[], metavar="NAME|FILE", help="profile to check (default: all bundled)")
+    p.add_argument("--target", action="append", default=[], type=Path, metavar="FILE",
+                   help="target file to check too: every key, endpoint and account (no connection; `target check` logs in)")
 
 
 def suite_files(paths: list[Path]) -> list[Path]:
@@ -69,8 +74,22 @@ def run(args) -> int:
             continue
         # against the given suites and the bundled ones: a profile for the bundled suites may be checked with yours
         problems += profile.unused_problems(test_ids | bundled_ids)
+    notes = []
+    for target in args.target:
+        try:
+            load_target(target)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                # the file is right; this shell lacks the secret, which `run` and `target check` will need
+                if UNSET_PASSWORD_ENV in problem:
+                    notes.append(f"{problem} here (fine for validate; run and target check need it)")
+                else:
+                    problems.append(problem)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"{len(files)} suite file(s), {len(test_ids)} test(s), {len(profiles)} profile(s): "
+    targets = f", {len(args.target)} target file(s)" if args.target else ""
+    print(f"{len(files)} suite file(s), {len(test_ids)} test(s), {len(profiles)} profile(s){targets}: "
           f"{len(problems)} problem(s)")
     return 2 if problems else 0

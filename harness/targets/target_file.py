@@ -105,12 +105,15 @@ def _endpoint(proto: str, value, source, line: int, verify_default: bool) -> End
     return Endpoint(parts.scheme, parts.hostname, port, tls, starttls, value.get("tls_verify", verify_default))
 
 
+UNSET_PASSWORD_ENV = "password_env: environment variable"
+
+
 def _password(entry, source, line: int) -> str:
     if "password" in entry:
         return str(entry["password"])
     var = entry["password_env"]
     if var not in os.environ:
-        raise ConfigError(f"{source}:{line}: password_env: environment variable {var} is not set")
+        raise ConfigError(f"{source}:{line}: {UNSET_PASSWORD_ENV} {var} is not set")
     return os.environ[var]
 
 
