@@ -259,6 +259,14 @@ class Fault:
         """The status line and body lines (still dot-stuffed, terminator excluded) to pass on."""
         return status, body
 
+    def sasl_line(self, conn: Pop3Conn | ImapConn, line: bytes) -> bytes:
+        """What to send upstream for a client line answering a "+" request during AUTH/AUTHENTICATE."""
+        return line
+
+    def pop3_challenge(self, conn: Pop3Conn, line: bytes) -> bytes:
+        """A "+ " challenge line of an AUTH exchange, as passed to the client."""
+        return line
+
     def pop3_client_dropped(self, conn: Pop3Conn) -> bytes | None:
         """Bytes to send upstream when the client drops without QUIT; None: drop upstream too."""
         return None
@@ -587,6 +595,62 @@ class Pop3InUseCodeDropped(Fault):
             status = b"-ERR" + status[len(b"-ERR [IN-USE]"):]
         return status, body
 
+def _bare_lf(line: bytes) -> bytes:
+    return line[:-2] + b"\n" if line.endswith(b"\r\n") else line
+
+
+@_register("pop3-sasl-ir-ignored", "pop3", "auth",
+           "AUTH mechanism initial-response reaches the server without its initial response (an RFC 1734-only server)")
+class Pop3SaslIrIgnored(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "AUTH" and len(cmd.args) == 2:
+            conn.fire(f"initial response of AUTH {cmd.args[0]} dropped")
+            return b"AUTH %s%s" % (cmd.args[0].encode(), _eol(cmd.raw))
+        return cmd.raw
+
+
+@_register("pop3-sasl-cancel-accepted", "pop3", "auth",
+           "an AUTH exchange the client cancels with \"*\" is answered +OK (the server's -ERR is replaced)")
+class Pop3SaslCancelAccepted(Fault):
+    def sasl_line(self, conn, line):
+        conn.state["cancelled"] = _chomp(line) == b"*"
+        return line
+
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "AUTH" and conn.state.pop("cancelled", False) and status.startswith(b"-ERR"):
+            conn.fire("cancelled AUTH answered +OK")
+            status = b"+OK Logged in.\r\n"
+        return status, body
+
+
+@_register("pop3-auth-continuation-bare-lf", "pop3", "auth",
+           "the \"+ \" challenges of an AUTH exchange end with a bare LF instead of CRLF")
+class Pop3AuthContinuationBareLf(Fault):
+    def pop3_challenge(self, conn, line):
+        conn.fire(f"challenge {_chomp(line)[:20]!r} sent with a bare LF")
+        return _bare_lf(line)
+
+
+@_register("pop3-bare-auth-crashes", "pop3", "auth",
+           "AUTH without a mechanism closes the connection without an answer (a server that crashes on it)")
+class Pop3BareAuthCrashes(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "AUTH" and not cmd.args:
+            conn.fire("bare AUTH: connection closed")
+            conn.abort()
+            raise EOFError
+        return cmd.raw
+
+
+@_register("pop3-apop-wrong-digest-accepted", "pop3", "auth", "an APOP the server refuses is answered +OK")
+class Pop3ApopWrongDigestAccepted(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "APOP" and status.startswith(b"-ERR"):
+            conn.fire("APOP -ERR turned into +OK")
+            status = b"+OK Logged in.\r\n"
+        return status, body
+
+
 # -- IMAP ---------------------------------------------------------------------------------------------
 
 _LITERAL_ARG = re.compile(rb"~?\{(\d+)\+?\}\r?\n")
@@ -901,10 +965,6 @@ class ImapBadLoginAccepted(Fault):
         return resp
 
 
-def _bare_lf(line: bytes) -> bytes:
-    return line[:-2] + b"\n" if line.endswith(b"\r\n") else line
-
-
 @_register("imap-append-continuation-bare-lf", "imap", "append",
            "the \"+\" continuation that invites APPEND's literal ends with a bare LF instead of CRLF")
 class ImapAppendContinuationBareLf(Fault):
@@ -912,6 +972,68 @@ class ImapAppendContinuationBareLf(Fault):
         if resp.kind == "+" and "APPEND" in conn.pending_names():
             conn.fire(f"continuation {_chomp(resp.line)[:30]!r} sent with a bare LF")
             return ImapResponse([_bare_lf(resp.line), *resp.segments[1:]])
+        return resp
+
+
+@_register("imap-sasl-ir-ignored", "imap", "auth",
+           "AUTHENTICATE mechanism initial-response reaches the server without its initial response (SASL-IR "
+           "advertised, not honoured)")
+class ImapSaslIrIgnored(_Rewritten):
+    COMMANDS = frozenset({"AUTHENTICATE"})
+    PATTERN, REPLACEMENT = re.compile(rb"^(\S+ AUTHENTICATE \S+) \S+(?=\r?\n)", re.IGNORECASE), rb"\1"
+    NOTE = "initial response dropped from AUTHENTICATE"
+
+
+@_register("imap-authenticate-cancel-no", "imap", "auth",
+           "an AUTHENTICATE exchange the client cancels with \"*\" is answered NO instead of BAD")
+class ImapAuthenticateCancelNo(Fault):
+    def sasl_line(self, conn, line):
+        conn.state["cancelled"] = _chomp(line) == b"*"
+        return line
+
+    def imap_response(self, conn, cmd, resp):
+        if (resp.kind == "tagged" and cmd is not None and cmd.name == "AUTHENTICATE" and resp.status == "BAD"
+                and conn.state.pop("cancelled", False)):
+            conn.fire("cancelled AUTHENTICATE answered NO")
+            return ImapResponse([b"%s NO%s" % (resp.tag, resp.line[len(resp.tag) + 4:])])
+        return resp
+
+
+@_register("imap-authenticate-continuation-bare-lf", "imap", "auth",
+           "the \"+\" challenges of an AUTHENTICATE exchange end with a bare LF instead of CRLF")
+class ImapAuthenticateContinuationBareLf(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "+" and "AUTHENTICATE" in conn.pending_names():
+            conn.fire(f"challenge {_chomp(resp.line)[:20]!r} sent with a bare LF")
+            return ImapResponse([_bare_lf(resp.line), *resp.segments[1:]])
+        return resp
+
+
+_CAPABILITY_LIST = re.compile(rb"(?i)(\[CAPABILITY |^\* CAPABILITY )([^\]\r\n]*)")
+
+
+@_register("imap-claims-rev2-bad-base64-no", "imap", "auth",
+           "IMAP4rev2 is added to every capability list, while invalid base64 in AUTHENTICATE stays a NO "
+           "(RFC 9051 §6.2.2 wants BAD)")
+class ImapClaimsRev2BadBase64No(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind in ("*", "tagged") and b"CAPABILITY" in resp.line.upper() and b"IMAP4REV2" not in resp.line.upper():
+            line = _CAPABILITY_LIST.sub(lambda m: m[1] + m[2] + b" IMAP4rev2", resp.line, count=1)
+            if line != resp.line:
+                conn.fire("IMAP4rev2 added to a capability list")
+                return ImapResponse([line, *resp.segments[1:]])
+        return resp
+
+
+@_register("imap-capability-code-without-rev1", "imap", "capability",
+           "the CAPABILITY response code in a successful AUTHENTICATE's tagged OK loses IMAP4rev1")
+class ImapCapabilityCodeWithoutRev1(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and cmd.name == "AUTHENTICATE" and resp.status == "OK":
+            line = re.sub(rb"(?i)(\[CAPABILITY[^\]]*?) IMAP4rev1\b", rb"\1", resp.line, count=1)
+            if line != resp.line:
+                conn.fire("IMAP4rev1 dropped from AUTHENTICATE's [CAPABILITY]")
+                return ImapResponse([line, *resp.segments[1:]])
         return resp
 
 
@@ -1417,7 +1539,7 @@ class Pop3Conn(_Conn):
             with self.lock:
                 sasl, self.sasl_line_due = self.sasl_line_due, False
             if sasl:
-                self.write_server(line)
+                self.write_server(self.fault.sasl_line(self, line))
                 continue
             words = line.decode("latin-1").split()
             cmd = Pop3Command(words[0].upper() if words else "", words[1:], line)
@@ -1480,7 +1602,7 @@ class Pop3Conn(_Conn):
         if cmd is not None and cmd.verb == "AUTH" and (line.startswith(b"+ ") or _chomp(line) == b"+"):
             with self.lock:
                 self.sasl_line_due = True
-                self.write_client(line)
+                self.write_client(self.fault.pop3_challenge(self, line))
             return
         body: list[bytes] | None = None
         end = b""
@@ -1541,7 +1663,7 @@ class ImapConn(_Conn):
                 self.idle_tag = None
             if sasl:
                 self._note_sasl_user(line)
-                self.write_server(line)
+                self.write_server(self.fault.sasl_line(self, line))
                 continue
             if done:  # the DONE that ends IDLE
                 self.write_server(line)

@@ -705,6 +705,128 @@ def _(env, proxy):
     return not line.endswith(b"\r\n")
 
 
+# -- authentication ------------------------------------------------------------------------------
+
+def _plain(account) -> bytes:
+    import base64
+
+    return base64.b64encode(b"\0%s\0%s" % (account.user.encode(), account.password.encode()))
+
+
+class _RawLines:
+    """A POP3 or IMAP connection read line by line, line ends kept (to see a bare LF)."""
+
+    def __init__(self, proxy: FaultProxy):
+        self.sock = socket.create_connection((proxy.host, proxy.port), timeout=5)
+        self.f = self.sock.makefile("rb")
+        self.greeting = self.f.readline()
+
+    def say(self, line: bytes) -> bytes:
+        self.sock.sendall(line + b"\r\n")
+        return self.f.readline()
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+
+@demo("pop3-sasl-ir-ignored")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    answer = c.say(b"AUTH PLAIN " + _plain(env.account))
+    c.close()
+    return answer.startswith(b"+ ") or answer.rstrip() == b"+"
+
+
+@demo("pop3-sasl-cancel-accepted")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    assert c.say(b"AUTH PLAIN").startswith(b"+")
+    answer = c.say(b"*")
+    c.close()
+    return answer.startswith(b"+OK")
+
+
+@demo("pop3-auth-continuation-bare-lf")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    challenge = c.say(b"AUTH LOGIN")
+    assert challenge.startswith(b"+"), challenge
+    c.say(b"*")
+    c.close()
+    return not challenge.endswith(b"\r\n")
+
+
+@demo("pop3-bare-auth-crashes")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    answer = c.say(b"AUTH")
+    c.close()
+    return not answer.startswith((b"+OK", b"-ERR"))
+
+
+@demo("pop3-apop-wrong-digest-accepted")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    assert re.search(rb"<[^>]+@[^>]+>", c.greeting), f"the embedded Dovecot offers APOP: {c.greeting!r}"
+    answer = c.say(b"APOP %s %s" % (env.account.user.encode(), b"0" * 32))
+    c.close()
+    return answer.startswith(b"+OK")
+
+
+@demo("imap-sasl-ir-ignored")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    answer = c.say(b"t1 AUTHENTICATE PLAIN " + _plain(env.account))
+    if answer.startswith(b"+"):
+        c.say(b"*")
+    c.close()
+    return answer.startswith(b"+")
+
+
+@demo("imap-authenticate-cancel-no")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    assert c.say(b"t1 AUTHENTICATE PLAIN").startswith(b"+")
+    answer = c.say(b"*")
+    c.close()
+    return answer.startswith(b"t1 NO")
+
+
+@demo("imap-authenticate-continuation-bare-lf")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    challenge = c.say(b"t1 AUTHENTICATE LOGIN")
+    assert challenge.startswith(b"+"), challenge
+    c.say(b"*")
+    c.close()
+    return not challenge.endswith(b"\r\n")
+
+
+@demo("imap-claims-rev2-bad-base64-no")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    claims = b"IMAP4REV2" in c.say(b"t1 CAPABILITY").upper()
+    c.f.readline()  # t1 OK
+    assert c.say(b"t2 AUTHENTICATE PLAIN").startswith(b"+")
+    answer = c.say(b"@@not-base64@@")
+    c.close()
+    return claims and answer.startswith(b"t2 NO")
+
+
+@demo("imap-capability-code-without-rev1")
+def _(env, proxy):
+    c = _RawLines(proxy)
+    assert c.say(b"t1 AUTHENTICATE PLAIN").startswith(b"+")
+    answer = c.say(_plain(env.account))
+    while answer.startswith(b"* "):
+        answer = c.f.readline()
+    c.close()
+    code = re.search(rb"\[CAPABILITY ([^\]]*)\]", answer)
+    assert answer.startswith(b"t1 OK") and code, answer
+    return b"IMAP4REV1" not in code[1].upper()
+
+
 # nested parts and an encoded part, for the section faults: 1 text, 2 alternative (2.1, 2.2), 3 base64
 MULTI = (b"From: Alice <alice@example.com>\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
          b"Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n"

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import corpus
+from harness.engine import credentials
 from harness.engine.patterns import Pattern, PatternError, _compile, function_tokens, variables_in
 from harness.errors import ConfigError
 from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
-    "all_lines", "body", "fetch", "timeout", "why", "metric", "to",
+    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue",
 }
 SPECIAL_STEPS = ("drop", "sleep", "deliver")
 IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
@@ -108,6 +109,7 @@ class Step:
     kind: str  # command | append | idle_start | idle_done | await | drop | sleep | deliver
     session: str | None = None
     command: str | None = None
+    continuations: list[str] = field(default_factory=list)  # lines answering the server's "+" requests, in order
     message: MessageRef | None = None  # append / deliver
     mailbox: str = "INBOX"
     date: str | None = None  # append: internal date
@@ -295,9 +297,15 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
         step.session = actor
         if isinstance(value, str):
             step.command = value.strip()
-            for var in variables_in(step.command):
-                if var not in known_vars and var not in builtin_vars(accounts):
-                    ctx.fail(keys + [actor], f"${var} is used before any step captures it")
+            step.continuations = [str(x) for x in _as_list(raw.get("continue"))]
+            lines = [(keys + [actor], step.command)] + [
+                (keys + ["continue"] + ([i] if isinstance(raw["continue"], list) else []), text)
+                for i, text in enumerate(step.continuations)]
+            for where, text in lines:
+                for var in variables_in(text):
+                    if var not in known_vars and var not in builtin_vars(accounts):
+                        ctx.fail(where, f"${var} is used before any step captures it")
+                _check_credentials(ctx, where, text, accounts, sessions[actor])
         else:
             _action(ctx, keys + [actor], value, step, sessions[actor])
     protocol = sessions[step.session].protocol if step.session else None
@@ -348,6 +356,18 @@ def _check_message_numbers(ctx: _Ctx, keys: list, step: Step, protocol: str | No
             ctx.fail(keys, f"${{msg:{arg}}}: a message number is a POP3 notion; in IMAP steps use sequence numbers or UIDs")
         if arg not in corpus.names():
             ctx.fail(keys, f"${{msg:{arg}}}: no corpus message named {arg!r} (known: {', '.join(corpus.names())})")
+
+
+def _check_credentials(ctx: _Ctx, keys: list, text: str, accounts: int, session: SessionSpec) -> None:
+    try:
+        tokens = credentials.tokens_in(text)
+    except credentials.CredentialError as exc:
+        ctx.fail(keys, str(exc))
+    for token in tokens:
+        if token.account > accounts:
+            ctx.fail(keys, f"{token.text} uses account {token.account} but the test has accounts: {accounts}")
+        if token.fn == "apop" and session.protocol != "pop3":
+            ctx.fail(keys, f"{token.text} is a POP3 digest (RFC 1939 §7); {session.name} is {session.protocol}")
 
 
 def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec) -> None:

@@ -30,6 +30,7 @@ from imapclient.exceptions import IMAPClientError
 from harness import __version__
 from harness.engine.account_pool import AccountPool
 from harness.engine.accounts import admin_client, cleanup, inspect_account, prepare
+from harness.engine.credentials import greeting_timestamp
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import StepFailure, TestRun
@@ -465,11 +466,27 @@ def _missing_requirements(spec, state: HarnessState) -> str | None:
     if spec.requires.get("delivery") and target.delivery is None:
         return "the target has no lmtp or smtp endpoint for delivery"
     for proto in ("imap", "pop3"):
-        have = {c.upper() for c in state.probe.get(f"{proto}_capabilities", [])}
         for cap in spec.requires.get(proto, []):
-            if cap.upper() not in have:
+            if not advertises(state.probe, proto, cap):
                 return f"server does not advertise {proto.upper()} capability {cap}"
+    if spec.requires.get("apop") and not greeting_timestamp(state.probe.get("pop3_greeting")):
+        return ("the POP3 greeting has no timestamp <...@...>: the server does not offer APOP (RFC 1939 §7); "
+                f"greeting: {state.probe.get('pop3_greeting')!r}")
     return None
+
+
+def advertises(probe: dict, proto: str, cap: str) -> bool:
+    """Does the server list `cap`, before or after login? IMAP: an atom (AUTH=PLAIN, SASL-IR, IDLE).
+    POP3: a CAPA keyword (UIDL), or a keyword and one of its arguments (`SASL PLAIN`)."""
+    if proto == "imap":
+        have = probe.get("imap_capabilities", []) + probe.get("imap_capabilities_before_login", [])
+        return cap.upper() in {c.upper() for c in have}
+    keyword, _, argument = cap.upper().partition(" ")
+    if not argument:
+        have = probe.get("pop3_capabilities", []) + [line.split()[0] for line in probe.get("pop3_capa_before_login", [])]
+        return keyword in {c.upper() for c in have}
+    return any(line.upper().split()[0] == keyword and argument.strip() in line.upper().split()[1:]
+               for line in probe.get("pop3_capa_before_login", []))
 
 
 @pytest.hookimpl(hookwrapper=True)

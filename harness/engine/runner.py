@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from harness.engine import credentials
 from harness.engine.model import BodySpec, Step, TestSpec
 from harness.engine.patterns import Pattern, PatternError, function_tokens, split_literals, substitute
 from harness.engine.pop3_view import Pop3View, ViewError, build_view, compare_message
@@ -78,7 +79,10 @@ class TestRun:
             self.variables[f"password{suffix}"] = account.password
             self.account_variables += [f"user{suffix}", f"password{suffix}"]
             transcript.add_secret(account.password)
+            for form in credentials.sasl_forms(account):  # ${sasl:...} sends these; a server may echo them
+                transcript.add_secret(form)
         self.metrics: dict[str, float] = {}
+        self._apop_greetings: dict[str, object] = {}  # APOP timestamp -> the session whose greeting had it
         self._last_step_end = time.monotonic()
         # POP3: per connection, which number is which corpus message, and LIST's sizes (pop3_view.py)
         self.views: dict[str, Pop3View | None] = {name: None for name in spec.sessions}
@@ -106,6 +110,8 @@ class TestRun:
             raise StepFailure(self.spec, step, "a complete, well-formed response", str(exc)) from None
         except PatternError as exc:
             raise StepFailure(self.spec, step, "a step whose variables are all set", str(exc)) from None
+        except credentials.CredentialError as exc:  # e.g. ${apop:...} and a greeting without a timestamp
+            raise StepFailure(self.spec, step, "what the step's credential tokens need", str(exc)) from None
 
     # -- sessions -------------------------------------------------------------------
     def _session(self, name: str, timeout: float):
@@ -159,10 +165,13 @@ class TestRun:
             variables = self._pop3_variables(step, session, timeout)
         else:
             variables = self._imap_variables()
-        line = substitute(step.command, variables)
+        line = substitute(self._credentials(step, step.command, session), variables)
         verb = line.split()[0].upper() if line.split() else ""
+        # SASL lines are sent as they are: no astring quoting of $user/$password there
+        replies = [substitute(self._credentials(step, text, session), self.variables) for text in step.continuations]
         if isinstance(session, POP3Session):
-            response = session.command(line, timeout=timeout)
+            response = session.command(line, timeout=timeout, continuations=replies)
+            self._check_continued(step, response.continued, response.line)
             self._check_status(step, response.line, "+OK", variables)
             self._learn_list_sizes(step.session, line, response)
             self._check_retr_size(step, line, response)
@@ -171,10 +180,30 @@ class TestRun:
                 session.drop()
         else:
             line, literals = split_literals(line)
-            response = session.command(line, timeout=timeout, literals=literals)
+            response = session.command(line, timeout=timeout, literals=literals, continuations=replies)
+            self._check_continued(step, response.continued, response.line)
             self._check_imap(step, response)
             if verb == "LOGOUT":
                 session.drop()
+
+    def _credentials(self, step: Step, text: str, session) -> str:
+        greeting = getattr(session, "greeting", None)
+        if credentials.TOKEN.search(text) and "${apop:" in text:
+            # RFC 1939 §7: the timestamp MUST be different each time the server issues a greeting
+            stamp = credentials.greeting_timestamp(greeting)
+            earlier = self._apop_greetings.setdefault(stamp, session) if stamp else session
+            if earlier is not session:
+                raise StepFailure(self.spec, step, "an APOP timestamp not used in an earlier greeting (RFC 1939 §7)",
+                                  f"the same timestamp {stamp} as an earlier session's greeting: {greeting}")
+        return credentials.expand(text, self.accounts, greeting)
+
+    def _check_continued(self, step: Step, continued: int, line: str) -> None:
+        """Each `continue:` line answers one "+" request; a server that answers before asking for them all
+        (a SASL exchange that ends early: LOGIN accepted without the password) fails the step."""
+        if continued < len(step.continuations):
+            raise StepFailure(
+                self.spec, step, f"{len(step.continuations)} continuation request(s) (\"+\"), one per `continue:` line",
+                f"{continued} before the answer: {line}")
 
     def _step_append(self, step: Step, timeout: float) -> None:
         session = self._session(step.session, timeout)

@@ -6,7 +6,13 @@ from harness.sessions.errors import ConnectionClosed, ProtocolError, ProtocolTim
 from harness.sessions.redact import MASK, redact_line
 from harness.sessions.transcript import Transcript
 from harness.sessions.wire import (
-    MAX_LINE, BareLineFeed, LineTooLong, Wire, WireClosed, WireTimeout, deadline_after,
+    MAX_LINE,
+    BareLineFeed,
+    LineTooLong,
+    Wire,
+    WireClosed,
+    WireTimeout,
+    deadline_after,
 )
 
 

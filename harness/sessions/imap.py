@@ -67,6 +67,7 @@ class IMAPResponse:
     code: str | None  # inside the brackets: "APPENDUID 1 2", "OVERQUOTA"
     line: str  # the tagged line without the tag: "OK [APPENDUID 1 2] Append completed."
     untagged: list[Untagged]  # everything untagged since the last hand-out, in order
+    continued: int = 0  # "+" requests answered with a line of `continuations` (SASL)
 
     @property
     def ok(self) -> bool:
@@ -151,7 +152,9 @@ class IMAPSession(Session):
             self._send(replies.pop(0).encode("utf-8", "surrogateescape") + CRLF, deadline, "(SASL response)")
             return False
 
-        return self._response(self._collect(tag, deadline, full, seconds, since, answer))
+        resp = self._response(self._collect(tag, deadline, full, seconds, since, answer))
+        resp.continued = len(continuations) - len(replies)
+        return resp
 
     def login(self, user: str, password: str) -> IMAPResponse:
         """LOGIN with user and password as atom, quoted string or literal as needed; ProtocolError unless OK."""

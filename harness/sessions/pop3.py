@@ -10,9 +10,11 @@ from harness.sessions.errors import ProtocolError
 from harness.sessions.transcript import Transcript
 from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
-# Commands whose +OK answer has a body; LIST and UIDL only without an argument.
+# Commands whose +OK answer has a body; LIST and UIDL only without an argument. A bare AUTH is no RFC's
+# (RFC 5034 lists mechanisms in CAPA's SASL line), but the servers that answer it +OK list the mechanisms
+# one per line, ended by "." (the form clients from before RFC 2449 used).
 MULTILINE_ALWAYS = {"CAPA", "RETR", "TOP"}
-MULTILINE_WITHOUT_ARG = {"LIST", "UIDL"}
+MULTILINE_WITHOUT_ARG = {"LIST", "UIDL", "AUTH"}
 
 
 @dataclass
@@ -25,6 +27,7 @@ class POP3Response:
     body: bytes | None = None  # the lines, each ended by CRLF: for RETR, the message
     wire_octets: int = 0  # body bytes as sent, before unstuffing, without the final ".\r\n"
     bare_lf_lines: int = 0  # lines (status included) the server ended with LF instead of CRLF
+    continued: int = 0  # "+ " requests answered with a line of `continuations` (SASL)
 
 
 def is_multiline(line: str) -> bool:
@@ -82,7 +85,7 @@ class POP3Session(Session):
             raise self._fail(ProtocolError(
                 f"malformed status line from {self.url} in response to `{self._describe(line)}`: {status_line!r}"))
         resp = POP3Response(ok=status == "+OK", status=status, text=text, line=status_line,
-                            bare_lf_lines=int(not raw.endswith(b"\r\n")))
+                            bare_lf_lines=int(not raw.endswith(b"\r\n")), continued=len(continuations) - len(replies))
         if resp.ok and (is_multiline(line) if multiline is None else multiline):
             self._read_body(resp, deadline, line, seconds, raw)
         if resp.bare_lf_lines:

@@ -14,6 +14,9 @@ def probe_target(target: Target, account_index: int = 0) -> dict:
         "imap_capabilities": [],
         "pop3_greeting": None,
         "pop3_capabilities": [],
+        # Before login, where the SASL mechanisms are listed (servers drop AUTH=/SASL after it)
+        "imap_capabilities_before_login": [],
+        "pop3_capa_before_login": [],  # whole CAPA lines: "SASL PLAIN LOGIN"
         "errors": [],
     }
     if not 0 <= account_index < len(target.accounts):
@@ -43,6 +46,11 @@ def _connect(cls, endpoint: Endpoint, target: Target, name: str):
 def _probe_imap(endpoint: Endpoint, account: Account, target: Target, info: dict) -> None:
     with _connect(IMAPSession, endpoint, target, "probe-imap") as imap:
         info["imap_greeting"] = imap.greeting
+        try:
+            info["imap_capabilities_before_login"] = imap.capabilities()
+        except SessionError:
+            if imap.closed:
+                raise
         imap.login(account.user, account.password)
         info["imap_capabilities"] = imap.capabilities()
 
@@ -50,6 +58,12 @@ def _probe_imap(endpoint: Endpoint, account: Account, target: Target, info: dict
 def _probe_pop3(endpoint: Endpoint, account: Account, target: Target, info: dict) -> None:
     with _connect(POP3Session, endpoint, target, "probe-pop3") as pop3:
         info["pop3_greeting"] = pop3.greeting
+        try:
+            info["pop3_capa_before_login"] = [line.strip() for line in pop3.capa() if line.strip()]
+        except SessionError:
+            pass  # CAPA is optional (RFC 2449)
+        if pop3.closed:
+            return
         try:
             pop3.login(account.user, account.password)
         except SessionError as exc:  # CAPA still works before login
