@@ -31,7 +31,7 @@ def b64(text: str) -> str:
 
 def write_suite(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "suite.yaml"
-    path.write_text(textwrap.dedent(text).lstrip())
+    path.write_text(textwrap.dedent(text).lstrip() + "suite: auth engine\n")  # last, so line numbers stay
     return path
 
 
@@ -62,7 +62,7 @@ MALFORMED = [
     ("apop on imap", "- n: XAPOP ${apop:password}", ":8:", "is a POP3 digest"),
     ("token in a continue line", "- n: AUTHENTICATE PLAIN\n  continue: ['${sasl:nope}']", ":9:", "${sasl:nope}"),
     ("variable in a continue line", "- n: AUTHENTICATE PLAIN\n  continue: $later", ":9:", "$later is used before"),
-    ("continue on an idle step", "- n: {idle: start}\n  continue: x", ":9:", "continue: a idle start step does not check this"),
+    ("continue on an idle step", "- n: {idle: start}\n  continue: x", ":9:", "continue: an idle start step does not check this"),
 ]
 
 
