@@ -651,6 +651,16 @@ class Pop3ApopWrongDigestAccepted(Fault):
         return status, body
 
 
+@_register("pop3-apop-accepted-said-err", "pop3", "auth",
+           "an APOP the server accepts is answered -ERR, though the session is logged in (state and answer disagree)")
+class Pop3ApopAcceptedSaidErr(Fault):
+    def pop3_response(self, conn, cmd, status, body):
+        if cmd is not None and cmd.verb == "APOP" and status.startswith(b"+OK"):
+            conn.fire("APOP +OK turned into -ERR")
+            status = b"-ERR [AUTH] Authentication failed.\r\n"
+        return status, body
+
+
 # -- IMAP ---------------------------------------------------------------------------------------------
 
 _LITERAL_ARG = re.compile(rb"~?\{(\d+)\+?\}\r?\n")

@@ -774,6 +774,19 @@ def _(env, proxy):
     return answer.startswith(b"+OK")
 
 
+@demo("pop3-apop-accepted-said-err")
+def _(env, proxy):
+    import hashlib
+
+    c = _RawLines(proxy)
+    stamp = re.search(rb"<[^>]+@[^>]+>", c.greeting)[0]
+    digest = hashlib.md5(stamp + env.account.password.encode()).hexdigest().encode()
+    answer = c.say(b"APOP %s %s" % (env.account.user.encode(), digest))
+    stat = c.say(b"STAT")
+    c.close()
+    return answer.startswith(b"-ERR") and stat.startswith(b"+OK")
+
+
 @demo("imap-sasl-ir-ignored")
 def _(env, proxy):
     c = _RawLines(proxy)
