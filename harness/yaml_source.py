@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,67 @@ class LList(list, Located):
     pass
 
 
+# Limits for files written by people, so a hostile or broken file fails with file:line, not a
+# RecursionError or gigabytes: no person nests 64 levels, and no suite needs megabytes.
+MAX_DEPTH = 64
+MAX_FILE_BYTES = 4_000_000
+# An alias is a reference, but whoever walks the data (schema checks, json.dumps) walks every copy:
+# the whole document, aliases expanded, may weigh no more than a file of MAX_FILE_BYTES could.
+MAX_EXPANDED_WEIGHT = MAX_FILE_BYTES
+
+
+def _line(node_or_event) -> int:
+    return node_or_event.start_mark.line + 1
+
+
 class _LineLoader(yaml.SafeLoader):
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._weights: dict[int, int] = {}  # id(node) -> weight with aliases expanded (node done composing)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None and id(node) not in self._weights:
+                raise ConfigError(f"line {_line(event)}: alias *{event.anchor} refers to a node that contains it (a cycle)")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise ConfigError(f"line {_line(self.peek_event())}: nested more than {MAX_DEPTH} levels deep")
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._weigh(node)
+        return node
+
+    def _weigh(self, node) -> None:
+        """1 per node plus the characters of scalars, counting every copy an alias stands for.
+
+        The root's weight is the whole expanded document, so checking each node as it completes
+        stops a bomb at the first level that outgrows the cap, before anything walks it.
+        """
+        if isinstance(node, yaml.ScalarNode):
+            weight = 1 + len(node.value)
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            weight = 1 + sum(self._weights.get(id(child), 0) for child in children)
+        self._weights[id(node)] = weight
+        if weight > MAX_EXPANDED_WEIGHT:
+            raise ConfigError(f"line {_line(node)}: aliases expand this document beyond {MAX_EXPANDED_WEIGHT:,} "
+                              "nodes and characters (an alias bomb?)")
+
     def construct_mapping(self, node, deep=False):
         mapping = LDict()
         mapping.line = node.start_mark.line + 1
         mapping.key_lines = {}
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                kind = "list" if isinstance(key, list) else "mapping" if isinstance(key, dict) else type(key).__name__
+                raise ConfigError(f"line {_line(key_node)}: a {kind} cannot be a mapping key; keys are plain words") from None
             if key in mapping:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
             mapping[key] = self.construct_object(value_node, deep=True)
@@ -63,6 +118,18 @@ _LineLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _LineLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _finite_float(loader: _LineLoader, node) -> float:
+    # .nan and .inf pass every `minimum` in a schema (comparisons with NaN are false) and then
+    # break timeouts and sleeps far from the file; no setting here means them.
+    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    if not math.isfinite(value):
+        raise ConfigError(f"line {_line(node)}: {node.value} is not a finite number")
+    return value
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:float", _finite_float)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
 
@@ -71,6 +138,8 @@ def load_yaml(path: Path | str) -> Any:
     """Parse one YAML file with line information; syntax errors become ConfigError."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES:,} bytes; not a file written by hand")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None

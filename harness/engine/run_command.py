@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.arguments import finite_float
 from harness.errors import ConfigError
 from harness.paths import suites_dir
 from harness.targets.managed import DEFAULT_SERVER, server_class, server_names
@@ -50,13 +51,15 @@ def add_arguments(p) -> None:
     p.add_argument("-n", dest="workers", type=int, default=0, metavar="WORKERS", help="parallel workers (pytest-xdist); 0 runs in one process (default)")
     p.add_argument("--profile", metavar="NAME|FILE", help="server profile of expected deviations (default: the target's)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/latest"), metavar="DIR", help="where reports go (default reports/latest)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
+    p.add_argument("--timeout", type=finite_float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
     p.add_argument("--strict", action="store_true", help="a failed SHOULD check (outcome warning) fails the run (exit 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per test while running")
     p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="pass an extra argument to pytest (repeatable)")
 
 
 def pytest_args(args) -> list[str]:
+    if args.timeout is not None and not 0 < args.timeout <= 3600:
+        raise ConfigError("--timeout must be above 0 and at most 3600 seconds")
     suites = args.suite or [suites_dir()]
     for suite in suites:
         if not suite.exists():

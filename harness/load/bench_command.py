@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.arguments import finite_float
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.targets.target_file import load_target
 
@@ -44,13 +45,13 @@ reported too. A --target must be disposable: true (the mix sets \\Seen flags).
 def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, metavar="FILE", help="target file (disposable: true); default: embedded Dovecot")
     p.add_argument("--users", type=int, default=20, metavar="N", help=f"concurrent webmail users without think time (default 20, at most {MAX_USERS})")
-    p.add_argument("--duration", type=float, default=15.0, metavar="S", help=f"measured seconds (default 15, at most {MAX_DURATION})")
-    p.add_argument("--warmup", type=float, default=3.0, metavar="S", help="seconds of load before measuring (default 3)")
+    p.add_argument("--duration", type=finite_float, default=15.0, metavar="S", help=f"measured seconds (default 15, at most {MAX_DURATION})")
+    p.add_argument("--warmup", type=finite_float, default=3.0, metavar="S", help="seconds of load before measuring (default 3)")
     p.add_argument("--messages", type=int, default=100, metavar="N", help="messages seeded per account (default 100)")
     p.add_argument("--idle-users", type=int, default=0, metavar="N",
                    help="instead: open N IMAP connections holding IDLE (one account each) while mail arrives, "
                         "and report how many one process held and the notification latency")
-    p.add_argument("--delivery-rate", type=float, default=20.0, metavar="R", help="with --idle-users: messages per second delivered (default 20)")
+    p.add_argument("--delivery-rate", type=finite_float, default=20.0, metavar="R", help="with --idle-users: messages per second delivered (default 20)")
     p.add_argument("--json", action="store_true", help="print the raw result as JSON")
 
 

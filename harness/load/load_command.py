@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
+from harness.arguments import finite_float
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.load.accounts import AccountPlan
 from harness.load.scenario import LOADTESTS_DIR, Scenario, available_scenarios, check_target_fits, load_scenario
@@ -26,6 +27,7 @@ LOCUSTFILE = LOADTESTS_DIR / "locustfile.py"
 MAX_USERS = 20_000
 MAX_RUN_TIME = 4 * 3600
 MAX_WORKERS = 64
+MAX_STOP_TIMEOUT = 600
 MAX_EMBEDDED_ACCOUNTS = 5_000
 CSV_PREFIX = "locust"
 
@@ -76,7 +78,7 @@ def add_arguments(p) -> None:
     p.add_argument("--scenario", default="term-start", metavar="NAME|PATH",
                    help="scenario name in loadtests/scenarios/ or a YAML path (default term-start)")
     p.add_argument("--users", type=int, required=True, metavar="N", help=f"peak concurrent users (required, at most {MAX_USERS})")
-    p.add_argument("--spawn-rate", type=float, default=10.0, metavar="R",
+    p.add_argument("--spawn-rate", type=finite_float, default=10.0, metavar="R",
                    help="users started per second when the scenario has no shape (default 10)")
     p.add_argument("--run-time", required=True, metavar="T", help=f"how long the run lasts: 90s, 5m, 1h (required, at most {MAX_RUN_TIME // 3600}h)")
     p.add_argument("--workers", type=int, default=0, metavar="K",
@@ -88,9 +90,9 @@ def add_arguments(p) -> None:
     p.add_argument("--accounts", type=int, metavar="N",
                    help=f"embedded server only: accounts to create (default: max(users, 8), at most {MAX_EMBEDDED_ACCOUNTS})")
     p.add_argument("--seed", action="store_true", help="with --target: top the mailboxes up to the scenario's mailbox before the run")
-    p.add_argument("--think-scale", type=float, default=1.0, metavar="F",
+    p.add_argument("--think-scale", type=finite_float, default=1.0, metavar="F",
                    help="multiply the scenario's think times by F: 0.1 turns a scenario written for hours into a quick smoke run")
-    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="S",
+    p.add_argument("--stop-timeout", type=finite_float, default=10.0, metavar="S",
                    help="seconds users get to finish their current poll when the run ends (default 10)")
     p.add_argument("--quiet", action="store_true", help="keep Locust's console output in the report dir (locust.out) instead of showing it")
 
@@ -168,6 +170,8 @@ def _bounded(args) -> tuple[int, int, int]:
         raise ConfigError("--spawn-rate must be above 0")
     if not 0 < args.think_scale <= 100:
         raise ConfigError("--think-scale must be above 0 (and at most 100)")
+    if not 0 <= args.stop_timeout <= MAX_STOP_TIMEOUT:
+        raise ConfigError(f"--stop-timeout must be between 0 and {MAX_STOP_TIMEOUT} seconds")
     return args.users, run_time, args.workers
 
 

@@ -49,6 +49,8 @@ def parse_rate(text: str, where: str = "") -> float:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
     if not match:
         raise ConfigError(f"{where}error rate {text!r}: write a percentage, e.g. 0.1%")
+    if float(match.group(1)) > 100:
+        raise ConfigError(f"{where}error rate {text!r}: a share of requests is at most 100%")
     return float(match.group(1)) / 100
 
 
@@ -70,6 +72,8 @@ def parse_threshold(text: str, where: str = "") -> Threshold:
     elif metric == "errors":
         if unit != "%":
             raise ConfigError(f"{where}threshold {text!r}: errors is a share of requests; write e.g. 'errors < 0.5%'")
+        if value > 100:
+            raise ConfigError(f"{where}threshold {text!r}: a share of requests is at most 100%")
         value /= 100
     elif metric == "rps":
         if unit:

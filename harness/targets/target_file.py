@@ -16,6 +16,7 @@ from harness.errors import ConfigError
 from harness.yaml_source import line_of, load_schema, load_yaml, validate
 
 DEFAULT_PORTS = {"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "lmtp": 24, "smtp": 25}
+MAX_ACCOUNTS = 1_000_000  # more than any load run uses (20,000 users), few enough to list in memory
 SCHEMES = {"imap": ("imap", "imaps"), "pop3": ("pop3", "pop3s"), "lmtp": ("lmtp",), "smtp": ("smtp",)}
 
 
@@ -30,7 +31,8 @@ class Endpoint:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,20 @@ class Target:
 def _endpoint(proto: str, value, source, line: int, verify_default: bool) -> Endpoint:
     if isinstance(value, str):
         value = {"url": value}
-    parts = urlsplit(value["url"])
+    try:
+        parts = urlsplit(value["url"])
+        parts.port  # noqa: B018 -- parses the port: raises for a non-number or one above 65535
+    except ValueError as exc:
+        raise ConfigError(f"{source}:{line}: {proto}: bad port or address in {value['url']!r} ({exc})") from None
     if parts.scheme not in SCHEMES[proto]:
         raise ConfigError(
             f"{source}:{line}: {proto}: scheme {parts.scheme!r} does not fit; use {' or '.join(s + '://' for s in SCHEMES[proto])}"
         )
     if not parts.hostname:
         raise ConfigError(f"{source}:{line}: {proto}: no host in {value['url']!r}")
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise ConfigError(f"{source}:{line}: {proto}: bad port in {value['url']!r}") from None
+    port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
+    if not 1 <= port <= 65535:  # urlsplit accepts port 0; connecting to it means nothing
+        raise ConfigError(f"{source}:{line}: {proto}: port {port} in {value['url']!r} is not a port (1-65535)")
     tls = parts.scheme in ("imaps", "pop3s")
     starttls = bool(value.get("starttls", False))
     if tls and starttls:
@@ -128,6 +133,9 @@ def _accounts(spec, source, data, problems: list[str]) -> list[Account]:
     line = line_of(data, ["accounts"])
     if last < first:
         problems.append(f"{source}:{line}: accounts.range: {first} > {last}")
+    if last - first + 1 > MAX_ACCOUNTS:  # refused before listing them: 10^11 accounts would take every byte of memory
+        problems.append(f"{source}:{line}: accounts.range: {last - first + 1:,} accounts; at most {MAX_ACCOUNTS:,}")
+        return []
     password = _checked(problems, _password, spec, source, line) or ""
     return [Account(spec["pattern"].replace("{n}", str(n)), password) for n in range(first, last + 1)]
 
@@ -153,6 +161,9 @@ def parse_target(data, source: Path | str = "<target>") -> Target:
     if not ("imap" in data or "pop3" in data):
         problems.append(f"{source}:{getattr(data, 'line', 1)}: give at least one of imap or pop3")
     accounts = _accounts(data["accounts"], source, data, problems)
+    ca_file = data.get("ca_file")
+    if ca_file is not None and not Path(ca_file).expanduser().is_file():
+        problems.append(f"{source}:{line_of(data, ['ca_file'])}: ca_file: {ca_file} does not exist or is not a file")
     users = [a.user for a in accounts]
     if len(set(users)) != len(users):
         problems.append(f"{source}:{line_of(data, ['accounts'])}: accounts: a user is listed twice")
@@ -163,7 +174,7 @@ def parse_target(data, source: Path | str = "<target>") -> Target:
         accounts=accounts,
         profile=data.get("profile"),
         disposable=data.get("disposable", False),
-        ca_file=data.get("ca_file"),
+        ca_file=str(Path(ca_file).expanduser()) if ca_file is not None else None,
         timeout=float(data.get("timeout", 5.0)),
         source=Path(source) if not isinstance(source, Path) else source,
         **endpoints,
