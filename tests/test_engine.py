@@ -166,6 +166,17 @@ MALFORMED = [
             steps:
               - p: RETR ${msg:plian}
         """, ":8:", "${msg:plian}: no corpus message named 'plian'"),
+    ("added fields allowed on a range", """
+        tests:
+          - id: t.one
+            title: x
+            area: retrieval
+            rfc: [RFC3501 §6.4.5]
+            sessions: {a: imap}
+            steps:
+              - a: FETCH 1 (BODY.PEEK[]<0.10>)
+                fetch: {"BODY[]<0>": {message: plain, partial: [0, 10], added_fields: allowed}}
+        """, ":9:", "added_fields: allowed compares a whole message or its HEADER"),
     ("bad rfc reference", """
         tests:
           - {id: t.one, title: x, area: deletion, rfc: [rfc-1939], sessions: {p: pop3}, steps: [{p: STAT}]}

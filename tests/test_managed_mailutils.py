@@ -159,3 +159,47 @@ def test_target_up_and_down_with_server_mailutils(tmp_path):
     assert down.returncode == 0 and "mailutils" in down.stdout
     assert no_processes_left(root.name)
     assert not root.exists()
+
+
+SAME_MESSAGE = """
+    defaults: {area: retrieval, rfc: ["RFC3501 §6.4.5"], sessions: {a: imap}}
+    tests:
+      - id: t.same-message
+        title: added_fields allowed - the message imap4d serves with X-IMAPbase/X-UID is still corpus plain
+        steps:
+          - a: {append: plain}
+          - a: SELECT INBOX
+          - a: FETCH 1 (BODY.PEEK[] BODY.PEEK[HEADER])
+            fetch:
+              "BODY[]": {message: plain, added_fields: allowed}
+              "BODY[HEADER]": {message: plain, section: HEADER, added_fields: allowed}
+      - id: t.same-bytes
+        title: without it, the bytes must be the appended bytes
+        steps:
+          - a: {append: plain}
+          - a: SELECT INBOX
+          - a: FETCH 1 (BODY.PEEK[])
+            fetch: {"BODY[]": {message: plain}}
+      - id: t.other-message
+        title: added_fields allowed still tells one message from another
+        steps:
+          - a: {append: plain}
+          - a: SELECT INBOX
+          - a: FETCH 1 (BODY.PEEK[])
+            fetch: {"BODY[]": {message: search-alpha, added_fields: allowed}}
+"""
+
+
+def test_added_fields_allowed_against_mailutils_bookkeeping(tmp_path):
+    """imap4d serves its mbox bookkeeping fields (X-IMAPbase:, X-UID:) in BODY[]: a real server that adds fields."""
+    from tests.test_cli import cli
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(SAME_MESSAGE)
+    proc = cli("run", "--server", "mailutils", "--suite", str(suite), "--accounts", "3", "--report-dir", str(tmp_path / "r"))
+    tests = {t["id"]: t for t in json.loads((tmp_path / "r" / "results.json").read_text())["tests"]}
+    assert tests["t.same-message"]["outcome"] == "passed", tests["t.same-message"]["message"]
+    assert "the server added header fields: X-IMAPbase, X-UID" in tests["t.same-message"]["transcript"]
+    assert tests["t.same-bytes"]["outcome"] == "failed" and "X-IMAPbase" in tests["t.same-bytes"]["message"]
+    assert tests["t.other-message"]["outcome"] == "failed"
+    assert proc.returncode == 1

@@ -80,6 +80,7 @@ class BodySpec:
     partial: tuple[int, int] | None = None
     top: int | None = None
     decode: bool = False
+    added_fields: bool = False  # the same message, not the same bytes: fields the server adds are allowed
 
     def expected(self) -> bytes:
         from harness.corpus import sections
@@ -99,6 +100,8 @@ class BodySpec:
             out += f" section {self.section}" + (" decoded" if self.decode else "")
         if self.partial:
             out += f" <{self.partial[0]}.{self.partial[1]}>"
+        if self.added_fields:
+            out += " (header fields the server adds allowed)"
         return out
 
 
@@ -225,9 +228,12 @@ def _body(ctx: _Ctx, keys: list, value) -> BodySpec:
         value = {"message": value}
     ref = _message_ref(ctx, keys, {k: v for k, v in value.items() if k in ("message", "subject")})
     partial = tuple(value["partial"]) if "partial" in value else None
-    spec = BodySpec(ref, str(value.get("section", "")).upper(), partial, value.get("top"), bool(value.get("decode")))
+    spec = BodySpec(ref, str(value.get("section", "")).upper(), partial, value.get("top"), bool(value.get("decode")),
+                    value.get("added_fields") == "allowed")
     if spec.decode and not spec.section:
         ctx.fail(keys, "decode: needs a section (the part to decode), e.g. section: \"2\"")
+    if spec.added_fields and (spec.section not in ("", "HEADER") or spec.partial or spec.decode or spec.top is not None):
+        ctx.fail(keys, "added_fields: allowed compares a whole message or its HEADER, not a part, a range or TOP lines")
     try:
         spec.expected()
     except Exception as exc:  # the reference implementation rejects the section

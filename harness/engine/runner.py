@@ -321,7 +321,7 @@ class TestRun:
                 if not any(p.match(text, variables) is not None for p in step.all_lines):
                     raise StepFailure(self.spec, step, "every line matching " + " or ".join(f"`{p}`" for p in step.all_lines), text)
         if step.body is not None:  # (a line ended by a bare LF has already failed the step: sessions are strict)
-            self._compare_pop3(step, step.body, response.body)
+            self._compare_content(step, step.body, response.body)  # POP3: fields the server adds are allowed
 
     def _match_lines(self, step: Step, patterns: list[Pattern], texts: list[str], what: str, variables: dict) -> None:
         for pattern in patterns:
@@ -333,8 +333,9 @@ class TestRun:
             else:
                 raise StepFailure(self.spec, step, f"{what} `{pattern}`", "lines:\n" + _shown(texts))
 
-    def _compare_pop3(self, step: Step, spec: BodySpec, got: bytes) -> None:
-        """The body byte for byte and the original header fields in order; fields the server adds are allowed."""
+    def _compare_content(self, step: Step, spec: BodySpec, got: bytes) -> None:
+        """Whether `got` is the message of `spec`: the body and the original header fields byte for byte and in
+        order; fields the server adds (POP3 always, IMAP with `added_fields: allowed`) are allowed and noted."""
         expected = spec.expected()
         problem, added = compare_message(expected, got)
         if problem:
@@ -345,6 +346,8 @@ class TestRun:
             self.transcript.note(step.session, f"the server added header fields: {names}")
 
     def _compare(self, step: Step, spec: BodySpec, got: bytes | None) -> None:
+        if spec.added_fields and got is not None:
+            return self._compare_content(step, spec, got)
         expected = spec.expected()
         if got != expected:
             detail = "nothing" if got is None else describe_bytes_difference(expected, got)
