@@ -8,6 +8,7 @@ import os
 import poplib
 import socket
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,7 @@ def test_target_up_and_down_with_server_mailutils(tmp_path):
 
 
 SAME_MESSAGE = """
+    suite: added fields
     defaults: {area: retrieval, rfc: ["RFC3501 §6.4.5"], sessions: {a: imap}}
     tests:
       - id: t.same-message
@@ -195,8 +197,9 @@ def test_added_fields_allowed_against_mailutils_bookkeeping(tmp_path):
     from tests.test_cli import cli
 
     suite = tmp_path / "s.yaml"
-    suite.write_text(SAME_MESSAGE)
+    suite.write_text(textwrap.dedent(SAME_MESSAGE))
     proc = cli("run", "--server", "mailutils", "--suite", str(suite), "--accounts", "3", "--report-dir", str(tmp_path / "r"))
+    assert (tmp_path / "r" / "results.json").exists(), proc.stdout + proc.stderr
     tests = {t["id"]: t for t in json.loads((tmp_path / "r" / "results.json").read_text())["tests"]}
     assert tests["t.same-message"]["outcome"] == "passed", tests["t.same-message"]["message"]
     assert "the server added header fields: X-IMAPbase, X-UID" in tests["t.same-message"]["transcript"]
