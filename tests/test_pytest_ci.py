@@ -158,7 +158,7 @@ def github_run(tmp_path_factory, target):
     summary = work / "step-summary.md"
     summary.write_text("## an earlier step's summary\n")
     proc = pytest_run("-ra", "--mh-target", "target.yaml", "--mh-profile", "profile.yaml", "--junitxml", "junit.xml",
-                      "suites/", cwd=work, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary),
+                      "--mh-results", "results.json", "suites/", cwd=work, GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary),
                       GITHUB_WORKSPACE=str(work), COLUMNS="400")
     return work, proc
 
@@ -189,6 +189,16 @@ def test_junit_testcases_carry_file_line_message_and_transcript(github_run):
     out = cases["ci.fails"].find("system-out").text
     assert "p C: RETR 2" in out and "p C: PASS ***" in out and "X-Mailharness-Corpus" in out
     assert cases["ci.passes"].find("system-out") is None
+
+
+def test_results_mark_the_failing_exchange_in_the_transcript(github_run):
+    work, _ = github_run
+    test = next(t for t in json.loads((work / "results.json").read_text())["tests"] if t["id"] == "ci.fails")
+    first, last = test["failure"]["transcript_lines"]
+    lines = test["transcript"].splitlines()
+    assert lines[first - 1].endswith("p C: RETR 2")
+    assert lines[first].endswith("p S: +OK 1404 octets") and lines[last - 1].endswith("p S: ------=_Part_0_1234567.1716208212--")
+    assert lines[last].endswith("p C: QUIT")  # the goodbye after the failure is not part of it
 
 
 def test_github_annotations_and_step_summary(github_run, target):

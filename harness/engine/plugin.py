@@ -393,6 +393,9 @@ class SuiteItem(pytest.Item):
                 "step": failure.step.describe() if failure.step else "setup",
                 "expected": failure.expected, "got": failure.got,
             }
+            lines = _failing_exchange(self.transcript, failure)
+            if lines:
+                extra["failure"]["transcript_lines"] = lines
             raise
         finally:
             extra["transcript"] = self.transcript.render()
@@ -435,6 +438,23 @@ class SuiteItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, self.spec.line - 1, f"{self.spec.id} ({self.spec.title})"
+
+
+def _failing_exchange(transcript: Transcript, failure: StepFailure) -> list[int] | None:
+    """[first, last] line (1-based) of the rendered transcript that hold the failing step's exchange: from the
+    session's last client line before the failure to the failure (the goodbyes of clean-up come after)."""
+    end = getattr(failure, "transcript_entries", None)
+    if not end or failure.step is None:
+        return None
+    entries = transcript.entries[:end]
+    session = failure.step.session or ""
+    first = next((i for i in range(len(entries) - 1, -1, -1)
+                  if entries[i].session == session and entries[i].direction == "C"), None)
+    if first is None:
+        first = end - 1
+    lines_before = sum(len(e.text.split("\n")) for e in entries[:first])
+    lines_to_end = sum(len(e.text.split("\n")) for e in entries)
+    return [lines_before + 1, lines_to_end]
 
 
 def failure_headline(failure: StepFailure) -> str:

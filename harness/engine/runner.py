@@ -96,6 +96,9 @@ class TestRun:
             for step in self.spec.steps:
                 self._run_step(step)
                 self._last_step_end = time.monotonic()
+        except StepFailure as failure:
+            failure.transcript_entries = len(self.transcript.entries)  # before the goodbyes: reports mark the exchange
+            raise
         finally:
             for session in self.sessions.values():
                 if session is not None:

@@ -116,3 +116,18 @@ def headline(test: dict, width: int = 160) -> str:
 
 def plural(n: int, word: str, plural_word: str | None = None) -> str:
     return f"{n} {word if n == 1 else (plural_word or word + 's')}"
+
+
+def transcript_html(test: dict):
+    """The transcript, escaped, with the failing step's exchange in <mark> (lines from failure.transcript_lines)."""
+    from markupsafe import Markup, escape
+
+    lines = (test.get("transcript") or "").rstrip("\n").split("\n")
+    first, last = ((test.get("failure") or {}).get("transcript_lines") or [0, -1])[:2]
+    out = []
+    for number, line in enumerate(lines, 1):
+        text = escape(line)
+        if first <= number <= last:
+            text = Markup('<mark class="failing">') + text + Markup("</mark>")
+        out.append(text)
+    return Markup("\n").join(out)

@@ -45,6 +45,7 @@ def environment() -> jinja2.Environment:
         rfc_title=rfc_title,
         location=failure_location,
         groupby_first=groupby_first,
+        transcript_html=formatting.transcript_html,
     )
     env.globals.update(
         OUTCOMES=OUTCOMES,

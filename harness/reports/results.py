@@ -312,6 +312,15 @@ def rfc_link(ref: str) -> str | None:
     return url
 
 
+def rfc_sort_key(ref: str) -> tuple:
+    """RFC number, then section numerically (§6.4.10 after §6.4.9); anything else last."""
+    match = _RFC_REF.match(ref or "")
+    if not match:
+        return (1 << 30, (), ref)
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in (match["section"] or "").split(".") if p)
+    return (int(match["number"]), parts, ref)
+
+
 def rfc_title(ref: str) -> str:
     """Title of the cited RFC for a tooltip ("" when unknown)."""
     match = _RFC_REF.match(ref or "")
