@@ -541,6 +541,15 @@ def test_imap_bare_lf_fails_the_read_with_its_position():
             assert s.closed
 
 
+def test_bare_lf_message_keeps_utf8_text_so_secrets_can_be_masked():
+    with _pop3_serving({b"PASS": "-ERR wrong pässwört\n".encode()}) as port:
+        p = POP3Session("127.0.0.1", port, timeout=2)
+        with pytest.raises(ProtocolError) as exc:
+            p.command("PASS pässwört")
+    assert "`-ERR wrong pässwört\\n`" in str(exc.value)
+    assert "pässwört" not in Transcript(secrets=["pässwört"]).redact(str(exc.value))
+
+
 def test_imap_lenient_session_notes_bare_lf():
     def script(conn, stop):
         conn.sendall(b"* OK ready\n")

@@ -167,5 +167,6 @@ class Session:
 
 def _display(data: bytes, limit: int = 80) -> str:
     """A line for an error message: its bytes shown with escapes (so \\n and \\r are visible), cut at `limit`."""
-    text = repr(data[:limit])[2:-1]
+    # UTF-8 kept as text, not escaped: redaction matches secrets in it by their text
+    text = data[:limit].decode("utf-8", "backslashreplace").replace("\r", "\\r").replace("\n", "\\n")
     return f"`{text}{'...' if len(data) > limit else ''}`"
