@@ -8,6 +8,7 @@ import os
 import poplib
 import socket
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -98,6 +99,16 @@ def test_missing_mailutils_says_what_to_install(monkeypatch):
     with pytest.raises(TargetUnavailable, match=r"(?s)make apt-mailutils.*apt-get install -y mailutils-imap4d mailutils-pop3d"):
         mu.start()
     assert not mu.root.exists()
+
+
+def test_missing_packages_on_the_command_line_is_exit_2_without_traceback(tmp_path):
+    env = {**os.environ, "MAILHARNESS_MAILUTILS_SBIN": str(tmp_path / "nowhere")}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--server", "mailutils", "--report-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "apt-get install -y mailutils-imap4d mailutils-pop3d" in out and "make apt-mailutils" in out
+    assert "Traceback" not in out
 
 
 def test_detached_up_and_down():

@@ -40,9 +40,14 @@ MAIL_UID = MAIL_GID = 8  # Debian's `mail` user; virtdomain sessions run as root
 
 
 def mailutils_binary(program: str) -> str:
-    path = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
+    """The daemon from MAILHARNESS_MAILUTILS_SBIN (a source build, say) if set, else PATH, else /usr/sbin."""
+    where = os.environ.get("MAILHARNESS_MAILUTILS_SBIN")
+    if where:
+        path = os.path.join(where, program) if os.access(os.path.join(where, program), os.X_OK) else None
+    else:
+        path = shutil.which(program) or (f"/usr/sbin/{program}" if os.path.exists(f"/usr/sbin/{program}") else None)
     if not path:
-        raise TargetUnavailable(INSTALL_HINT)
+        raise TargetUnavailable(INSTALL_HINT + (f"\n(MAILHARNESS_MAILUTILS_SBIN={where} has no {program})" if where else ""))
     return path
 
 
