@@ -20,18 +20,20 @@ from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
-    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue",
+    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level",
 }
+# Requirement levels of RFC 2119: what a check that does not hold becomes (failed, warning, behaviour).
+LEVELS = ("MUST", "SHOULD", "MAY")
 SPECIAL_STEPS = ("drop", "sleep", "deliver")
 IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
 POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
 # Which checks each kind of step evaluates; any other key would be silently ignored, so it is an error.
 ALLOWED_KEYWORDS = {
     "command": STEP_KEYWORDS - {"metric", "to"},
-    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why"},
+    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level"},
     "idle_start": {"timeout", "why"},
-    "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why"},
-    "await": {"absent", "timeout", "why", "metric"},
+    "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level"},
+    "await": {"absent", "timeout", "why", "metric", "level"},
     "drop": {"why"},
     "sleep": {"why"},
     "deliver": {"to", "timeout", "why"},
@@ -132,6 +134,7 @@ class Step:
     timeout: float | None = None
     why: str | None = None
     metric: str | None = None
+    level: str | None = None  # MUST/SHOULD/MAY of this step's checks; None: the test's level
 
     def describe(self) -> str:
         if self.kind == "command":
@@ -165,6 +168,11 @@ class TestSpec:
     timeout: float | None = None  # None: the run's default (--timeout, the target's, 5 s)
     setup: list[SetupEntry] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    level: str = "MUST"  # the RFC level of the test's checks; a step may say otherwise
+
+    def level_of(self, step: Step | None) -> str:
+        """The level a failed check of ``step`` is judged at; set-up and session failures are always MUST."""
+        return (step.level if step and step.level else None) or self.level
 
     @property
     def protocol(self) -> str:
@@ -345,6 +353,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     step.timeout = raw.get("timeout", step.timeout)
     step.why = raw.get("why")
     step.metric = raw.get("metric")
+    step.level = raw.get("level")
     fetch_patterns = [p for p in step.fetch.values() if isinstance(p, Pattern)]
     for pattern in step.expect + step.untagged + step.lines + step.all_lines + fetch_patterns:
         known_vars.update(variables_in(pattern.source))
@@ -476,6 +485,7 @@ def _test(ctx: _Ctx, i: int, raw: dict, defaults: dict, seen: dict) -> TestSpec:
         timeout=float(merged["timeout"]) if "timeout" in merged else None,
         setup=setup or [],
         tags=list(merged.get("tags", [])),
+        level=merged.get("level", "MUST"),
     )
 
 

@@ -33,7 +33,7 @@ from harness.engine.accounts import admin_client, cleanup, inspect_account, prep
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
-from harness.engine.runner import StepFailure, TestRun
+from harness.engine.runner import SoftDeviation, StepFailure, TestRun
 from harness.engine.suite_files import is_suite_file, suite_files
 from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeAccount
 from harness.sessions.transcript import Transcript
@@ -352,12 +352,14 @@ class SuiteItem(pytest.Item):
         # not to user_properties, which junit.xml would dump whole.
         self.data: dict = {
             "id": spec.id, "title": spec.title, "file": str(spec.file), "line": spec.line,
-            "area": spec.area, "protocol": spec.protocol, "rfc": spec.rfc,
+            "area": spec.area, "protocol": spec.protocol, "rfc": spec.rfc, "level": spec.level,
         }
         self.accounts = []
         self.account_states = []
         self.profile_skip: str | None = None
         self.transcript: Transcript | None = None
+        self.run: TestRun | None = None
+        self.profile_expect: str | None = None  # the profile's expect: for this test, if it has an entry
 
     def setup(self):
         state: HarnessState = self.config._mailharness
@@ -381,26 +383,45 @@ class SuiteItem(pytest.Item):
     def runtest(self):
         state: HarnessState = self.config._mailharness
         run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout)
+        self.run = run
         extra: dict = {}
         try:
             run.run()
         except StepFailure as failure:
-            # what the server said may quote a password (e.g. "-ERR unknown command PASS x")
-            failure.expected = self.transcript.redact(failure.expected)
-            failure.got = self.transcript.redact(failure.got)
-            extra["failure"] = {
-                "file": str(self.spec.file), "line": failure.step.line if failure.step else self.spec.line,
-                "step": failure.step.describe() if failure.step else "setup",
-                "expected": failure.expected, "got": failure.got,
-            }
-            lines = _failing_exchange(self.transcript, failure)
-            if lines:
-                extra["failure"]["transcript_lines"] = lines
+            extra["failure"] = self._failure_data(failure)
             raise
         finally:
             extra["transcript"] = self.transcript.render()
             extra["metrics"] = run.metrics
+            extra["deviations"] = [self._failure_data(d) for d in run.deviations]
             self.data.update(extra)
+        soft = run.soft_outcome
+        if soft is None:
+            return
+        # Only SHOULD/MAY checks did not hold: pytest sees a pass, results.json the outcome warning/behaviour.
+        first = next(d for d in run.deviations if d.level == ("SHOULD" if soft == "warning" else "MAY"))
+        self.data.update(failure=self._failure_data(first), soft_outcome=soft, soft_message=self._soft_message(run))
+        self.user_properties.append(("mailharness_outcome", soft))  # junit.xml shows it too
+        strict = soft == "warning" and self.config.getoption("--mh-strict")
+        if self.profile_expect in ("fail", "warning") or strict:
+            raise SoftDeviation(first.test, first.step, first.expected, first.got)
+
+    def _failure_data(self, failure: StepFailure) -> dict:
+        # what the server said may quote a password (e.g. "-ERR unknown command PASS x")
+        failure.expected = self.transcript.redact(failure.expected)
+        failure.got = self.transcript.redact(failure.got)
+        return {
+            "file": str(self.spec.file), "line": failure.step.line if failure.step else self.spec.line,
+            "step": failure.step.describe() if failure.step else "setup",
+            "expected": failure.expected, "got": failure.got, "level": failure.level,
+            **({"transcript_lines": lines} if (lines := _failing_exchange(self.transcript, failure)) else {}),
+        }
+
+    def _soft_message(self, run: TestRun) -> str:
+        text = "\n".join(f"{d.level} not met: {d}" for d in run.deviations)
+        if run.not_run:
+            text += f"\n{run.not_run}"
+        return text
 
     def teardown(self):
         state: HarnessState = self.config._mailharness
@@ -427,10 +448,19 @@ class SuiteItem(pytest.Item):
             self.transcript.note("setup", f"account {entry.account} {entry.mailbox}: {names}")
 
     def repr_failure(self, excinfo):
+        if excinfo.errisinstance(SoftDeviation):  # --strict, or a profile that expects the deviation
+            failure = excinfo.value
+            line = failure.step.line if failure.step else self.spec.line
+            body = f"{self.data.get('soft_message', '')}\n\ntranscript:\n{self.transcript.render()}"
+            return _located_repr(str(self.spec.file), line, f"{failure.level} not met: " + failure_headline(failure), body)
         if excinfo.errisinstance(StepFailure):
             failure = excinfo.value
             line = failure.step.line if failure.step else self.spec.line
-            body = f"{failure}\n\ntranscript:\n{self.transcript.render()}"
+            earlier = ""
+            if self.run and self.run.deviations:
+                earlier = "\n  before it: " + "; ".join(f"step {d.step.index}: a {d.level} check did not hold"
+                                                      for d in self.run.deviations)
+            body = f"{failure}{earlier}\n\ntranscript:\n{self.transcript.render()}"
             return _located_repr(str(self.spec.file), line, failure_headline(failure), body)
         if excinfo.errisinstance(HarnessError):
             return str(excinfo.value)  # the node id already names the test
@@ -557,8 +587,11 @@ def pytest_collection_modifyitems(session, config, items):
         if deviation is None:
             continue
         reason = f"profile {profile.name}: {deviation.reason}"
+        item.profile_expect = deviation.expect
         if deviation.expect == "skip":
             item.profile_skip = reason  # skipped in setup: a skip marker would hide the YAML line in -rs
+        elif deviation.expect == "warning":  # a known SHOULD deviation; a MUST failure is still a failure
+            item.add_marker(pytest.mark.xfail(strict=True, reason=reason, raises=SoftDeviation))
         else:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason, raises=StepFailure))
         item.data["profile_reason"] = deviation.reason
@@ -578,18 +611,22 @@ class ResultsCollector:
         if "id" not in props:
             return
         entry = self.state.results.setdefault(report.nodeid, {
-            **{k: props[k] for k in ("id", "title", "file", "line", "area", "protocol", "rfc")},
+            **{k: props[k] for k in ("id", "title", "file", "line", "area", "protocol", "rfc", "level")},
             "outcome": None, "duration_s": 0.0, "message": "", "failure": None, "transcript": "",
             "profile_reason": None, "metrics": {},
         })
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
-        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes"):
+        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes", "deviations"):
             if props.get(key):
                 entry[key] = props[key]
         outcome = _outcome(report)
         if outcome is None:
             return
-        if report.when == "teardown" and entry["outcome"] not in ("passed", None):
+        if report.when == "call" and props.get("soft_outcome") and outcome in ("passed", "failed"):
+            # failed: --strict raised the warning so that junit.xml shows it; it is still a warning
+            entry["outcome"], entry["message"] = props["soft_outcome"], props["soft_message"][:4000]
+            return
+        if report.when == "teardown" and entry["outcome"] not in ("passed", "warning", "behaviour", None):
             return  # a teardown problem does not hide the call's verdict
         entry["outcome"] = outcome
         entry["message"] = _message(report, outcome, entry)

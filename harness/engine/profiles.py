@@ -18,7 +18,7 @@ from harness.yaml_source import load_document
 
 @dataclass
 class Deviation:
-    expect: str  # "fail" | "skip"
+    expect: str  # "fail" | "warning" (a known failed SHOULD: the test's warning becomes an expected deviation) | "skip"
     reason: str
     line: int = 0  # of its id in the profile file
 

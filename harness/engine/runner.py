@@ -26,10 +26,17 @@ class StepFailure(Exception):
     step: Step | None
     expected: str
     got: str
+    # A session that broke (no answer, a malformed response) is a failure at any level: every command
+    # gets a complete response (RFC 1939 §3, RFC 3501 §2.2.2), and the session's state is unknown after it.
+    broken: bool = False
 
     @property
     def location(self) -> str:
         return f"{self.test.file}:{self.step.line if self.step else self.test.line}"
+
+    @property
+    def level(self) -> str:
+        return "MUST" if self.broken else self.test.level_of(self.step)
 
     def __str__(self) -> str:
         where = f"step {self.step.index} `{self.step.describe()}`" if self.step else "setup"
@@ -37,6 +44,11 @@ class StepFailure(Exception):
         if self.step and self.step.why:
             text += f"\n  why:      {self.step.why}"
         return text
+
+
+class SoftDeviation(StepFailure):
+    """Raised after the steps when only SHOULD/MAY checks did not hold: for a profile that expects this
+    deviation (strict xfail), or for --strict. The test's outcome stays `warning`/`behaviour`."""
 
 
 def _indent(text: str) -> str:
@@ -62,6 +74,10 @@ def describe_bytes_difference(expected: bytes, got: bytes) -> str:
     return f"{head}; identical up to offset {min(len(got), len(expected))}, then {shorter}: {(got or expected)[min(len(got), len(expected)):][:50]!r}"
 
 
+class _Blocked(Exception):
+    """A step needs a value that only a SHOULD/MAY check that did not hold would have captured."""
+
+
 class TestRun:
     def __init__(self, spec: TestSpec, target: Target, accounts: list[Account], transcript: Transcript, timeout: float | None = None):
         self.spec = spec
@@ -83,6 +99,10 @@ class TestRun:
                 transcript.add_secret(form)
         self.metrics: dict[str, float] = {}
         self._apop_greetings: dict[str, object] = {}  # APOP timestamp -> the session whose greeting had it
+        # SHOULD and MAY checks that did not hold, in order. The test goes on after each (RFC 2119: a server
+        # may have valid reasons), so the MUST checks after them are still made.
+        self.deviations: list[StepFailure] = []
+        self.not_run: str | None = None  # why the steps after a deviation could not run, if they could not
         self._last_step_end = time.monotonic()
         # POP3: per connection, which number is which corpus message, and LIST's sizes (pop3_view.py)
         self.views: dict[str, Pop3View | None] = {name: None for name in spec.sessions}
@@ -94,7 +114,20 @@ class TestRun:
     def run(self) -> None:
         try:
             for step in self.spec.steps:
-                self._run_step(step)
+                try:
+                    self._run_step(step)
+                except StepFailure as failure:
+                    if failure.level == "MUST":
+                        raise
+                    failure.transcript_entries = len(self.transcript.entries)
+                    self.deviations.append(failure)
+                    self.transcript.note("*", f"step {step.index}: a {failure.level} check did not hold; the test goes on")
+                except _Blocked as blocked:
+                    left = len(self.spec.steps) - step.index + 1
+                    self.not_run = (f"steps {step.index}-{len(self.spec.steps)}" if left > 1 else f"step {step.index}") + \
+                        f" did not run: {blocked}"
+                    self.transcript.note("*", self.not_run)
+                    break
                 self._last_step_end = time.monotonic()
         except StepFailure as failure:
             failure.transcript_entries = len(self.transcript.entries)  # before the goodbyes: reports mark the exchange
@@ -104,17 +137,27 @@ class TestRun:
                 if session is not None:
                     session.close()
 
+    @property
+    def soft_outcome(self) -> str | None:
+        """`warning` if a SHOULD check did not hold, `behaviour` if only MAY checks did, None if all held."""
+        levels = {d.level for d in self.deviations}
+        return "warning" if "SHOULD" in levels else "behaviour" if levels else None
+
     def _run_step(self, step: Step) -> None:
         timeout = step.timeout or self.timeout
         try:
             handler = getattr(self, f"_step_{step.kind}")
             handler(step, timeout)
         except SessionError as exc:
-            raise StepFailure(self.spec, step, "a complete, well-formed response", str(exc)) from None
+            raise StepFailure(self.spec, step, "a complete, well-formed response", str(exc), broken=True) from None
         except PatternError as exc:
-            raise StepFailure(self.spec, step, "a step whose variables are all set", str(exc)) from None
+            if self.deviations:  # the value would have come from a check that did not hold: no new failure
+                earlier = self.deviations[-1]
+                raise _Blocked(f"{exc}; step {earlier.step.index} would have captured it, but its "
+                               f"{earlier.level} check did not hold") from None
+            raise StepFailure(self.spec, step, "a step whose variables are all set", str(exc), broken=True) from None
         except credentials.CredentialError as exc:  # e.g. ${apop:...} and a greeting without a timestamp
-            raise StepFailure(self.spec, step, "what the step's credential tokens need", str(exc)) from None
+            raise StepFailure(self.spec, step, "what the step's credential tokens need", str(exc), broken=True) from None
 
     # -- sessions -------------------------------------------------------------------
     def _session(self, name: str, timeout: float):

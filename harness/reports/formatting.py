@@ -104,6 +104,8 @@ def headline(test: dict, width: int = 160) -> str:
     failure = test.get("failure")
     if failure and (not test.get("message") or restates_failure(test)):
         step = f"{failure['step']}: " if failure.get("step") else ""
+        if failure.get("level") in ("SHOULD", "MAY") and test.get("outcome") in ("warning", "behaviour"):
+            step = f"{failure['level']} · {step}"
         return one_line(f"{step}expected {squash(str(failure.get('expected')), 70)}, "
                         f"got {squash(str(failure.get('got')), 70)}", width)
     message = test.get("message") or ""

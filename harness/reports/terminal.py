@@ -86,14 +86,16 @@ def print_summary(results: dict, stream: TextIO | None = None, color: bool | Non
 
 def _soft_list(out: list[str], results: dict, paint: Painter, bad: frozenset) -> None:
     """Warnings (failed SHOULD) and optional behaviour (MAY): shown, apart from what fails the run."""
-    for outcome, title in (("warning", "Warnings: SHOULD checks that did not hold (not failures"
-                            + (")" if not results["run"]["strict"] else "; --strict makes them fail the run)")),
-                           ("behaviour", "Optional behaviour: MAY checks the server does not do (never failures)")):
+    # With --strict, warnings are in `bad` and listed under "Needs attention" instead.
+    for outcome, word, what in (
+            ("warning", "Warnings", "SHOULD checks that did not hold; not failures (--strict fails them)"),
+            ("behaviour", "Optional behaviour", "MAY checks the server does not do; never failures")):
         tests = [t for t in results["tests"] if t["outcome"] == outcome and outcome not in bad]
         if not tests:
             continue
         out.append("")
-        out.append(paint(f"{title} ({len(tests)}):", "bold"))
+        title = f"{word} ({len(tests)}): {what}"
+        out.append(paint(title, "bold"))
         for test in tests:
             where = failure_location(test)
             out.append(f"  {paint(TAGS[outcome], OUTCOME_STYLE[outcome])}  {test['id']}" + (f"  {paint(where, 'dim')}" if where else ""))
