@@ -124,7 +124,7 @@ def test_a_bad_level_names_file_and_line(tmp_path, text, line, fragment):
 
 def test_should_warns_may_is_behaviour_must_fails(tmp_path, target_file):
     suite = write(tmp_path / "s.yaml", SUITE)
-    proc = run_cli("run", "--target", str(target_file), "--suite", str(suite), "-k", "not must", "--report-dir", str(tmp_path / "r"))
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(suite), "-k", "not lv.must", "--report-dir", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stdout + proc.stderr  # warnings and behaviour do not fail the run
     results = results_of(tmp_path / "r")
     by_id = {t["id"]: t for t in results["tests"]}
@@ -167,7 +167,7 @@ def test_strict_makes_warnings_fail_but_not_behaviour(tmp_path, target_file):
 
 def test_must_failures_stay_failures_whatever_came_before(tmp_path, target_file):
     suite = write(tmp_path / "s.yaml", SUITE)
-    proc = run_cli("run", "--target", str(target_file), "--suite", str(suite), "-k", "must", "--report-dir", str(tmp_path / "r"))
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(suite), "-k", "lv.must", "--report-dir", str(tmp_path / "r"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     by_id = {t["id"]: t for t in results_of(tmp_path / "r")["tests"]}
     assert by_id["lv.must-after-should"]["outcome"] == "failed"

@@ -428,7 +428,7 @@ def test_list_shows_what_run_would_select_without_a_server(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [{
         "id": "ci.fails", "title": "RETR of a message marked deleted (the check is wrong on purpose)",
-        "area": "deletion", "protocol": "pop3", "level": None, "rfc": ["RFC1939 §6"], "tags": ["smoke"],
+        "area": "deletion", "protocol": "pop3", "level": "MUST", "rfc": ["RFC1939 §6"], "tags": ["smoke"],
         "file": str(suite), "line": 7,
     }]
 
