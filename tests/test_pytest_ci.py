@@ -329,7 +329,7 @@ def test_validate_reports_every_schema_then_every_meaning_problem(tmp_path):
         # the regex as written, single backslashes
         f"{path}:21: bad pattern `re:\\+OK \\d+ (`: missing ), unterminated subpattern at position 9",
         f"{path}:29: expect: an idle start step does not check this (it takes: timeout, why)",
-        f"{path}:37: expect: an await step does not check this (it takes: absent, metric, timeout, why)",
+        f"{path}:37: expect: an await step does not check this (it takes: absent, level, metric, timeout, why)",
     ], proc.stderr
     assert "10 problem(s)" in proc.stdout
 
@@ -343,7 +343,7 @@ def test_validate_reports_every_problem_of_a_profile(tmp_path):
         """)
     proc = cli("validate", "examples/", "--profile", str(profile))
     assert proc.returncode == 2
-    assert f"{profile}:3: deviations.pop3.lock.second-session-refused.expect: 'maybe' is not one of: fail, skip" in proc.stderr
+    assert f"{profile}:3: deviations.pop3.lock.second-session-refused.expect: 'maybe' is not one of: fail, warning, skip" in proc.stderr
     assert f"{profile}:4: deviations.pop3.lock.second-session-in-use-code.reson: unknown key 'reson' (did you mean 'reason'?" in proc.stderr
 
 
