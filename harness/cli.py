@@ -8,6 +8,7 @@ import sys
 
 from harness import __version__
 from harness.errors import HarnessError
+from harness.known_secrets import scrubbed_terminal
 
 # name -> module with add_arguments(parser) and run(args) -> exit code.
 # Modules are light at import time (no locust/gevent) so `mailharness --help` stays fast.
@@ -59,7 +60,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    with scrubbed_terminal():  # a server may echo a password into any message we print
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import SoftDeviation, StepFailure, TestRun
 from harness.engine.suite_files import is_suite_file, suite_files
 from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeAccount
+from harness.known_secrets import SECRETS, scrub
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import load_target
 
@@ -555,6 +556,25 @@ def pytest_runtest_makereport(item, call):
             report.wasxfail = f"{item.spec.location}: {item.data['xfail_message']}"
         # pytest (and xdist, which ships report attributes to the controller) keeps this on the report
         report.mailharness = dict(item.data)
+    _scrub_report(outcome.get_result())
+
+
+def _scrub_report(report) -> None:
+    """What pytest shows on the terminal and writes to junit.xml: no password, even one a server echoed."""
+    if not SECRETS:
+        return
+    longrepr = report.longrepr
+    if longrepr is None:
+        return
+    if isinstance(longrepr, tuple):
+        report.longrepr = (*longrepr[:-1], scrub(str(longrepr[-1])))
+    else:
+        text = str(longrepr)
+        if scrub(text) != text:
+            report.longrepr = scrub(text)
+    report.sections = [(title, scrub(content)) for title, content in report.sections]
+    if hasattr(report, "wasxfail"):
+        report.wasxfail = scrub(str(report.wasxfail))
 
 
 def _time_budget(spec, default: float) -> float:
@@ -726,7 +746,7 @@ UNFINISHED = "the run was interrupted while this test ran; it has no outcome"
 def write_results(state: HarnessState, path: Path, exitstatus=None) -> None:
     results = results_document(state, exitstatus)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    path.write_text(scrub(json.dumps(results, indent=2, ensure_ascii=False)))
 
 
 def results_document(state: HarnessState, exitstatus=None) -> dict:

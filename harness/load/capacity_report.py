@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from harness.known_secrets import scrub
 from harness.load.svg_charts import Series, bar_chart, line_chart
 
 NOTIFY = "IMAP notify latency"
@@ -183,5 +184,5 @@ def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, account
         charts=build_charts(csvs), stats=stats_table(csvs), notify=notify, failures=failure_table(csvs),
     )
     path = run_dir / "capacity.html"
-    path.write_text(html, encoding="utf-8")
+    path.write_text(scrub(html), encoding="utf-8")
     return path

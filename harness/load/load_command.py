@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.arguments import finite_float
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
+from harness.known_secrets import scrub, scrub_bytes
 from harness.load.accounts import AccountPlan
 from harness.load.scenario import LOADTESTS_DIR, Scenario, available_scenarios, check_target_fits, load_scenario
 from harness.load.thresholds import error_rate_verdict, evaluate, parse_rate, parse_threshold
@@ -124,7 +125,10 @@ def run(args) -> int:
             seeding = f"seeded to {scenario.messages} messages each ({result.added} added, {result.present} already there)"
         print(f"mailharness load: {scenario.name} on {target.name}: {users} users, {run_time}s, "
               f"{f'{workers} workers' if workers else 'one process'}; accounts {plan.describe()}", file=sys.stderr)
-        exit_code = _run_locust(args, target_file, scenario, run_dir, users, run_time, workers)
+        try:
+            exit_code = _run_locust(args, target_file, scenario, run_dir, users, run_time, workers)
+        finally:
+            scrub_files(run_dir)
         accounting = None
         if "pop3_delete" in plan.pools and scenario.delivery and scenario.delivery.to.get("pop3_delete"):
             from harness.load.accounting import drain, settle
@@ -149,11 +153,11 @@ def run(args) -> int:
         problems.append(f"Locust exited with code {exit_code} (see locust.log)")
     facts = _facts(args, scenario, target, plan, run_dir, users, run_time, workers, seeding, started_wall)
     report = write_capacity_report(run_dir, facts=facts, verdicts=verdicts, accounting=accounting, problems=problems, csvs=csvs)
-    (run_dir / "run.json").write_text(json.dumps({
+    (run_dir / "run.json").write_text(scrub(json.dumps({
         "passed": not problems, "problems": problems, "facts": facts,
         "thresholds": [{"rule": v.threshold.text, "observed": v.shown, "passed": v.passed} for v in verdicts],
         "accounting": accounting, "request_counts": csvs.request_counts(), "locust_exit_code": exit_code,
-    }, indent=2))
+    }, indent=2)))
     _print_summary(csvs, verdicts, accounting, problems, report)
     return 1 if problems else 0
 
@@ -229,6 +233,20 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
             except (subprocess.TimeoutExpired, KeyboardInterrupt):  # wedged, or a second Ctrl-C: stop it now
                 _kill_session(proc)
             raise
+
+
+def scrub_files(run_dir: Path) -> None:
+    """Locust's own files (CSVs, HTML, log, console copy) with known passwords masked, in place.
+
+    The users already mask what they report; this also covers what Locust records by itself
+    (an exception's traceback, a log line of a library)."""
+    for path in run_dir.glob("locust*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        clean = scrub_bytes(data)
+        if clean != data:
+            path.write_bytes(clean)
 
 
 def _kill_session(proc: subprocess.Popen) -> None:

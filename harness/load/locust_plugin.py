@@ -23,6 +23,7 @@ from locust import between, constant_throughput, events
 from locust.runners import MasterRunner, WorkerRunner
 
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
+from harness.known_secrets import ScrubbingFilter, ScrubbingStream
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
 from harness.load.scenario import Scenario, check_target_fits, load_scenario
@@ -112,6 +113,17 @@ def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> L
     )
 
 
+def _scrub_logs() -> None:
+    """Locust's log file, console and printed tables mask the target's passwords (a server may echo one)."""
+    sys.stdout, sys.stderr = ScrubbingStream(sys.stdout), ScrubbingStream(sys.stderr)
+    scrubber = ScrubbingFilter()
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, ScrubbingFilter) for f in handler.filters):
+                handler.addFilter(scrubber)
+
+
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
     group = parser.add_argument_group("mailharness", "Target and scenario for the POP3/IMAP users (see loadtests/README.md)")
@@ -147,6 +159,7 @@ def _on_init(environment, runner=None, **_kw) -> None:
         sys.stderr.write(f"mailharness: {exc}\n")
         raise SystemExit(exc.exit_code) from None
     environment.mailharness = run
+    _scrub_logs()
     limit = raise_open_file_limit()
     log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d",
              run.target.name, run.scenario.name, run.plan.describe(), limit)

@@ -26,6 +26,7 @@ from locust import User, task
 from locust.exception import StopUser
 from locust.user.task import LOCUST_STATE_RUNNING, LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 
+from harness.known_secrets import redacted_exception
 from harness.load.imap_client import ImapClient
 from harness.load.lmtp_client import LmtpClient, dot_stuff
 from harness.load.locust_plugin import run_of
@@ -72,8 +73,10 @@ class LoadUser(User):
         self._fire = self.environment.events.request.fire
 
     def report(self, name: str, response_time: float, response_length: int, exception: BaseException | None) -> None:
+        # The exception's text becomes Locust's failure statistics (CSV, HTML, console): a server that
+        # echoes a password in its refusal must not put it there.
         self._fire(request_type=self.request_type, name=name, response_time=response_time,
-                   response_length=response_length, exception=exception, context={})
+                   response_length=response_length, exception=redacted_exception(exception), context={})
 
     def _drop(self) -> None:
         """Close the kept connection (after a failure, or at the end); the next task opens a new one."""

@@ -16,6 +16,7 @@ import jinja2
 
 from harness import __version__
 from harness.errors import ConfigError
+from harness.known_secrets import scrub
 from harness.reports import formatting
 from harness.reports.results import BAD_OUTCOMES, OUTCOME_LABELS, OUTCOMES, failure_location, rfc_link, rfc_title
 
@@ -73,7 +74,7 @@ def render(template: str, **context) -> str:
 def write_page(path: Path | str, template: str, **context) -> Path:
     """Render ``template`` and write it to ``path`` atomically (a browser reload never sees half a page)."""
     path = Path(path)
-    html = render(template, **context)
+    html = scrub(render(template, **context))  # a server may have echoed a password into what the page shows
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

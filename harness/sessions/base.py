@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.known_secrets import SECRETS
 from harness.sessions.errors import ConnectionClosed, ProtocolError, ProtocolTimeout, SessionError
 from harness.sessions.redact import MASK, redact_line
 from harness.sessions.transcript import Transcript
@@ -95,7 +96,7 @@ class Session:
         text = redact_line(line)
         for secret in self._secrets:
             text = text.replace(secret, MASK.decode())
-        return text
+        return SECRETS.scrub(text)
 
     def _send(self, data: bytes, deadline: float, what: str) -> None:
         if self.transcript:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from harness.known_secrets import SECRETS
 from harness.sessions.literals import frame
 from harness.sessions.redact import MASK, ClientRedactor
 
@@ -82,7 +83,7 @@ class Transcript:
         """Mask this transcript's secrets in any other text (failure messages quote server lines)."""
         for secret in self._secrets:
             text = text.replace(secret, MASK.decode())
-        return text
+        return SECRETS.scrub(text)
 
     def render(self) -> str:
         out = []
@@ -98,7 +99,7 @@ class Transcript:
     def _scrub(self, data: bytes) -> bytes:
         for secret in self._secrets:
             data = data.replace(secret.encode("utf-8", "surrogateescape"), MASK)
-        return data
+        return SECRETS.scrub_bytes(data)  # every password of the target, also quoted or in base64
 
     def _append(self, session: str, direction: str, data: bytes, literals: bool, due: int) -> None:
         if not literals:

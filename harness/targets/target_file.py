@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from harness.errors import ConfigError
+from harness.known_secrets import SECRETS
 from harness.yaml_source import line_of, load_schema, load_yaml, validate
 
 DEFAULT_PORTS = {"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "lmtp": 24, "smtp": 25}
@@ -39,6 +40,10 @@ class Endpoint:
 class Account:
     user: str
     password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # Whatever this process writes or prints is scrubbed of every password it has seen.
+        SECRETS.add(self.password)
 
     def __repr__(self) -> str:  # never print a password, even in a traceback
         return f"Account(user={self.user!r})"
@@ -82,8 +87,11 @@ class Target:
         return out
 
     def dump(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        path.chmod(0o600)
+        """Write the target file, passwords included: created 0600, never readable by others even briefly."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        with os.fdopen(fd, "w") as out:
+            out.write(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _endpoint(proto: str, value, source, line: int, verify_default: bool) -> Endpoint:
