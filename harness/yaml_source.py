@@ -13,12 +13,14 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from harness.errors import ConfigError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 class Located:
@@ -186,6 +188,8 @@ def load_schema(name: str) -> dict:
 
 def _best_error(errors: list) -> jsonschema.ValidationError:
     # jsonschema's relevance picks the most specific error inside oneOf/anyOf.
+    import jsonschema
+
     return jsonschema.exceptions.best_match(errors)
 
 
@@ -247,6 +251,9 @@ def _suggestion(word: str, known) -> str:
 
 def schema_problems(data: Any, schema: dict, source: Path | str) -> list[tuple[list, str]]:
     """Every schema error as (path, "file:line: key: problem"), in file order."""
+    # imported here: the pytest plugin imports this module in every pytest run of the environment (~0.3 s)
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     found = []
     for error in validator.iter_errors(data):
