@@ -141,6 +141,42 @@ def test_markers_from_area_protocol_and_tags(tmp_path, expression, ids):
     assert [line.split("::")[1] for line in proc.stdout.splitlines() if "::" in line] == ids
 
 
+LEVELS = """
+    suite: levels
+    defaults:
+      area: retrieval
+      rfc: ["RFC1939 §7"]
+      sessions: {p: pop3}
+    tests:
+      - id: lv.must
+        title: MUST by default
+        steps: [{p: NOOP}]
+      - id: lv.should
+        title: a SHOULD test
+        level: SHOULD
+        steps: [{p: NOOP}]
+      - id: lv.may-step
+        title: a MUST test with one MAY step
+        steps:
+          - p: NOOP
+          - p: CAPA
+            level: MAY
+    """
+
+
+@pytest.mark.parametrize("expression, ids", [
+    ("must", ["lv.must", "lv.may-step"]),
+    ("should", ["lv.should"]),
+    ("may", ["lv.may-step"]),
+    ("must and not may", ["lv.must"]),
+])
+def test_markers_from_requirement_levels(tmp_path, expression, ids):
+    write(tmp_path / "levels.yaml", LEVELS)
+    proc = pytest_run("--collect-only", "-q", "--strict-markers", "-m", expression, "levels.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [line.split("::")[1] for line in proc.stdout.splitlines() if "::" in line] == ids
+
+
 def test_a_tag_may_not_reuse_a_marker_with_a_meaning(tmp_path):
     write(tmp_path / "s.yaml", SUITE.replace("tags: [smoke]", "tags: [skip]"))
     proc = cli("validate", str(tmp_path / "s.yaml"))

@@ -305,9 +305,9 @@ LEVEL_MARKERS = {"must": "a MUST of the RFC: a failure fails the run", "should":
 def marker_names(spec) -> list[str]:
     """-m selects by area, protocol (both for cross-protocol tests), requirement level and free tags."""
     names = [spec.area, *spec.protocol.split("+")]
-    level = getattr(spec, "level", None)
-    if level:
-        names.append(str(level).lower())
+    # the test's level, and those its steps set: `-m should` finds every test that checks a SHOULD
+    levels = [getattr(spec, "level", None)] + [getattr(step, "level", None) for step in spec.steps]
+    names += [str(level).lower() for level in levels if level]
     return list(dict.fromkeys(names + list(spec.tags)))
 
 
