@@ -27,7 +27,8 @@ def resolve_named_yaml(name_or_path: str, directory: Path, kind: str) -> Path:
     from harness.errors import ConfigError
 
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.exists():
+    # a bare name is a bundled file even if the working directory has a directory (or other non-file) of that name
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.is_file():
         if not path.is_file():
             raise ConfigError(f"{path}: {kind} file not found")
         return path

@@ -203,7 +203,7 @@ def test_unquoted_no_is_a_status_and_fetch_captures_count(tmp_path):
             rfc: [RFC3501 §6.4.5]
             sessions: {a: imap}
             steps:
-              - a: SELECT Nonexistent
+              - a: SELECT ${mbox:Nonexistent}
                 expect: NO
               - a: FETCH 1 (UID)
                 expect: [OK, NO]
@@ -516,7 +516,7 @@ def test_a_setup_error_reads_as_one_sentence_not_a_traceback(tmp_path, target):
         tests:
           - id: leftover.create
             title: creates a folder that clean-up cannot remove
-            steps: [{a: CREATE Leftover}]
+            steps: [{a: "CREATE ${mbox:Leftover}"}]
           - id: leftover.next
             title: needs an empty account
             steps: [{a: NOOP}]
@@ -528,7 +528,7 @@ def test_a_setup_error_reads_as_one_sentence_not_a_traceback(tmp_path, target):
                        "--report-dir", str(tmp_path / "r"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     by_id = {t["id"]: t for t in json.loads((tmp_path / "r" / "results.json").read_text())["tests"]}
-    assert by_id["leftover.create"]["outcome"] == "passed"
+    assert by_id["leftover.create"]["outcome"] == "passed", by_id["leftover.create"].get("message")
     second = by_id["leftover.next"]
     assert second["outcome"] == "error"
     assert second["message"].startswith("setup failed: could not empty account"), second["message"]
@@ -543,3 +543,60 @@ def test_a_target_without_imap_is_a_configuration_error(tmp_path, target):
     proc = run_cli("run", "--target", str(tmp_path / "pop-only.yaml"), "-k", "pop3.dele", "--report-dir", str(tmp_path / "r"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "has no imap: endpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- capability-gated checks (`when:`) and the personal namespace -------------------------
+
+def test_when_applies_checks_only_where_the_server_has_the_capability(tmp_path, target_file):
+    suite = write_suite(tmp_path, """
+        defaults: {area: uid, rfc: [RFC4315 §3], sessions: {a: imap}}
+        tests:
+          - id: when.absent-capability
+            title: the checks of a step whose capability is missing are not applied, and the result says so
+            steps:
+              - a: {append: plain}
+                when: {imap: [X-NO-SUCH-EXTENSION]}
+                expect: "OK [X-NEVER-SENT]"
+                untagged: ["* 99 EXISTS"]
+          - id: when.present-capability
+            title: with the capability advertised, the step's checks apply (and this one is wrong)
+            steps:
+              - a: {append: plain}
+                when: {imap: [UIDPLUS]}
+                expect: "OK [APPENDUID 1 999999] ..."
+        """)
+    proc = run_cli("run", "-n", "0", "--target", str(target_file), "--suite", str(suite), "--report-dir", str(tmp_path / "r"))
+    by_id = {t["id"]: t for t in json.loads((tmp_path / "r" / "results.json").read_text())["tests"]}
+    assert by_id["when.present-capability"]["outcome"] == "failed", proc.stdout + proc.stderr
+    absent = by_id["when.absent-capability"]
+    assert absent["outcome"] == "passed", absent.get("message")
+    assert "lacks IMAP X-NO-SUCH-EXTENSION" in absent["unchecked"][0]
+    assert "only the status" in absent["transcript"]
+
+
+def test_mailbox_names_go_on_the_wire_in_the_servers_namespace(tmp_path, target_file):
+    """On the embedded target (prefix "", "/") the names are the suite's; a nested name keeps its "/"."""
+    suite = write_suite(tmp_path, """
+        defaults: {area: folders, rfc: [RFC3501 §6.3.3], sessions: {a: imap}}
+        tests:
+          - id: mbox.on-the-wire
+            title: ${mbox:...} in commands, patterns, set-up and append
+            setup: {Projects/Alpha: [plain]}
+            steps:
+              - a: CREATE ${mbox:Old Mail}
+              - a: {append: attachment, mailbox: Old Mail}
+              - a: LIST "" ${mbox:Projects/%}
+                untagged: ["* LIST (...) ... ${mbox:Projects/Alpha}"]
+                only: true
+              - a: STATUS ${mbox:Old Mail} (MESSAGES)
+                untagged: ["* STATUS ${mbox:Old Mail} (MESSAGES 1)"]
+              - a: {append: plain, mailbox: \\Sent}
+              - a: STATUS ${mbox:\\Sent} (MESSAGES)
+                untagged: ['* STATUS ${mbox:\\Sent} (MESSAGES 1)']
+        """)
+    proc = run_cli("run", "-n", "0", "--target", str(target_file), "--suite", str(suite), "--report-dir", str(tmp_path / "r"))
+    test = json.loads((tmp_path / "r" / "results.json").read_text())["tests"][0]
+    assert test["outcome"] == "passed", test.get("message", "") + proc.stdout
+    assert 'CREATE "Old Mail"' in test["transcript"]
+    assert 'LIST "" "Projects/%"' in test["transcript"]
+    assert "\\Sent is Sent" in test["transcript"]  # found by attribute, not by name

@@ -75,3 +75,46 @@ def test_regex_groups_count_as_captures():
 
     assert variables_in(r're:\* QUOTAROOT INBOX (?P<root>"[^"]*"|\S+)') == ["root"]
     assert variables_in("* $n EXISTS ${m} $$x") == ["n", "m"]
+
+
+def test_astring_matches_atom_and_quoted_string_of_one_value():
+    p = Pattern("* LIST (...) ... ${astring:INBOX}")
+    assert p.match('* LIST () "/" INBOX', {}) == {}
+    assert p.match('* LIST () "/" "INBOX"', {}) == {}
+    assert p.match('* LIST () "/" "INBOX2"', {}) is None
+    spaced = Pattern("* STATUS ${astring:Old Mail} (MESSAGES 1)")
+    assert spaced.match('* STATUS "Old Mail" (MESSAGES 1)', {}) == {}
+    assert spaced.match("* STATUS Old Mail (MESSAGES 1)", {}) is None  # two atoms are not one name
+    assert Pattern('${astring:a"b}').match(r'"a\"b"', {}) == {}
+
+
+def test_astring_captures_the_value_and_compares_by_value():
+    p = Pattern("* QUOTAROOT ${astring:INBOX} ${astring:$root}...")
+    assert p.match('* QUOTAROOT INBOX "User quota"', {}) == {"root": "User quota"}
+    assert p.match("* QUOTAROOT INBOX user.x other", {}) == {"root": "user.x"}
+    quota = Pattern("* QUOTA ${astring:$root} (...)")
+    assert quota.match('* QUOTA "User quota" (STORAGE 1 2)', {"root": "User quota"}) == {}
+    assert quota.match("* QUOTA Userquota (STORAGE 1 2)", {"root": "User quota"}) is None
+    assert Pattern("* QUOTA ${astring:$r} (...)").match("* QUOTA \"x\" (STORAGE 1 2)", {"r": "x"}) == {}
+
+
+def test_astring_in_commands_sends_what_the_value_needs():
+    assert substitute("GETQUOTA ${astring:$root}", {"root": "User quota"}) == 'GETQUOTA "User quota"'
+    assert substitute("GETQUOTA ${astring:$root}", {"root": "x"}) == "GETQUOTA x"
+    assert substitute("CREATE ${astring:Köln}", {}) == "CREATE ${literal:Köln}"
+    with pytest.raises(PatternError, match=r"\$root is not set"):
+        substitute("GETQUOTA ${astring:$root}", {})
+
+
+def test_a_literal_matches_as_the_quoted_string_it_equals():
+    from harness.sessions.imap import Untagged
+
+    u = Untagged('* LIST () "/" {8}', b'* LIST () "/" {8}\r\nOld "Mai\r\n', [b'Old "Mai'])
+    assert u.inline_text == r'* LIST () "/" "Old \"Mai"'
+    assert Pattern('* LIST (...) ... ${astring:Old "Mai}').match(u.inline_text, {}) == {}
+
+
+def test_fetch_item_names_compare_header_fields_as_astrings():
+    from harness.engine.patterns import fetch_item_name
+
+    assert fetch_item_name('BODY[HEADER.FIELDS ("Subject" From)]') == "BODY[HEADER.FIELDS (SUBJECT FROM)]"

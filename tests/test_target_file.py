@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.errors import ConfigError
@@ -70,3 +72,14 @@ def test_invalid_target_names_file_line_and_key(tmp_path, text, fragment):
 def test_missing_target_file(tmp_path):
     with pytest.raises(ConfigError, match="target file not found"):
         load_target(tmp_path / "nope.yaml")
+
+
+def test_a_profile_name_is_the_bundled_profile_even_beside_a_directory_of_that_name(tmp_path, monkeypatch):
+    from harness.engine.profiles import resolve_profile_path
+    from harness.paths import profiles_dir
+
+    (tmp_path / "dovecot").mkdir()  # e.g. a checkout of the server's sources
+    monkeypatch.chdir(tmp_path)
+    assert resolve_profile_path("dovecot") == profiles_dir() / "dovecot.yaml"
+    (tmp_path / "mine.yaml").write_text("server: x\ndeviations: {}\n")
+    assert resolve_profile_path("mine.yaml") == Path("mine.yaml")

@@ -19,7 +19,13 @@ from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.targets.target_file import Account, Target
 
 HARNESS_HEADER = "X-Mailharness-Corpus"
-SPECIAL_USE = {b"\\Sent", b"\\Drafts", b"\\Trash", b"\\Junk", b"\\Archive", b"\\All", b"\\Flagged"}
+SPECIAL_USE = {b"\\sent", b"\\drafts", b"\\trash", b"\\junk", b"\\archive", b"\\all", b"\\flagged"}
+
+
+def _attributes(flags) -> set[bytes]:
+    """Mailbox attributes in lower case: servers spell them \\Noselect or \\NoSelect (RFC 3501 §7.2.2 says
+    the case does not matter)."""
+    return {(f if isinstance(f, bytes) else str(f).encode()).lower() for f in flags}
 
 
 class AccountNotEmpty(HarnessError):
@@ -48,7 +54,7 @@ def admin_client(target: Target, account: Account, timeout: float = 10.0) -> IMA
 
 def _is_baseline(flags, name: str) -> bool:
     """INBOX and special-use folders exist on a fresh account; never delete them."""
-    return name.upper() == "INBOX" or bool(SPECIAL_USE & set(flags))
+    return name.upper() == "INBOX" or bool(SPECIAL_USE & _attributes(flags))
 
 
 @dataclass
@@ -69,7 +75,7 @@ def _message_counts(client: IMAPClient, folders) -> dict[str, int]:
     instead of failing every test's set-up."""
     counts = {}
     for flags, _, name in folders:
-        if b"\\Noselect" in flags or b"\\NonExistent" in flags:
+        if _attributes(flags) & {b"\\noselect", b"\\nonexistent"}:
             continue
         counts[name] = client.select_folder(name, readonly=True)[b"EXISTS"]
     if counts:
@@ -118,6 +124,41 @@ def prepare(target: Target, account: Account) -> AccountState:
                 held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
                 raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
         return AccountState(account, {name for _, _, name in folders})
+
+
+def special_use_folders(client: IMAPClient) -> dict[str, str]:
+    """Attribute (\\Sent, ...) -> the folder's name on the wire (modified UTF-7), for this account.
+
+    RFC 6154: LIST "" "*" RETURN (SPECIAL-USE) where the server offers it (SPECIAL-USE or
+    LIST-EXTENDED), and the attributes a plain LIST shows in any case."""
+    from imapclient.imap_utf7 import encode
+
+    from harness.engine.mailboxes import special_use_attribute
+
+    listings = [client.list_folders()]
+    if client.has_capability("SPECIAL-USE") or client.has_capability("LIST-EXTENDED"):
+        typ, data = client._imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
+        if typ == "OK":
+            typ, data = client._imap._untagged_response(typ, data, "LIST")
+            listings.append(client._proc_folder_list(data))
+    found: dict[str, str] = {}
+    for flags, _delim, name in sorted((f for listing in listings for f in listing), key=lambda f: str(f[2])):
+        for flag in flags:
+            attr = special_use_attribute(flag.decode() if isinstance(flag, bytes) else str(flag))
+            if attr and attr not in found:
+                found[attr] = encode(name).decode() if isinstance(name, str) else name.decode()
+    return found
+
+
+def folders_take_children(client: IMAPClient, name: str) -> bool:
+    """Create ``name``, see whether LIST calls it \\NoInferiors (an mbox file, say: RFC 3501 §7.2.2), delete it.
+    Run in a test's set-up, after prepare(), so its clean-up removes the folder if DELETE did not."""
+    client.create_folder(name)
+    try:
+        flags = [f for f, _, _ in client.list_folders("", name)]
+    finally:
+        _try(client.delete_folder, name)
+    return not any(b"\\noinferiors" in _attributes(f) for f in flags)
 
 
 def _wipe(client: IMAPClient, folders, counts: dict[str, int]) -> None:
@@ -182,7 +223,7 @@ def cleanup(target: Target, state: AccountState) -> list[str]:
             _wipe(client, folders, _message_counts(client, folders))
             return notes
         for flags, delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
-            if b"\\Noselect" in flags:
+            if b"\\noselect" in _attributes(flags):
                 if name not in state.folders and not _has_children(client, name, delim):
                     _try(client.delete_folder, name)  # a hierarchy parent the test created
                 continue

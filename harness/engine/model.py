@@ -9,30 +9,40 @@ Every error names the file and line.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import corpus
-from harness.engine import credentials
-from harness.engine.patterns import Pattern, PatternError, _compile, function_tokens, variables_in
+from harness.engine import credentials, mailboxes
+from harness.engine.patterns import Pattern, PatternError, _compile, fetch_item_name, function_tokens, variables_in
 from harness.errors import ConfigError
 from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
-    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level",
+    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level", "when",
 }
 # Requirement levels of RFC 2119: what a check that does not hold becomes (failed, warning, behaviour).
 LEVELS = ("MUST", "SHOULD", "MAY")
+# Response codes that belong to an extension: a suite may expect one only where the capability is declared,
+# in the test's `requires` or the step's `when` (RFC 4315, RFC 9208, RFC 7162, RFC 2449 §8, RFC 3206)
+CODE_CAPABILITY = {
+    "imap": {"APPENDUID": "UIDPLUS", "COPYUID": "UIDPLUS", "UIDNOTSTICKY": "UIDPLUS", "OVERQUOTA": "QUOTA",
+             "HIGHESTMODSEQ": "CONDSTORE", "NOMODSEQ": "CONDSTORE", "MODIFIED": "CONDSTORE"},
+    "pop3": {"IN-USE": "RESP-CODES", "LOGIN-DELAY": "RESP-CODES", "SYS/TEMP": "RESP-CODES", "SYS/PERM": "RESP-CODES",
+             "AUTH": "AUTH-RESP-CODE"},
+}
+_CODE = re.compile(r"\[([A-Za-z][A-Za-z0-9/-]*)")
 SPECIAL_STEPS = ("drop", "sleep", "deliver")
 IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
 POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
 # Which checks each kind of step evaluates; any other key would be silently ignored, so it is an error.
 ALLOWED_KEYWORDS = {
     "command": STEP_KEYWORDS - {"metric", "to"},
-    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level"},
+    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when"},
     "idle_start": {"timeout", "why"},
-    "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level"},
+    "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when"},
     "await": {"absent", "timeout", "why", "metric", "level"},
     "drop": {"why"},
     "sleep": {"why"},
@@ -135,6 +145,7 @@ class Step:
     why: str | None = None
     metric: str | None = None
     level: str | None = None  # MUST/SHOULD/MAY of this step's checks; None: the test's level
+    when: dict = field(default_factory=dict)  # the checks apply only if the server has these (else: status only)
 
     def describe(self) -> str:
         if self.kind == "command":
@@ -173,6 +184,17 @@ class TestSpec:
     def level_of(self, step: Step | None) -> str:
         """The level a failed check of ``step`` is judged at; set-up and session failures are always MUST."""
         return (step.level if step and step.level else None) or self.level
+    mailbox_names: set[str] = field(default_factory=set)  # every suite mailbox name the test uses
+
+    @property
+    def special_uses(self) -> list[str]:
+        """Special-use attributes (\\Sent ...) the test names as mailboxes."""
+        return sorted({a for a in map(mailboxes.special_use_attribute, self.mailbox_names) if a})
+
+    @property
+    def hierarchy_names(self) -> list[str]:
+        """Names with more than one level (Projects/Alpha): the test needs a server with hierarchy."""
+        return sorted(n for n in self.mailbox_names if mailboxes.uses_hierarchy(n))
 
     @property
     def protocol(self) -> str:
@@ -218,17 +240,30 @@ def _message_ref(ctx: _Ctx, keys: list, value) -> MessageRef:
     return MessageRef(name, list(value.get("flags", [])), value.get("subject"))
 
 
-def _patterns(ctx: _Ctx, keys: list, value) -> list[Pattern]:
+def _patterns(ctx: _Ctx, keys: list, value, names: set[str] | None = None) -> list[Pattern]:
     out = []
     for i, text in enumerate(_as_list(value)):
         pattern = Pattern(str(text))
+        where = keys + [i] if isinstance(value, list) else keys
+        if pattern.source.startswith("re:") and "${mbox:" in pattern.source:
+            ctx.fail(where, f"bad pattern `{text}`: ${{mbox:...}} works in plain patterns, not in re: regexes")
+        _check_mailbox_names(ctx, where, mailboxes.names_in(pattern.source), names)
         placeholders = tuple(sorted({(f"msg:{arg}", "1") for fn, arg in function_tokens(pattern.source) if fn == "msg"}))
         try:
-            _compile(pattern.source, placeholders, False)
+            _compile(mailboxes.MBOX_TOKEN.sub("${astring:x}", pattern.source), placeholders, False)
         except (PatternError, Exception) as exc:  # re.error too
-            ctx.fail(keys + [i] if isinstance(value, list) else keys, f"bad pattern `{text}`: {exc}")
+            ctx.fail(where, f"bad pattern `{text}`: {exc}")
         out.append(pattern)
     return out
+
+
+def _check_mailbox_names(ctx: _Ctx, keys: list, found: list[str], names: set[str] | None) -> None:
+    for name in found:
+        problem = mailboxes.check_name(name)
+        if problem:
+            ctx.fail(keys, problem)
+        if names is not None:
+            names.add(name)
 
 
 def _body(ctx: _Ctx, keys: list, value) -> BodySpec:
@@ -272,13 +307,17 @@ def _setup(ctx: _Ctx, keys: list, raw, accounts: int) -> list[SetupEntry]:
         account = entry.get("account", 1)
         if account > accounts:
             ctx.fail(ekeys, f"setup uses account {account} but the test has accounts: {accounts}")
+        problem = mailboxes.check_name(entry["mailbox"])
+        if problem:
+            ctx.fail(ekeys, problem)
         msgs = [_message_ref(ctx, ekeys, m) for m in entry.get("messages", [])]
         out.append(SetupEntry(account, entry["mailbox"], msgs))
     return out
 
 
 def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, SessionSpec], known_vars: set[str],
-          accounts: int) -> Step:
+          accounts: int, names: set[str] | None = None) -> Step:
+    names = set() if names is None else names
     line = line_of(ctx.data, keys)
     step = Step(index=index, line=line, kind="command")
     actors = [k for k in raw if k not in STEP_KEYWORDS]
@@ -311,6 +350,13 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
         step.session = actor
         if isinstance(value, str):
             step.command = value.strip()
+            if sessions[actor].protocol == "imap":
+                raw_name = mailboxes.raw_mailbox_argument(step.command)
+                if raw_name is not None:
+                    ctx.fail(keys + [actor], f"mailbox {raw_name}: write folders as ${{mbox:{raw_name.strip(chr(34))}}} "
+                             "(levels joined by '/'), so the engine maps them into the server's namespace; "
+                             "INBOX, \"\", \"*\" and captured $variables may stay as they are")
+            _check_mailbox_names(ctx, keys + [actor], mailboxes.names_in(step.command), names)
             step.continuations = [str(x) for x in _as_list(raw.get("continue"))]
             lines = [(keys + [actor], step.command)] + [
                 (keys + ["continue"] + ([i] if isinstance(raw["continue"], list) else []), text)
@@ -333,10 +379,14 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
         allowed = ", ".join(sorted(ALLOWED_KEYWORDS[step.kind])) or "none"
         kind = step.kind.replace("_", " ")
         ctx.fail(keys + [unused[0]], f"{unused[0]}: {'an' if kind[0] in 'aeiou' else 'a'} {kind} step does not check this (it takes: {allowed})")
-    step.expect = _patterns(ctx, keys + ["expect"], raw.get("expect"))
-    step.untagged += _patterns(ctx, keys + ["untagged"], raw.get("untagged"))
-    step.absent = _patterns(ctx, keys + ["absent"], raw.get("absent"))
-    step.may = _patterns(ctx, keys + ["may"], raw.get("may"))
+    if step.kind == "append":
+        _check_mailbox_names(ctx, keys + [actor], [step.mailbox], names)
+    step.expect = _patterns(ctx, keys + ["expect"], raw.get("expect"), names)
+    for pattern in step.untagged:  # an await's, read by _action
+        _check_mailbox_names(ctx, keys + [actor], mailboxes.names_in(pattern.source), names)
+    step.untagged += _patterns(ctx, keys + ["untagged"], raw.get("untagged"), names)
+    step.absent = _patterns(ctx, keys + ["absent"], raw.get("absent"), names)
+    step.may = _patterns(ctx, keys + ["may"], raw.get("may"), names)
     step.only = bool(raw.get("only", False))
     step.count = raw.get("count")
     step.lines = _patterns(ctx, keys + ["lines"], raw.get("lines"))
@@ -346,14 +396,20 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
         step.body = _body(ctx, keys + ["body"], raw["body"])
     for item, spec in (raw.get("fetch") or {}).items():
         if isinstance(spec, str):
-            step.fetch[item.upper()] = _patterns(ctx, keys + ["fetch", item], spec)[0]
+            step.fetch[fetch_item_name(item)] = _patterns(ctx, keys + ["fetch", item], spec, names)[0]
         else:
-            step.fetch[item.upper()] = _body(ctx, keys + ["fetch", item], spec)
+            step.fetch[fetch_item_name(item)] = _body(ctx, keys + ["fetch", item], spec)
     _check_message_numbers(ctx, keys, step, protocol)
     step.timeout = raw.get("timeout", step.timeout)
     step.why = raw.get("why")
     step.metric = raw.get("metric")
     step.level = raw.get("level")
+    step.when = dict(raw.get("when") or {})
+    names.update(step.when.get("special-use", []))  # so set-up looks for them
+    if protocol == "imap" and step.expect and (step.untagged and step.kind != "await" or step.fetch or step.only):
+        if not any(p.source.startswith("re:") or p.source.split()[0].upper() == "OK" for p in step.expect if p.source.split()):
+            ctx.fail(keys + ["expect"], "untagged, fetch and only are checked on an OK answer; this step expects no OK, "
+                     "so they would never be checked")
     fetch_patterns = [p for p in step.fetch.values() if isinstance(p, Pattern)]
     for pattern in step.expect + step.untagged + step.lines + step.all_lines + fetch_patterns:
         known_vars.update(variables_in(pattern.source))
@@ -414,6 +470,48 @@ RESERVED_MARKERS = {"skip", "skipif", "xfail", "parametrize", "usefixtures", "fi
 SUITE_KEY_HINT = "a suite file has a top-level `suite:` key (its title, e.g. `suite: POP3 deletion`): pytest collects only YAML files that have one"
 
 
+def _covers(have: dict, needed: dict) -> bool:
+    return all({c.upper() for c in have.get(k, [])} >= {c.upper() for c in v} for k, v in needed.items() if isinstance(v, list)) \
+        and (not needed.get("delivery") or have.get("delivery"))
+
+
+def _step_patterns(step: Step) -> list[Pattern]:
+    fetch = [p for p in step.fetch.values() if isinstance(p, Pattern)]
+    return step.expect + step.untagged + step.absent + step.may + step.lines + step.absent_lines + step.all_lines + fetch
+
+
+def _check_capability_gates(ctx: _Ctx, keys: list, steps: list[Step], sessions: dict[str, SessionSpec], requires: dict) -> None:
+    """Extension response codes only where their capability is declared; a variable a `when:` step captures
+    is used only by steps with the same `when:` (on a server without it, the variable is never set)."""
+    plain: set[str] = set()
+    gated: dict[str, tuple[int, dict]] = {}
+    for step in steps:
+        protocol = sessions[step.session].protocol if step.session in sessions else None
+        skeys = keys + ["steps", step.index - 1]
+        for pattern in _step_patterns(step) if protocol else []:
+            if pattern.source.startswith("re:"):
+                continue
+            for code in _CODE.findall(pattern.source):
+                cap = CODE_CAPABILITY[protocol].get(code.upper())
+                if cap and not _covers(requires, {protocol: [cap]}) and not _covers(step.when, {protocol: [cap]}):
+                    ctx.checked(ctx.fail, skeys, f"[{code}] is a response code of the {cap} extension: expect it only where "
+                                f"the server advertises {cap}, with `requires: {{{protocol}: [{cap}]}}` on the test or "
+                                f"`when: {{{protocol}: [{cap}]}}` on the step")
+        used = variables_in(step.command or "") + [v for p in _step_patterns(step) for v in variables_in(p.source)]
+        for var in used:
+            if var in gated and var not in plain and not _covers(step.when, gated[var][1]):
+                first, when = gated[var]
+                ctx.checked(ctx.fail, skeys, f"${var} is set only when step {first}'s `when: {when}` holds; give this step "
+                            "the same `when:`, or make it a requirement of the test")
+                break
+        captured = {v for p in _step_patterns(step) for v in variables_in(p.source)}
+        if step.when:
+            for var in captured - plain:
+                gated.setdefault(var, (step.index, step.when))
+        else:
+            plain |= captured
+
+
 def load_suite(path: Path) -> list[TestSpec]:
     """All tests of one suite file; ConfigError listing every problem (file:line: problem) when anything is wrong.
 
@@ -461,15 +559,17 @@ def _test(ctx: _Ctx, i: int, raw: dict, defaults: dict, seen: dict) -> TestSpec:
     setup_keys = keys + ["setup"] if "setup" in raw else ["defaults", "setup"]
     setup = ctx.checked(_setup, ctx, setup_keys, merged.get("setup", {}), accounts)  # reported; the steps are still checked
     known_vars: set[str] = set()
+    names = {entry.mailbox for entry in setup or []} | set(merged.get("requires", {}).get("special-use", []))
     steps = []
     for j, raw_step in enumerate(raw["steps"]):
-        step = ctx.checked(_step, ctx, keys + ["steps", j], raw_step, j + 1, sessions, known_vars, accounts)
+        step = ctx.checked(_step, ctx, keys + ["steps", j], raw_step, j + 1, sessions, known_vars, accounts, names)
         if step is None:  # reported; what it would have captured is known, so later steps are not blamed for it
             known_vars.update(_captures_of(raw_step))
             continue
         steps.append(step)
         if step.kind == "deliver" and step.to > accounts:
             ctx.checked(ctx.fail, keys + ["steps", j], f"deliver to account {step.to} but the test has accounts: {accounts}")
+    _check_capability_gates(ctx, keys, steps, sessions, dict(merged.get("requires", {})))
     return TestSpec(
         id=raw["id"],
         title=raw["title"],
@@ -486,6 +586,7 @@ def _test(ctx: _Ctx, i: int, raw: dict, defaults: dict, seen: dict) -> TestSpec:
         setup=setup or [],
         tags=list(merged.get("tags", [])),
         level=merged.get("level", "MUST"),
+        mailbox_names=names,
     )
 
 

@@ -11,6 +11,11 @@ runs of white space matching any white space:
                  step, of that message as this session's server sends it (see pop3_view.py)
     ${msg:NAME}  (POP3 steps) the message number of the message that is corpus NAME
     ${literal:X} (commands only) X sent as an IMAP literal, UTF-8
+    ${astring:X} an IMAP astring equal to X: the atom, the quoted string or the literal
+                 (RFC 3501 §9); in commands, X sent as whichever of them it needs.
+                 ${astring:$v} compares with variable $v, or captures the astring's value
+    ${mbox:NAME} is not handled here: the runner rewrites it into ${astring:...} with the
+                 server's name for NAME (harness/engine/mailboxes.py)
     ...          anything, including nothing
     re:REGEX     the rest is a Python regex; (?P<name>...) groups are captured
 
@@ -28,18 +33,22 @@ from harness import corpus
 
 _TOKEN = re.compile(
     r"(?P<dollar>\$\$)"
-    r"|\$\{(?P<fn>[a-z]+):(?P<arg>[A-Za-z0-9._+-]+)\}"
+    r"|\$\{(?P<fn>[a-z]+):(?P<arg>[^}]*)\}"
     r"|\$\{(?P<bvar>[A-Za-z_][A-Za-z0-9_]*)\}|\$(?P<var>[A-Za-z_][A-Za-z0-9_]*)"
     r"|(?P<any>\.\.\.)|(?P<ws>\s+)"
 )
 _CAPTURE = r"[^\s()\[\]]+"
+# RFC 3501 §9: ASTRING-CHAR is ATOM-CHAR or "]"; quoted strings escape only " and \
+_ATOM_CHARS = r"[^\x00-\x20\x7f(){%*\"\\]"
+_QUOTED = r'"(?:[^"\\\r\n]|\\["\\])*"'
+_ASTRING_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<v>[A-Za-z_][A-Za-z0-9_]*))\Z")
 
 
 class PatternError(ValueError):
     pass
 
 
-FUNCTIONS = ("size", "msg", "literal")
+FUNCTIONS = ("size", "msg", "literal", "astring")
 
 
 def function_tokens(text: str) -> list[tuple[str, str]]:
@@ -63,7 +72,31 @@ def expand_function(fn: str, arg: str, bound: dict[str, str] | None = None) -> s
             except KeyError:
                 raise PatternError(f"${{size:{arg}}}: no corpus message named {name!r}") from None
         return str(total)
-    raise PatternError(f"unknown function ${{{fn}:...}} (known: {', '.join(FUNCTIONS)})")
+    raise PatternError(f"unknown function ${{{fn}:...}} (known: {', '.join(FUNCTIONS)}; mbox in suites)")
+
+
+def astring_regex(value: str) -> str:
+    """A regex for the astring forms of ``value``: atom (when it is one) or quoted string.
+
+    A literal is matched as the quoted string it equals: the runner matches untagged responses
+    (other than FETCH) with short literals rewritten that way (Untagged.inline_text)."""
+    forms = []
+    if value and re.fullmatch(_ATOM_CHARS + "+", value):
+        forms.append(re.escape(value))
+    forms.append('"' + "".join(r"\\" + re.escape(c) if c in '"\\' else re.escape(c) for c in value) + '"')
+    return "(?:" + "|".join(forms) + ")"
+
+
+def astring_value(text: str) -> str | None:
+    """The string an astring stands for: atom as is, quoted string unescaped, literal's data; None if malformed."""
+    if text.startswith('"'):
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+def _astring_variable(arg: str) -> str | None:
+    m = _ASTRING_VAR.match(arg)
+    return (m.group("b") or m.group("v")) if m else None
 
 
 @dataclass(frozen=True)
@@ -76,7 +109,16 @@ class Pattern:
         m = regex.fullmatch(text.strip())
         if not m:
             return None
-        return {n: m.group(g) for g, n in names.items() if m.group(g) is not None}
+        out = {}
+        for group, name in names.items():
+            value = m.group(group)
+            if value is not None and group.startswith("a"):  # ${astring:$name}: the value, unquoted
+                value = astring_value(value)
+                if value is None:
+                    return None
+            if value is not None:
+                out[name] = value
+        return out
 
     def __str__(self) -> str:
         """The pattern as a reader should see it in a failure: ``${size:plain}`` shown as its number."""
@@ -105,6 +147,22 @@ def _compile(source: str, bound: tuple, allow_tail: bool):
         pos = m.end()
         if m.group("dollar"):
             out.append(re.escape("$"))
+        elif m.group("fn") == "astring":
+            arg = m.group("arg")
+            name = _astring_variable(arg)
+            if name is None:
+                if "$" in arg:
+                    raise PatternError(f"${{astring:{arg}}}: give either text or one variable, e.g. ${{astring:$root}}")
+                out.append(astring_regex(arg))
+            elif name in bound_vars:
+                out.append(astring_regex(bound_vars[name]))
+            elif name in seen:
+                out.append(f"(?P={seen[name]})")
+            else:
+                group = f"a{len(names)}"
+                names[group] = name
+                seen[name] = group
+                out.append(rf"(?P<{group}>{_ATOM_CHARS}+|{_QUOTED})")
         elif m.group("fn"):
             out.append(re.escape(expand_function(m.group("fn"), m.group("arg"), bound_vars)))
         elif m.group("var") or m.group("bvar"):
@@ -137,6 +195,8 @@ def substitute(text: str, variables: dict[str, str]) -> str:
             return "$"
         if m.group("fn") == "literal":
             return m.group(0)  # sent as a literal by the session: split_literals()
+        if m.group("fn") == "astring":
+            return _astring_argument(m.group("arg"), variables)
         if m.group("fn"):
             return expand_function(m.group("fn"), m.group("arg"), variables)
         if m.group("var") or m.group("bvar"):
@@ -150,6 +210,30 @@ def substitute(text: str, variables: dict[str, str]) -> str:
     return _TOKEN.sub(repl, text)
 
 
+_QUOTED_IN_ITEM = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def fetch_item_name(name: str) -> str:
+    """A FETCH item name compared as the grammar means it: header field names are astrings, so
+    ``BODY[HEADER.FIELDS ("Subject")]`` is ``BODY[HEADER.FIELDS (SUBJECT)]`` (RFC 3501 §9, header-fld-name)."""
+    return " ".join(_QUOTED_IN_ITEM.sub(lambda m: re.sub(r"\\(.)", r"\1", m.group(1)), name).split()).upper()
+
+
+def _astring_argument(arg: str, variables: dict[str, str]) -> str:
+    from harness.sessions.imap import astring
+
+    name = _astring_variable(arg)
+    if name is not None:
+        if name not in variables:
+            known = ", ".join(sorted("$" + v for v in variables)) or "none yet"
+            raise PatternError(f"${name} is not set at this step (set so far: {known})")
+        arg = variables[name]
+    elif "$" in arg:
+        raise PatternError(f"${{astring:{arg}}}: give either text or one variable, e.g. ${{astring:$root}}")
+    text, literal = astring(arg)
+    return text if literal is None else "${literal:%s}" % arg
+
+
 def variables_in(text: str) -> list[str]:
     """Variables a pattern captures or a command uses; for re: patterns, the named groups."""
     if text.startswith("re:"):
@@ -157,7 +241,12 @@ def variables_in(text: str) -> list[str]:
             return list(re.compile(text[3:].strip()).groupindex)
         except re.error:
             return []
-    return [m.group("var") or m.group("bvar") for m in _TOKEN.finditer(text) if m.group("var") or m.group("bvar")]
+    out = []
+    for m in _TOKEN.finditer(text):
+        name = m.group("var") or m.group("bvar") or (_astring_variable(m.group("arg")) if m.group("fn") == "astring" else None)
+        if name:
+            out.append(name)
+    return out
 
 
 _LITERAL = re.compile(r"\$\{literal:(?P<text>[^}]*)\}")

@@ -15,6 +15,7 @@ every report into results.json.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,8 +30,9 @@ from imapclient.exceptions import IMAPClientError
 
 from harness import __version__
 from harness.engine.account_pool import AccountPool
-from harness.engine.accounts import admin_client, cleanup, inspect_account, prepare
+from harness.engine.accounts import admin_client, cleanup, folders_take_children, inspect_account, prepare, special_use_folders
 from harness.engine.credentials import greeting_timestamp
+from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import SoftDeviation, StepFailure, TestRun
@@ -76,6 +78,8 @@ class HarnessState:
         self.signal: str | None = None  # set by the SIGTERM handler before it interrupts
         self.active = False  # the run holds suites (decided at session start, see _run_has_suites)
         self.suite_paths: list[Path] = []
+        self.flat_folders: str | None = None  # why new folders cannot have children; None: unknown yet or they can
+        self.hierarchy_checked = False
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
 
@@ -361,6 +365,7 @@ class SuiteItem(pytest.Item):
         self.transcript: Transcript | None = None
         self.run: TestRun | None = None
         self.profile_expect: str | None = None  # the profile's expect: for this test, if it has an entry
+        self.mailboxes = MailboxMap()
 
     def setup(self):
         state: HarnessState = self.config._mailharness
@@ -377,13 +382,17 @@ class SuiteItem(pytest.Item):
         try:
             for account in self.accounts:
                 self.account_states.append(prepare(target, account))
+            self._setup_special_use(target)
+            self._check_hierarchy(target)
             self._setup_mail(target)
         except (IMAPClientError, OSError) as exc:
             raise SetupError(f"could not prepare the test's accounts over IMAP: {exc}") from None
 
     def runtest(self):
         state: HarnessState = self.config._mailharness
-        run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout)
+        run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout,
+                      mailboxes=self.mailboxes,
+                      advertises=functools.partial(advertises, state.probe))
         self.run = run
         extra: dict = {}
         try:
@@ -395,6 +404,8 @@ class SuiteItem(pytest.Item):
             extra["transcript"] = self.transcript.render()
             extra["metrics"] = run.metrics
             extra["deviations"] = [self._failure_data(d) for d in run.deviations]
+            if run.unchecked:
+                extra["unchecked"] = run.unchecked
             self.data.update(extra)
         soft = run.soft_outcome
         if soft is None:
@@ -437,14 +448,54 @@ class SuiteItem(pytest.Item):
         if problems:
             raise SetupError("could not clean up after the test: " + "; ".join(problems))
 
+    def _setup_special_use(self, target) -> None:
+        """Find the folders the test names by attribute (\\Sent ...) for account 1; stand in for missing ones."""
+        state: HarnessState = self.config._mailharness
+        self.mailboxes = MailboxMap(Namespace.from_probe(state.probe.get("imap_namespace")))
+        wanted = self.spec.special_uses
+        if not wanted:
+            return
+        with admin_client(target, self.accounts[0]) as client:
+            found = special_use_folders(client)
+            required = self.spec.requires.get("special-use", [])
+            missing = [a for a in required if a.lower() not in {f.lower() for f in found}]
+            if missing:
+                pytest.skip(f"the account has no folder marked {', '.join(missing)} (RFC 6154: none is required)")
+            for attr in wanted:
+                if attr in found:
+                    self.mailboxes.special[attr] = found[attr]
+                    self.transcript.note("setup", f"{attr} is {found[attr]}")
+                    continue
+                name = self.mailboxes.stand_in(attr)
+                if not client.folder_exists(name):
+                    client.create_folder(name)
+                self.mailboxes.special[attr] = name
+                self.mailboxes.stand_ins.add(attr)
+                self.transcript.note("setup", f"no folder is marked {attr}: the test uses {name}, made for it")
+
+    def _check_hierarchy(self, target) -> None:
+        """Tests with subfolders skip on a server whose new folders are \\NoInferiors (learnt once per process)."""
+        state: HarnessState = self.config._mailharness
+        if not self.spec.hierarchy_names:
+            return
+        if not state.hierarchy_checked:
+            name = self.mailboxes.namespace.server_name("Mailharness-hierarchy-check")
+            with admin_client(target, self.accounts[0]) as client:
+                if not folders_take_children(client, name):
+                    state.flat_folders = f"a new folder ({name}) is listed \\NoInferiors: it cannot have subfolders"
+            state.hierarchy_checked = True
+        if state.flat_folders:
+            pytest.skip(f"the test uses subfolders ({', '.join(self.spec.hierarchy_names)}) and {state.flat_folders}")
+
     def _setup_mail(self, target) -> None:
         for entry in self.spec.setup:
             account = self.accounts[entry.account - 1]
+            mailbox = self.mailboxes.server_name(entry.mailbox)
             with admin_client(target, account) as client:
-                if not client.folder_exists(entry.mailbox):
-                    client.create_folder(entry.mailbox)
+                if not client.folder_exists(mailbox):
+                    client.create_folder(mailbox)
                 for ref in entry.messages:
-                    client.append(entry.mailbox, ref.data(), flags=ref.flags)
+                    client.append(mailbox, ref.data(), flags=ref.flags)
             names = ", ".join(m.name for m in entry.messages) or "(no messages)"
             self.transcript.note("setup", f"account {entry.account} {entry.mailbox}: {names}")
 
@@ -516,6 +567,9 @@ def _missing_requirements(spec, state: HarnessState) -> str | None:
             return f"the target has no {proto} endpoint"
     if spec.requires.get("delivery") and target.delivery is None:
         return "the target has no lmtp or smtp endpoint for delivery"
+    namespace = Namespace.from_probe(state.probe.get("imap_namespace"))
+    if spec.hierarchy_names and not namespace.hierarchy:
+        return f"the test uses subfolders ({', '.join(spec.hierarchy_names)}) and {namespace.why_flat}"
     for proto in ("imap", "pop3"):
         for cap in spec.requires.get(proto, []):
             if not advertises(state.probe, proto, cap):
@@ -636,7 +690,7 @@ class ResultsCollector:
             "profile_reason": None, "metrics": {},
         })
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
-        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes", "deviations"):
+        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes", "deviations", "unchecked"):
             if props.get(key):
                 entry[key] = props[key]
         outcome = _outcome(report)
@@ -773,7 +827,7 @@ def results_document(state: HarnessState, exitstatus=None) -> dict:
         "name": target.name if target else None,
         "imap_url": target.imap.url if target and target.imap else None,
         "pop3_url": target.pop3.url if target and target.pop3 else None,
-        **{k: state.probe.get(k) for k in ("imap_greeting", "imap_capabilities", "pop3_greeting", "pop3_capabilities")},
+        **{k: state.probe.get(k) for k in ("imap_greeting", "imap_capabilities", "imap_namespace", "pop3_greeting", "pop3_capabilities")},
     }
     summary = summarize(tests, run)
     results = {

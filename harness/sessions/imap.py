@@ -16,7 +16,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from harness.sessions.base import Session
 from harness.sessions.errors import ConnectionClosed, ProtocolError, SessionError
-from harness.sessions.literals import MARKER_ANYWHERE, frame, marker_at_end
+from harness.sessions.literals import MARKER_ANYWHERE, MARKER_AT_END, frame, marker_at_end
 from harness.sessions.transcript import Transcript
 from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
@@ -32,6 +32,27 @@ class Untagged:
     raw: bytes  # exactly as received, literal data included
     literals: list[bytes] = field(default_factory=list)
     arrived: float = 0.0  # time.monotonic() when the last byte arrived
+
+    @property
+    def inline_text(self) -> str:
+        """`text` with each short one-line literal written as the quoted string it equals (RFC 3501 §4.3:
+        both are forms of one string), so a pattern can match a mailbox name however it was sent.
+        FETCH responses (message data) keep `text`."""
+        if not self.literals or _FETCH.match(self.text):
+            return self.text
+        out = []
+        pieces = frame(self.raw)[0]
+        for i, piece in enumerate(pieces):
+            data = self.raw[piece.start:piece.end]
+            if piece.kind == "literal":
+                if len(data) > 1024 or any(c in data for c in b"\r\n\0"):
+                    return self.text
+                out.append(b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
+            elif i + 1 < len(pieces) and pieces[i + 1].kind == "literal":
+                out.append(MARKER_AT_END.sub(b"", data))
+            else:
+                out.append(data)
+        return b"".join(out).decode("utf-8", "backslashreplace")
 
     def fetch(self) -> dict | None:
         """For ``* n FETCH (...)``: the items keyed like imapclient does (b"SEQ", b"FLAGS", b"BODY[1]<0>", ...)."""

@@ -24,6 +24,7 @@ DEFAULT_SERVER = "dovecot"
 # Registration point: one line per server, name -> "module:Class".
 SERVERS: dict[str, str] = {
     "dovecot": "harness.targets.managed_dovecot:ManagedDovecot",
+    "dovecot-inbox-ns": "harness.targets.managed_dovecot:ManagedDovecotInboxNamespace",
     "cyrus": "harness.targets.managed_cyrus:ManagedCyrus",
     "mailutils": "harness.targets.managed_mailutils:ManagedMailutils",
 }

@@ -27,6 +27,7 @@ INSTALL_HINT = (
     "(or run `make setup`), or point the harness at your own server with --target FILE."
 )
 TEMPLATE = Path(__file__).with_name("dovecot.conf.tmpl")
+SPECIAL_MAILBOXES = (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Junk", "\\Junk"))
 
 
 def dovecot_binary() -> str:
@@ -75,10 +76,17 @@ class ManagedDovecot:
     PROFILE = "dovecot"
     INSTALL_HINT = INSTALL_HINT
 
-    def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None):
+    def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None,
+                 namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True):
+        """`namespace_prefix`, `separator` and `special_use_folders` shape the personal namespace: the
+        default is "" with "/" and auto-subscribed Sent/Drafts/Trash/Junk; ``"INBOX.", ".", False``
+        plays a Cyrus-like server with no special-use folders (the tests run the suites against it)."""
         self.account_count = accounts
         self.quota_mb = quota_mb
         self.pop3_lock = pop3_lock
+        self.namespace_prefix = namespace_prefix
+        self.separator = separator
+        self.special_use_folders = special_use_folders
         self._own_root = root is None
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-dovecot-"))
         self.proc: subprocess.Popen | None = None
@@ -222,6 +230,10 @@ class ManagedDovecot:
             lmtp_port=lmtp_port,
             quota_kb=f"{self.quota_mb * 1024}k",
             pop3_lock="yes" if self.pop3_lock else "no",
+            namespace_settings=f"  separator = {self.separator}\n" + (f"  prefix = {self.namespace_prefix}\n" if self.namespace_prefix else ""),
+            special_mailboxes="".join(
+                f"  mailbox {name} {{\n    special_use = {attr}\n    auto = subscribe\n  }}\n" for name, attr in SPECIAL_MAILBOXES
+            ) if self.special_use_folders else "",
         )
         (self.root / "dovecot.conf").write_text(conf)
 
@@ -240,3 +252,13 @@ class ManagedDovecot:
                     os.kill(int(pid_dir.name), signal.SIGKILL)
                 except OSError:
                     pass
+
+
+class ManagedDovecotInboxNamespace(ManagedDovecot):
+    """Dovecot shaped like Cyrus's default: personal namespace "INBOX." with ".", and no special-use
+    folders at all. Registered as "dovecot-inbox-ns" (managed.py); the suites must give the same verdicts
+    on it as on "dovecot" (tests/test_namespace_variant.py)."""
+
+    def __init__(self, accounts: int = 40, **options):
+        options = {"namespace_prefix": "INBOX.", "separator": ".", "special_use_folders": False, **options}
+        super().__init__(accounts, **options)

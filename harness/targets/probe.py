@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from imapclient.response_parser import parse_response
+
+from harness.engine.mailboxes import Namespace
 from harness.sessions import IMAPSession, POP3Session, SessionError
 from harness.targets.target_file import Account, Endpoint, Target
 
@@ -12,6 +15,7 @@ def probe_target(target: Target, account_index: int = 0) -> dict:
     info: dict = {
         "imap_greeting": None,
         "imap_capabilities": [],
+        "imap_namespace": None,
         "pop3_greeting": None,
         "pop3_capabilities": [],
         # Before login, where the SASL mechanisms are listed (servers drop AUTH=/SASL after it)
@@ -53,6 +57,34 @@ def _probe_imap(endpoint: Endpoint, account: Account, target: Target, info: dict
                 raise
         imap.login(account.user, account.password)
         info["imap_capabilities"] = imap.capabilities()
+        info["imap_namespace"] = _probe_namespace(imap, info["imap_capabilities"]).to_dict()
+
+
+def _decode(value) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _probe_namespace(imap: IMAPSession, capabilities: list[str]) -> Namespace:
+    """The personal namespace (RFC 2342): its prefix and delimiter from NAMESPACE, or, without it, the
+    delimiter from LIST "" "" (RFC 3501 §6.3.8) and no prefix. Whether a new folder can have children
+    is learnt later, by the first test that needs it (accounts.folders_take_children): the probe stores nothing."""
+    prefix, delimiter, source = "", None, "LIST"
+    caps = {c.upper() for c in capabilities}
+    if "NAMESPACE" in caps:
+        response = imap.command("NAMESPACE")
+        for u in response.untagged if response.ok else []:
+            if u.text.upper().startswith("* NAMESPACE "):
+                personal = parse_response([u.inline_text[len("* NAMESPACE "):].encode()])[0]
+                if personal:  # NIL: no personal namespace; fall back to LIST
+                    prefix, delimiter, source = _decode(personal[0][0]) or "", _decode(personal[0][1]), "NAMESPACE"
+    if source == "LIST":
+        response = imap.command('LIST "" ""')
+        for u in response.untagged if response.ok else []:
+            if u.text.upper().startswith("* LIST "):
+                delimiter = _decode(parse_response([u.inline_text[len("* LIST "):].encode()])[1])
+    if not delimiter:
+        return Namespace(prefix, None, False, source, "the LIST delimiter is NIL: the server has no hierarchy")
+    return Namespace(prefix, delimiter, True, source)
 
 
 def _probe_pop3(endpoint: Endpoint, account: Account, target: Target, info: dict) -> None:
