@@ -193,11 +193,6 @@ SAME_MESSAGE = """
           - a: SELECT INBOX
           - a: FETCH 1 (BODY.PEEK[])
             fetch: {"BODY[]": {message: plain}}
-      - id: t.keywords
-        title: a test that creates keywords skips where PERMANENTFLAGS has no \\*
-        requires: {keywords: true}
-        steps:
-          - a: SELECT INBOX
       - id: t.other-message
         title: added_fields allowed still tells one message from another
         steps:
@@ -209,8 +204,7 @@ SAME_MESSAGE = """
 
 
 def test_added_fields_allowed_against_mailutils_bookkeeping(tmp_path):
-    """imap4d serves its mbox bookkeeping fields (X-IMAPbase:, X-UID:) in BODY[]: a real server that adds fields;
-    and it lets clients create no keywords (PERMANENTFLAGS without \\*)."""
+    """imap4d serves its mbox bookkeeping fields (X-IMAPbase:, X-UID:) in BODY[]: a real server that adds fields."""
     from tests.test_cli import cli
 
     suite = tmp_path / "s.yaml"
@@ -222,5 +216,4 @@ def test_added_fields_allowed_against_mailutils_bookkeeping(tmp_path):
     assert "the server added header fields: X-IMAPbase, X-UID" in tests["t.same-message"]["transcript"]
     assert tests["t.same-bytes"]["outcome"] == "failed" and "X-IMAPbase" in tests["t.same-bytes"]["message"]
     assert tests["t.other-message"]["outcome"] == "failed"
-    assert tests["t.keywords"]["outcome"] == "skipped" and "PERMANENTFLAGS" in tests["t.keywords"]["message"]
     assert proc.returncode == 1

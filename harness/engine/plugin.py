@@ -80,8 +80,6 @@ class HarnessState:
         self.suite_paths: list[Path] = []
         self.flat_folders: str | None = None  # why new folders cannot have children; None: unknown yet or they can
         self.hierarchy_checked = False
-        self.no_keywords: str | None = None  # why clients cannot create keywords; None: unknown yet or they can
-        self.keywords_checked = False
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
 
@@ -386,7 +384,6 @@ class SuiteItem(pytest.Item):
                 self.account_states.append(prepare(target, account))
             self._setup_special_use(target)
             self._check_hierarchy(target)
-            self._check_keywords(target)
             self._setup_mail(target)
         except (IMAPClientError, OSError) as exc:
             raise SetupError(f"could not prepare the test's accounts over IMAP: {exc}") from None
@@ -489,23 +486,6 @@ class SuiteItem(pytest.Item):
             state.hierarchy_checked = True
         if state.flat_folders:
             pytest.skip(f"the test uses subfolders ({', '.join(self.spec.hierarchy_names)}) and {state.flat_folders}")
-
-    def _check_keywords(self, target) -> None:
-        """Tests that create keywords skip where INBOX's PERMANENTFLAGS lacks \\*: creating keywords is a
-        server's MAY (RFC 3501 §2.3.2, §7.1). Learnt once per process, in the test's own emptied INBOX
-        (SELECT, not EXAMINE: a read-only mailbox has no permanent flags)."""
-        state: HarnessState = self.config._mailharness
-        if not self.spec.requires.get("keywords"):
-            return
-        if not state.keywords_checked:
-            with admin_client(target, self.accounts[0]) as client:
-                flags = client.select_folder("INBOX").get(b"PERMANENTFLAGS", ())  # LOGOUT then: no expunge
-            if b"\\*" not in flags:
-                shown = " ".join(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
-                state.no_keywords = f"INBOX's PERMANENTFLAGS ({shown}) has no \\*: clients cannot create keywords there"
-            state.keywords_checked = True
-        if state.no_keywords:
-            pytest.skip(f"the test creates keywords and {state.no_keywords} (RFC 3501 §7.1)")
 
     def _setup_mail(self, target) -> None:
         for entry in self.spec.setup:
