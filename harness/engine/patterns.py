@@ -25,11 +25,36 @@ the responses they match.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 from harness import corpus
+
+try:  # the `regex` library: the same syntax as re, plus a timeout on every match
+    import regex as _rx
+
+    MATCH_TIMEOUTS = True
+except ImportError:  # a venv from before the dependency (make setup installs it): no timeout, as before
+    _rx = re
+    MATCH_TIMEOUTS = False
+
+# When the step that is matching must end (time.monotonic()); None outside a step.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("match_deadline", default=None)
+
+
+@contextlib.contextmanager
+def match_deadline(seconds: float):
+    """Patterns matched inside the block give up when the block has run ``seconds`` (a step's timeout):
+    a catastrophic ``re:`` pattern in a suite fails its step, it does not hold the run."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 _TOKEN = re.compile(
     r"(?P<dollar>\$\$)"
@@ -46,6 +71,10 @@ _ASTRING_VAR = re.compile(r"\$(?:\{(?P<b>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<v>[A-Za-z
 
 class PatternError(ValueError):
     pass
+
+
+class PatternTimeout(PatternError):
+    """A pattern took longer to match than its step may last."""
 
 
 FUNCTIONS = ("size", "msg", "literal", "astring")
@@ -106,7 +135,15 @@ class Pattern:
     def match(self, text: str, variables: dict[str, str], *, allow_tail: bool = False) -> dict[str, str] | None:
         """New captures (possibly empty) if ``text`` matches, else None. ``variables`` is not modified."""
         regex, names = _compile(self.source, tuple(sorted(variables.items())), allow_tail)
-        m = regex.fullmatch(text.strip())
+        deadline = _DEADLINE.get()
+        try:
+            if deadline is not None and MATCH_TIMEOUTS:
+                m = regex.fullmatch(text.strip(), timeout=max(0.001, deadline - time.monotonic()))
+            else:
+                m = regex.fullmatch(text.strip())
+        except TimeoutError:
+            raise PatternTimeout(f"pattern `{self.source}` did not finish matching within the step's timeout "
+                                 f"(catastrophic backtracking?) against: {text.strip()[:200]}") from None
         if not m:
             return None
         out = {}
@@ -138,7 +175,7 @@ class Pattern:
 def _compile(source: str, bound: tuple, allow_tail: bool):
     bound_vars = dict(bound)
     if source.startswith("re:"):
-        regex = re.compile(source[3:].strip(), re.IGNORECASE | re.DOTALL)
+        regex = _rx.compile(source[3:].strip(), _rx.IGNORECASE | _rx.DOTALL)
         return regex, {g: g for g in regex.groupindex}
     out, names, seen = [], {}, {}
     pos = 0
@@ -184,7 +221,7 @@ def _compile(source: str, bound: tuple, allow_tail: bool):
     body = "".join(out).strip()
     if allow_tail:
         body += r"(?:\s.*)?"
-    return re.compile(body, re.IGNORECASE | re.DOTALL), names
+    return _rx.compile(body, _rx.IGNORECASE | _rx.DOTALL), names
 
 
 def substitute(text: str, variables: dict[str, str]) -> str:

@@ -82,6 +82,8 @@ class HarnessState:
         self.hierarchy_checked = False
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
+        # Tests in a row whose step got no answer in time, per protocol: a hung server ends the run quickly.
+        self.timeouts_in_a_row: dict[str, int] = {}
 
     # controller: start or load the target, check the accounts are safe to use
     def start(self) -> None:
@@ -344,6 +346,13 @@ class SetupError(HarnessError):
     """The harness could not bring the accounts into the test's starting state (or back)."""
 
 
+HUNG_AFTER = 3  # tests in a row without an answer in time, before the rest of that protocol's fail at once
+
+
+def _protocols(spec) -> list[str]:
+    return sorted({s.protocol for s in spec.sessions.values()})
+
+
 class SuiteItem(pytest.Item):
     """One YAML test. setup: accounts emptied and seeded; call: the steps; teardown: clean-up."""
 
@@ -366,11 +375,16 @@ class SuiteItem(pytest.Item):
         self.run: TestRun | None = None
         self.profile_expect: str | None = None  # the profile's expect: for this test, if it has an entry
         self.mailboxes = MailboxMap()
+        self.stopped_answering: list[str] = []
 
     def setup(self):
         state: HarnessState = self.config._mailharness
         if self.profile_skip:
             pytest.skip(self.profile_skip)
+        self.stopped_answering = [p for p in _protocols(self.spec) if state.timeouts_in_a_row.get(p, 0) >= HUNG_AFTER]
+        if self.stopped_answering:
+            self.transcript = Transcript()
+            return  # runtest fails it at once: no set-up against a server that no longer answers
         if state.target is None:  # a worker whose controller saw no suite files (see _run_has_suites)
             raise HarnessError("no target: the run's paths held no suite file when the session started")
         missing = _missing_requirements(self.spec, state)
@@ -390,6 +404,13 @@ class SuiteItem(pytest.Item):
 
     def runtest(self):
         state: HarnessState = self.config._mailharness
+        if self.stopped_answering:
+            proto = self.stopped_answering[0]
+            failure = StepFailure(self.spec, None, f"an answer from the {proto.upper()} server",
+                                  f"target stopped answering: the last {state.timeouts_in_a_row[proto]} tests over "
+                                  f"{proto.upper()} got no answer in time; this test was not run", broken=True)
+            self.data.update(failure=self._failure_data(failure), transcript="")
+            raise failure
         run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout,
                       mailboxes=self.mailboxes,
                       advertises=functools.partial(advertises, state.probe))
@@ -399,7 +420,12 @@ class SuiteItem(pytest.Item):
             run.run()
         except StepFailure as failure:
             extra["failure"] = self._failure_data(failure)
+            if failure.timed_out:
+                state.timeouts_in_a_row[failure.timed_out] = state.timeouts_in_a_row.get(failure.timed_out, 0) + 1
             raise
+        else:
+            for proto in _protocols(self.spec):  # it answered: only timeouts in a row count
+                state.timeouts_in_a_row.pop(proto, None)
         finally:
             extra["transcript"] = self.transcript.render()
             extra["metrics"] = run.metrics

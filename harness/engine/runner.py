@@ -9,10 +9,19 @@ from dataclasses import dataclass, replace
 from harness.engine import credentials
 from harness.engine.mailboxes import MailboxError, MailboxMap
 from harness.engine.model import BodySpec, Step, TestSpec
-from harness.engine.patterns import Pattern, PatternError, fetch_item_name, function_tokens, split_literals, substitute
+from harness.engine.patterns import (
+    Pattern,
+    PatternError,
+    PatternTimeout,
+    fetch_item_name,
+    function_tokens,
+    match_deadline,
+    split_literals,
+    substitute,
+)
 from harness.engine.pop3_view import Pop3View, ViewError, build_view, compare_message
 from harness.sessions import IMAPSession, POP3Session, open_session
-from harness.sessions.errors import SessionError
+from harness.sessions.errors import ProtocolTimeout, SessionError
 from harness.sessions.imap import astring
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import Account, Target
@@ -31,6 +40,7 @@ class StepFailure(Exception):
     # A session that broke (no answer, a malformed response) is a failure at any level: every command
     # gets a complete response (RFC 1939 §3, RFC 3501 §2.2.2), and the session's state is unknown after it.
     broken: bool = False
+    timed_out: str | None = None  # "pop3"/"imap": the step got no (complete) answer in time over that protocol
 
     @property
     def location(self) -> str:
@@ -163,9 +173,15 @@ class TestRun:
             raise StepFailure(self.spec, step, "mailbox names the server's namespace can express", str(exc)) from None
         try:
             handler = getattr(self, f"_step_{step.kind}")
-            handler(step, timeout)
+            with match_deadline(timeout):
+                handler(step, timeout)
+        except PatternTimeout as exc:
+            raise StepFailure(self.spec, step, "patterns that match within the step's timeout", str(exc), broken=True) from None
         except SessionError as exc:
-            raise StepFailure(self.spec, step, "a complete, well-formed response", str(exc), broken=True) from None
+            failure = StepFailure(self.spec, step, "a complete, well-formed response", str(exc), broken=True)
+            if isinstance(exc, ProtocolTimeout) and step.session in self.spec.sessions:
+                failure.timed_out = self.spec.sessions[step.session].protocol
+            raise failure from None
         except PatternError as exc:
             if self.deviations:  # the value would have come from a check that did not hold: no new failure
                 earlier = self.deviations[-1]

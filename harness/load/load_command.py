@@ -29,6 +29,7 @@ MAX_USERS = 20_000
 MAX_RUN_TIME = 4 * 3600
 MAX_WORKERS = 64
 MAX_STOP_TIMEOUT = 600
+SEED_DEADLINE = 1800  # seconds for topping the mailboxes up before the run
 MAX_EMBEDDED_ACCOUNTS = 5_000
 CSV_PREFIX = "locust"
 
@@ -119,7 +120,8 @@ def run(args) -> int:
         if embedded or args.seed:
             from harness.load.seeding import seed_accounts
 
-            result = seed_accounts(target, plan.all_accounts(), scenario.messages, scenario.size_mix, seed=scenario.seed)
+            result = seed_accounts(target, plan.all_accounts(), scenario.messages, scenario.size_mix, seed=scenario.seed,
+                                   deadline=SEED_DEADLINE)
             if result.failed:
                 raise HarnessError(f"seeding failed for {len(result.failed)} deliveries, e.g. {result.failed[0]}")
             seeding = f"seeded to {scenario.messages} messages each ({result.added} added, {result.present} already there)"

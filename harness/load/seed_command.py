@@ -6,11 +6,13 @@ import re
 import sys
 from pathlib import Path
 
-from harness.errors import ConfigError, HarnessError, UnsafeAccount
+from harness.arguments import finite_float
+from harness.errors import ConfigError, UnsafeAccount
 from harness.load.messages import DEFAULT_SIZE_MIX, SIZE_CLASSES, parse_size_mix
 from harness.targets.target_file import Account, load_target
 
 MAX_MESSAGES = 100_000
+DEFAULT_DEADLINE = 3600.0  # a hostile or wedged server cannot hold a CI job longer than this
 
 DESCRIPTION = f"""\
 Fill the target's INBOXes with seeded messages, fast and idempotently.
@@ -41,6 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=1, metavar="N",
                    help="content seed: the same seed gives the same messages (default 1, as the scenarios use)")
     p.add_argument("--connections", type=int, default=4, metavar="K", help="parallel delivery connections (default 4)")
+    p.add_argument("--deadline", type=finite_float, default=DEFAULT_DEADLINE, metavar="S",
+                   help=f"give up after S seconds in all, cutting every connection (default {DEFAULT_DEADLINE:g})")
 
 
 def select_accounts(accounts: list[Account], spec: str | None) -> list[Account]:
@@ -67,16 +71,22 @@ def run(args) -> int:
         raise ConfigError(f"--messages must be between 1 and {MAX_MESSAGES}")
     if not 1 <= args.connections <= 32:
         raise ConfigError("--connections must be between 1 and 32")
+    if not 1 <= args.deadline <= 7 * 86400:
+        raise ConfigError("--deadline must be between 1 second and 7 days")
     mix = parse_size_mix(args.size_mix)
     target = load_target(args.target)
     if not target.disposable:
         raise UnsafeAccount(f"{args.target}: seeding adds mail to every account; it needs `disposable: true` in the target file")
     accounts = select_accounts(target.accounts, args.accounts)
-    result = seed_accounts(target, accounts, args.messages, mix, seed=args.seed, connections=args.connections)
+    result = seed_accounts(target, accounts, args.messages, mix, seed=args.seed, connections=args.connections,
+                           deadline=args.deadline)
     print(f"{result.accounts} account(s): {result.present} seeded messages were there, {result.added} added "
           f"in {result.seconds:.1f}s" + (f", {len(result.failed)} failed" if result.failed else ""))
     for line in result.failed[:10]:
         print(f"  failed: {line}", file=sys.stderr)
     if result.failed:
-        raise HarnessError(f"{len(result.failed)} deliveries failed (first: {result.failed[0]})")
+        # The server refused some mail (over quota, a rejected recipient): a result, not a usage error.
+        print(f"mailharness seed: {len(result.failed)} of {result.added + len(result.failed)} deliveries were refused "
+              f"(first: {result.failed[0]})", file=sys.stderr)
+        return 1
     return 0

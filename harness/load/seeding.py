@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -74,10 +74,85 @@ class Progress:
             self._draw(time.monotonic(), end="\n")
 
 
-def inventory(target: Target, account: Account) -> set[int]:
+class SeedAborted(TargetUnavailable):
+    """Seeding stopped before it was done: its deadline passed."""
+
+
+class _Connections:
+    """The clients seeding has open, so a deadline or Ctrl-C can cut them all at once.
+
+    Worker threads cannot be interrupted; closing their sockets makes each blocked read fail at
+    once, so the pool drains in milliseconds instead of waiting out every command's timeout.
+    """
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.stopped = threading.Event()
+        self.why = ""
+        self._clients: set = set()
+        self._lock = threading.Lock()
+
+    def opened(self, client):
+        with self._lock:
+            if self.stopped.is_set():
+                raise WireError(self.why)
+            self._clients.add(client)
+        return client
+
+    def closed(self, client) -> None:
+        with self._lock:
+            self._clients.discard(client)
+
+    def check(self) -> None:
+        if not self.stopped.is_set() and self.deadline is not None and time.monotonic() > self.deadline:
+            self.stop("the seeding deadline passed")
+        if self.stopped.is_set():
+            raise WireError(self.why)
+
+    def stop(self, why: str) -> None:
+        with self._lock:
+            self.why = self.why or why
+            self.stopped.set()
+            clients = list(self._clients)
+        for client in clients:
+            conn = client.conn
+            if conn is not None:
+                conn.expire()  # shutdown(): the blocked recv in the worker thread returns at once
+
+    def run(self, fn, items: list, workers: int) -> list:
+        """fn over items in a pool; on Ctrl-C or the deadline, live connections are cut and the pool is left
+        without waiting. Items not started after a stop are passed to fn, which fails fast via check()."""
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            out = []
+            for future in futures:
+                # Short waits: the deadline is checked, and Ctrl-C lands between them. (Not result(timeout=):
+                # its TimeoutError could not be told from a job's own.)
+                while not wait([future], timeout=0.5).done:
+                    if self.deadline is not None and time.monotonic() > self.deadline:
+                        self.stop("the seeding deadline passed")
+                out.append(future.result())
+            return out
+        except BaseException:
+            self.stop("interrupted")
+            raise
+        finally:
+            pool.shutdown(wait=not self.stopped.is_set(), cancel_futures=True)
+
+
+def inventory(target: Target, account: Account, connections: _Connections | None = None) -> set[int]:
     """The seed numbers already in the account's INBOX."""
     client = ImapClient(target.imap, timeout=max(target.timeout, 30), ca_file=target.ca_file)
-    client.connect()
+    if connections:
+        connections.check()
+        connections.opened(client)
+    try:
+        client.connect()
+    except BaseException:
+        if connections:
+            connections.closed(client)
+        raise
     try:
         client.login(account.user, account.password)
         if client.select("INBOX", readonly=True) == 0:
@@ -87,6 +162,8 @@ def inventory(target: Target, account: Account) -> set[int]:
         return {int(n) for n in _SEED_VALUE.findall(data)}
     finally:
         client.close()
+        if connections:
+            connections.closed(client)
 
 
 def seed_accounts(
@@ -98,18 +175,22 @@ def seed_accounts(
     seed: int = 1,
     connections: int = 4,
     stream: TextIO | None = None,
+    deadline: float | None = None,
 ) -> SeedResult:
-    """Top every account up to seeded messages 1..``messages``."""
+    """Top every account up to seeded messages 1..``messages``, within ``deadline`` seconds if given
+    (SeedAborted after it); Ctrl-C cuts every connection and returns at once."""
     started = time.monotonic()
+    live = _Connections(None if deadline is None else started + deadline)
     if not target.imap:
         raise ConfigError(f"target {target.name}: seeding needs an imap: endpoint to count what is already there")
     if not accounts or messages <= 0:
         return SeedResult(len(accounts), 0, 0)
-    with ThreadPoolExecutor(max_workers=min(16, len(accounts))) as pool:
-        try:
-            found = dict(zip((a.user for a in accounts), pool.map(lambda a: inventory(target, a), accounts)))
-        except (OSError, WireError) as exc:
-            raise TargetUnavailable(f"seeding: cannot read the mailboxes on {target.imap.url}: {exc}") from None
+    try:
+        found = dict(zip((a.user for a in accounts), live.run(lambda a: inventory(target, a, live), accounts, min(16, len(accounts)))))
+    except (OSError, WireError) as exc:
+        if live.stopped.is_set() and live.why != "interrupted":
+            raise SeedAborted(f"seeding: {live.why} ({deadline:g}s) while reading the mailboxes on {target.imap.url}") from None
+        raise TargetUnavailable(f"seeding: cannot read the mailboxes on {target.imap.url}: {exc}") from None
     missing: dict[int, list[Account]] = {}
     for account in accounts:
         for n in range(1, messages + 1):
@@ -122,13 +203,14 @@ def seed_accounts(
         for i in range(0, len(recipients), RECIPIENTS_PER_TRANSACTION)
     ]
     progress = Progress(sum(len(r) for _, r in jobs), "seeding", stream)
-    sender = _LmtpSeeder(target) if target.delivery else _AppendSeeder(target)
+    sender = _LmtpSeeder(target, live) if target.delivery else _AppendSeeder(target, live)
     failed: list[str] = []
 
     def run(job):
         n, recipients = job
         message = seed_message(n, size_class_for(n, size_mix, seed), seed)
         try:
+            live.check()
             errors = sender.send(recipients, message)
         except (OSError, WireError) as exc:
             sender.reset()
@@ -137,12 +219,14 @@ def seed_accounts(
         return errors
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, connections)) as pool:
-            for errors in pool.map(run, jobs):
-                failed.extend(errors)
+        for errors in live.run(run, jobs, connections):
+            failed.extend(errors)
     finally:
-        sender.close()
+        if not live.stopped.is_set():
+            sender.close()
         progress.close()
+    if live.stopped.is_set():
+        raise SeedAborted(f"seeding: {live.why} ({deadline:g}s); {progress.done - len(failed)} of {progress.total} deliveries done")
     added = progress.total - len(failed)
     return SeedResult(len(accounts), present, added, failed, time.monotonic() - started)
 
@@ -150,8 +234,9 @@ def seed_accounts(
 class _LmtpSeeder:
     """One LMTP connection per thread, reused for all of that thread's transactions."""
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, live: _Connections):
         self.target = target
+        self.live = live
         self.local = threading.local()
         self.clients: list[LmtpClient] = []
         self.lock = threading.Lock()
@@ -159,7 +244,7 @@ class _LmtpSeeder:
     def _client(self) -> LmtpClient:
         client = getattr(self.local, "client", None)
         if client is None or client.conn is None:
-            client = LmtpClient(self.target.delivery, timeout=max(self.target.timeout, 60), ca_file=self.target.ca_file)
+            client = self.live.opened(LmtpClient(self.target.delivery, timeout=max(self.target.timeout, 60), ca_file=self.target.ca_file))
             client.connect()
             self.local.client = client
             with self.lock:
@@ -183,15 +268,16 @@ class _LmtpSeeder:
 class _AppendSeeder:
     """APPEND into each account's INBOX (targets without LMTP). One login per account and message."""
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, live: _Connections):
         self.target = target
+        self.live = live
 
     def send(self, recipients: list[Account], message: bytes) -> list[str]:
         if b"\r\n" not in message:
             message = message.replace(b"\n", b"\r\n")
         errors = []
         for account in recipients:
-            client = ImapClient(self.target.imap, timeout=max(self.target.timeout, 60), ca_file=self.target.ca_file)
+            client = self.live.opened(ImapClient(self.target.imap, timeout=max(self.target.timeout, 60), ca_file=self.target.ca_file))
             try:
                 client.connect()
                 client.login(account.user, account.password)
@@ -201,6 +287,7 @@ class _AppendSeeder:
                 errors.append(f"{account.user}: {exc}")
             finally:
                 client.close()
+                self.live.closed(client)
         return errors
 
     def reset(self) -> None:

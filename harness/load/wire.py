@@ -21,6 +21,12 @@ from harness.targets.target_file import Endpoint
 Reporter = Callable[[str, float, int, "BaseException | None"], None]
 
 RECV_SIZE = 65536
+# What one connection may hold unread: a message being retrieved (the largest seeded is ~1 MB), a
+# FETCH response with its literals. A server that sends more without ending its answer is hostile
+# (an endless body, a {2000000000} literal): the command fails rather than the generator's memory.
+MAX_BUFFERED = 32 * 1024 * 1024
+MAX_LINE = 1024 * 1024  # one response line without its literals (a SEARCH of 100,000 messages is ~700 KB)
+YIELD_EVERY = 16  # reads; see Connection.fill
 
 
 class WireError(Exception):
@@ -33,6 +39,23 @@ class CommandFailed(WireError):
 
 class ConnectionClosed(WireError):
     """The server closed the connection in the middle of a response."""
+
+
+class ResponseTooLarge(WireError):
+    """The server sent more than a response may hold (a line or an answer beyond the caps)."""
+
+
+def _cooperative_yield() -> Callable[[], None]:
+    """gevent.sleep(0) when the socket module is gevent's (inside Locust), else nothing.
+
+    A server that floods data keeps every recv() ready, and gevent only switches greenlets when
+    one would block: without this a reading user would starve Locust's own greenlets (the one
+    that ends the run at --run-time included)."""
+    try:
+        from gevent import monkey, sleep
+    except ImportError:
+        return lambda: None
+    return (lambda: sleep(0)) if monkey.is_module_patched("socket") else (lambda: None)
 
 
 def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
@@ -124,7 +147,9 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_reads",
         "_wait_then_recv",
+        "_yield",
         "awaiting",
         "buf",
         "ca_file",
@@ -163,6 +188,8 @@ class Connection:
         self.received = 0
         self.awaiting = False  # a command was sent and nothing of its answer read yet
         self._wait_then_recv = _gevent_wait_then_recv(sock)
+        self._yield = _cooperative_yield()
+        self._reads = 0
         if watchdog:
             watchdog.connections.add(self)
 
@@ -200,6 +227,16 @@ class Connection:
         self.awaiting = True
 
     def _recv(self) -> bytes:
+        self._reads += 1
+        if self._reads % YIELD_EVERY == 0:
+            self._yield()
+        if self.read_timeout is not None and self.deadline:
+            # No watchdog (seed, drain): a socket timeout bounds each read, and the command's deadline
+            # bounds them all, so a server trickling a byte at a time cannot hold a command forever.
+            left = self.deadline - perf_counter()
+            if left <= 0:
+                raise TimeoutError(f"no complete answer within {self.timeout:g}s")
+            self.sock.settimeout(min(self.read_timeout, left))
         try:
             if self.awaiting and self._wait_then_recv:
                 self.awaiting = False
@@ -207,6 +244,10 @@ class Connection:
             else:
                 self.awaiting = False
                 chunk = self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            if self.expired:
+                raise self._lost() from None
+            raise TimeoutError(f"no answer within {self.timeout:g}s") from None
         except OSError:
             if self.expired:
                 raise self._lost() from None
@@ -218,6 +259,8 @@ class Connection:
 
     def fill(self) -> None:
         """Read at least one more byte into the buffer; drop consumed data first."""
+        if len(self.buf) - self.pos > MAX_BUFFERED:
+            raise ResponseTooLarge(f"the server sent more than {MAX_BUFFERED // 2**20} MB without ending its answer")
         chunk = self._recv()
         if self.pos:
             del self.buf[: self.pos]
@@ -232,6 +275,8 @@ class Connection:
                 line = bytes(self.buf[self.pos : eol])
                 self.pos = eol + 2
                 return line
+            if len(self.buf) - self.pos > MAX_LINE:
+                raise ResponseTooLarge(f"a line longer than {MAX_LINE // 1024} KB: {bytes(self.buf[self.pos:self.pos + 60])!r}...")
             self.fill()
 
     def skip(self, count: int) -> None:

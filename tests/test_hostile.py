@@ -1,0 +1,126 @@
+"""Hostile servers (issue 10 item 5): each fails its own tests within a timeout and bounded memory.
+
+The servers are tests/hostile_server.py. Wall times are not asserted (they belong in benchmarks);
+what is asserted is the mechanism that bounds them: a hung protocol stops being waited for,
+caps end a response that never ends, a deadline ends seeding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hostile_server import HostileServer
+
+from harness.load.imap_client import ImapClient
+from harness.load.pop3_client import Pop3Client
+from harness.load.wire import MAX_BUFFERED, ResponseTooLarge, WireError
+from harness.targets.target_file import Endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mailharness(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_a_hung_pop3_server_fails_the_rest_of_its_tests_at_once(target, tmp_path):
+    with HostileServer("hang-after-login") as hung:
+        accounts = "".join(f"  - {{user: {a.user}, password: '{a.password}'}}\n" for a in target.accounts)
+        path = tmp_path / "t.yaml"
+        path.write_text(f"name: hung pop3\nimap: {target.imap.url}\npop3: pop3://127.0.0.1:{hung.pop3_port}\n"
+                        f"accounts:\n{accounts}disposable: true\ntimeout: 1\n")
+        proc = mailharness("run", "--target", str(path), "-k", "pop3.dele", "--report-dir", str(tmp_path / "r"), cwd=ROOT)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tests = json.loads((tmp_path / "r" / "results.json").read_text())["tests"]
+    stopped = [t for t in tests if "target stopped answering" in (t.get("message") or "")]
+    assert len(tests) > 5 and len(stopped) >= len(tests) - 3, [t.get("message") for t in tests]
+    assert all(t["outcome"] == "failed" for t in tests)
+
+
+def _endpoint(proto: str, port: int) -> Endpoint:
+    return Endpoint(proto, "127.0.0.1", port)
+
+
+@pytest.mark.parametrize("mode", ["huge-literal", "endless-lines"])
+def test_lean_imap_client_caps_an_endless_response(mode):
+    with HostileServer(mode) as server:
+        client = ImapClient(_endpoint("imap", server.imap_port), timeout=30)
+        client.connect()
+        client.login("u1", "secret-1")
+        started = time.monotonic()
+        with pytest.raises(WireError) as info:
+            client.command("IMAP FETCH", b"FETCH 1 BODY[]", collect=True)
+        client.close()
+    assert isinstance(info.value, ResponseTooLarge), info.value
+    assert time.monotonic() - started < 30  # the cap ended it, not the timeout
+    assert f"{MAX_BUFFERED // 2**20} MB" in str(info.value) or "line longer" in str(info.value)
+
+
+def test_lean_pop3_client_caps_an_endless_body():
+    with HostileServer("huge-literal") as server:
+        client = Pop3Client(_endpoint("pop3", server.pop3_port), timeout=30)
+        client.connect()
+        client.login("u1", "secret-1")
+        with pytest.raises(ResponseTooLarge):
+            client.retr(1)
+        client.close()
+
+
+@pytest.mark.parametrize("mode", ["slowloris", "garbage"])
+def test_lean_client_greeting_ends_within_its_timeout(mode):
+    with HostileServer(mode) as server:
+        client = Pop3Client(_endpoint("pop3", server.pop3_port), timeout=1)
+        started = time.monotonic()
+        with pytest.raises((WireError, TimeoutError, OSError)):
+            client.connect()
+        client.close()
+    assert time.monotonic() - started < 10  # a byte every half second must not renew the timeout forever
+
+
+@pytest.mark.slow
+def test_seed_ends_at_its_deadline(tmp_path):
+    with HostileServer("slowloris") as server:
+        path = tmp_path / "t.yaml"
+        path.write_text(server.target_yaml(timeout=30, pop3=False))
+        started = time.monotonic()
+        proc = mailharness("seed", "--target", str(path), "--messages", "2", "--deadline", "3", cwd=tmp_path, timeout=120)
+        took = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr
+    assert "deadline" in proc.stderr, proc.stderr
+    assert took < 60, took  # generous for a busy machine: without the deadline it waits 30 s per connection
+
+
+CATASTROPHIC = "re:NO .*: (a|aa)+c"  # exponential in the number of a's: the line below never finishes
+
+
+def test_a_catastrophic_pattern_gives_up_at_the_deadline_naming_itself():
+    from harness.engine.patterns import MATCH_TIMEOUTS, Pattern, PatternTimeout, match_deadline
+
+    assert MATCH_TIMEOUTS, "the regex library is a dependency (pyproject.toml)"
+    started = time.monotonic()
+    with pytest.raises(PatternTimeout) as info, match_deadline(0.2):
+        Pattern(CATASTROPHIC).match("NO Mailbox doesn't exist: " + "a" * 80, {})
+    assert CATASTROPHIC in str(info.value)
+    assert time.monotonic() - started < 60  # the regex library measures CPU time: slack for a busy machine
+
+
+@pytest.mark.slow
+def test_a_catastrophic_pattern_in_a_suite_fails_its_step(target_file, tmp_path):
+    suite = tmp_path / "slow-regex.yaml"
+    suite.write_text("suite: a regex that backtracks forever\ndefaults: {area: syntax, rfc: [\"RFC3501 §6.3.1\"], sessions: {a: imap}}\ntests:\n"
+                     "  - id: local.regex.catastrophic\n    title: t\n    timeout: 1\n    steps:\n"
+                     f"      - a: SELECT {'a' * 60}\n        expect: \"{CATASTROPHIC}\"\n")
+    proc = mailharness("run", "--target", str(target_file), "--suite", str(suite), "--report-dir", str(tmp_path / "r"),
+                       cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [test] = json.loads((tmp_path / "r" / "results.json").read_text())["tests"]
+    assert test["outcome"] == "failed" and "did not finish matching" in test["message"] and CATASTROPHIC in test["message"]
