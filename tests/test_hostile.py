@@ -118,7 +118,7 @@ def test_a_catastrophic_pattern_in_a_suite_fails_its_step(target_file, tmp_path)
     suite = tmp_path / "slow-regex.yaml"
     suite.write_text("suite: a regex that backtracks forever\ndefaults: {area: syntax, rfc: [\"RFC3501 §6.3.1\"], sessions: {a: imap}}\ntests:\n"
                      "  - id: local.regex.catastrophic\n    title: t\n    timeout: 1\n    steps:\n"
-                     f"      - a: SELECT {'a' * 60}\n        expect: \"{CATASTROPHIC}\"\n")
+                     f"      - a: SELECT ${{mbox:{'a' * 60}}}\n        expect: \"{CATASTROPHIC}\"\n")
     proc = mailharness("run", "--target", str(target_file), "--suite", str(suite), "--report-dir", str(tmp_path / "r"),
                        cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
