@@ -537,12 +537,12 @@ def test_a_setup_error_reads_as_one_sentence_not_a_traceback(tmp_path, target):
     assert "setup failed: could not empty account" in proc.stdout
 
 
-def test_a_target_without_imap_is_a_configuration_error(tmp_path, target):
-    """Set-up stores mail over IMAP: without an imap: endpoint the run stops at once (exit 2), not test by test."""
-    replace(target, imap=None).dump(tmp_path / "pop-only.yaml")
+def test_a_target_that_cannot_store_mail_is_a_configuration_error(tmp_path, target):
+    """Set-up stores mail over IMAP, or delivers it over LMTP/SMTP: with neither, the run stops at once (exit 2)."""
+    replace(target, imap=None, lmtp=None).dump(tmp_path / "pop-only.yaml")
     proc = run_cli("run", "--target", str(tmp_path / "pop-only.yaml"), "-k", "pop3.dele", "--report-dir", str(tmp_path / "r"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "has no imap: endpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert "has neither an imap: endpoint nor lmtp:/smtp:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # -- capability-gated checks (`when:`) and the personal namespace -------------------------

@@ -30,7 +30,8 @@ from imapclient.exceptions import IMAPClientError
 
 from harness import __version__
 from harness.engine.account_pool import AccountPool
-from harness.engine.accounts import admin_client, cleanup, folders_take_children, inspect_account, prepare, special_use_folders
+from harness.engine import accounts, pop3_accounts
+from harness.engine.accounts import admin_client, folders_take_children, special_use_folders
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.model import load_suite
@@ -39,6 +40,7 @@ from harness.engine.runner import SoftDeviation, StepFailure, TestRun
 from harness.engine.suite_files import is_suite_file, suite_files
 from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeAccount
 from harness.known_secrets import SECRETS, scrub
+from harness.sessions import SessionError
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import load_target
 
@@ -46,7 +48,7 @@ from harness.targets.target_file import load_target
 def pytest_addoption(parser):
     group = parser.getgroup("mailharness", "mailharness suite engine")
     group.addoption("--mh-target", metavar="FILE", help="target file; without it a managed server is started (--mh-server)")
-    group.addoption("--mh-server", metavar="NAME", help="managed server to start when no --mh-target: dovecot (default), cyrus, mailutils")
+    group.addoption("--mh-server", metavar="NAME", help="managed server to start when no --mh-target: dovecot (default), cyrus, mailutils, dovecot-stock")
     group.addoption("--mh-profile", metavar="NAME|FILE", help="server profile (default: the target's `profile`)")
     group.addoption("--mh-results", metavar="FILE", help="write results.json here")
     group.addoption("--mh-timeout", type=float, metavar="SECONDS", help="default per-step timeout")
@@ -104,10 +106,11 @@ class HarnessState:
             fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.managed.root)
             os.close(fd)
             self.target.dump(Path(self.target_file))
-        if self.target.imap is None:  # every test's set-up and clean-up need it, POP3 tests too
+        if self.target.imap is None and self.target.delivery is None:  # nothing could store a test's mail
             raise ConfigError(
-                f"target {self.target.name} has no imap: endpoint. The harness stores and removes each test's mail "
-                "over IMAP (POP3 cannot store mail), so the POP3 suites need it too: add the IMAP URL of the same mail store."
+                f"target {self.target.name} has neither an imap: endpoint nor lmtp:/smtp:. The harness stores each test's "
+                "mail over IMAP, or on a POP3-only target delivers it over LMTP or SMTP (POP3 cannot store mail): "
+                "add the IMAP URL of the same mail store, or its lmtp:/smtp: delivery endpoint."
             )
         self.probe = probe_target(self.target)
         if self.probe.get("errors"):
@@ -115,9 +118,9 @@ class HarnessState:
         if not self.target.disposable:
             for account in self.target.accounts:
                 try:
-                    held = inspect_account(self.target, account)
-                except (IMAPClientError, OSError) as exc:
-                    raise TargetUnavailable(f"cannot inspect account {account.user} over IMAP: {exc}") from None
+                    held = _store_for(self.target).inspect_account(self.target, account)
+                except (IMAPClientError, OSError, SessionError) as exc:
+                    raise TargetUnavailable(f"cannot inspect account {account.user} over {_store_protocol(self.target)}: {exc}") from None
                 if held:
                     raise UnsafeAccount(
                         f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
@@ -395,12 +398,13 @@ class SuiteItem(pytest.Item):
         self.transcript = Transcript(secrets=target.passwords)
         try:
             for account in self.accounts:
-                self.account_states.append(prepare(target, account))
-            self._setup_special_use(target)
-            self._check_hierarchy(target)
+                self.account_states.append(_store_for(target).prepare(target, account))
+            if target.imap is not None:  # folders and their names are IMAP's; a POP3-only target has INBOX only
+                self._setup_special_use(target)
+                self._check_hierarchy(target)
             self._setup_mail(target)
-        except (IMAPClientError, OSError) as exc:
-            raise SetupError(f"could not prepare the test's accounts over IMAP: {exc}") from None
+        except (IMAPClientError, OSError, SessionError) as exc:
+            raise SetupError(f"could not prepare the test's accounts over {_store_protocol(target)}: {exc}") from None
 
     def runtest(self):
         state: HarnessState = self.config._mailharness
@@ -466,8 +470,8 @@ class SuiteItem(pytest.Item):
         notes, problems = [], []
         for account_state in self.account_states:
             try:
-                notes += cleanup(state.target, account_state)
-            except (IMAPClientError, OSError) as exc:
+                notes += _store_for(state.target).cleanup(state.target, account_state)
+            except (IMAPClientError, OSError, SessionError) as exc:
                 problems.append(f"{account_state.account.user}: {exc}")
         if notes:
             self.data["cleanup_notes"] = notes
@@ -516,6 +520,11 @@ class SuiteItem(pytest.Item):
     def _setup_mail(self, target) -> None:
         for entry in self.spec.setup:
             account = self.accounts[entry.account - 1]
+            if target.imap is None:  # POP3-only: delivered into INBOX (_missing_requirements checked the rest)
+                pop3_accounts.store(target, account, [ref.data() for ref in entry.messages])
+                names = ", ".join(m.name for m in entry.messages) or "(no messages)"
+                self.transcript.note("setup", f"account {entry.account} INBOX (delivered over {target.delivery.scheme.upper()}): {names}")
+                continue
             mailbox = self.mailboxes.server_name(entry.mailbox)
             with admin_client(target, account) as client:
                 if not client.folder_exists(mailbox):
@@ -585,12 +594,28 @@ def _located_repr(path: str, line: int, headline: str, body: str):
     return ExceptionChainRepr([(ReprTraceback([entry], None, "value"), ReprFileLocation(path, line, headline), None)])
 
 
+def _store_for(target):
+    """Where set-up and clean-up happen: over IMAP (accounts.py), or on a POP3-only target pop3_accounts.py."""
+    return accounts if target.imap is not None else pop3_accounts
+
+
+def _store_protocol(target) -> str:
+    return "IMAP" if target.imap is not None else "POP3"
+
+
 def _missing_requirements(spec, state: HarnessState) -> str | None:
     target = state.target
     for proto in ("imap", "pop3"):
         needed = proto in spec.protocol.split("+")
         if needed and getattr(target, proto) is None:
-            return f"the target has no {proto} endpoint"
+            both = " (a cross-protocol test)" if "+" in spec.protocol else ""
+            return f"the target has no {proto} endpoint{both}"
+    if target.imap is None:  # POP3-only: set-up can only deliver, and only into INBOX
+        for entry in spec.setup:
+            if entry.mailbox.upper() != "INBOX":
+                return f"set-up stores mail in {entry.mailbox}: without an imap: endpoint the harness can only deliver to INBOX"
+            if any(m.flags for m in entry.messages):
+                return "set-up stores messages with flags: without an imap: endpoint the harness cannot set flags"
     if spec.requires.get("delivery") and target.delivery is None:
         return "the target has no lmtp or smtp endpoint for delivery"
     namespace = Namespace.from_probe(state.probe.get("imap_namespace"))
@@ -659,8 +684,17 @@ def _scrub_report(report) -> None:
 
 def _time_budget(spec, default: float) -> float:
     """A backstop behind the per-step deadlines: no test can hold a worker forever."""
-    seconds = sum(step.seconds if step.kind == "sleep" else (step.timeout or spec.timeout or default) for step in spec.steps)
-    return min(900, 30 + 2 * seconds)
+    from harness.engine.login_delays import LOGIN_WAIT, login_timeout, sends_credentials
+
+    def step_seconds(step) -> float:
+        if step.kind == "sleep":
+            return step.seconds
+        seconds = step.timeout or spec.timeout or default
+        protocol = spec.sessions[step.session].protocol if step.session else ""
+        return login_timeout(seconds) if step.kind == "command" and sends_credentials(step.command, protocol) else seconds
+
+    logins = LOGIN_WAIT * sum(1 for s in spec.sessions.values() if s.login)  # a login may wait out a penalty
+    return min(900, 30 + 2 * (sum(map(step_seconds, spec.steps)) + logins))
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from harness.engine import credentials
 from harness.engine.mailboxes import MailboxError, MailboxMap
 from harness.engine.model import BodySpec, Step, TestSpec
+from harness.engine.login_delays import login_timeout, own_source_address, sends_credentials
 from harness.engine.patterns import (
     Pattern,
     PatternError,
@@ -210,14 +211,18 @@ class TestRun:
         endpoint = getattr(self.target, spec.protocol)
         if endpoint is None:
             raise SessionError(f"the target has no {spec.protocol} endpoint")
-        session = open_session(spec.protocol, endpoint, name=name, transcript=self.transcript, timeout=timeout, ca_file=self.target.ca_file)
+        # a session that logs in by itself is the one that may fail a login: its own address keeps the
+        # server's failed-login penalty away from everyone else's logins (login_delays.py)
+        source = None if spec.login else own_source_address(endpoint.host)
+        session = open_session(spec.protocol, endpoint, name=name, transcript=self.transcript, timeout=timeout,
+                               ca_file=self.target.ca_file, source=source)
         self.sessions[name] = session
         self.buffers[name] = []
         self.views[name] = None  # message numbers belong to one connection
         self.list_sizes[name] = {}
         if spec.login:
             account = self.accounts[spec.account - 1]
-            session.login(account.user, account.password)
+            session.login(account.user, account.password, timeout=login_timeout(timeout))
             if name in self._view_users:  # at once, before a step marks or another session removes anything
                 self._view(name, session, timeout)
         return session
@@ -248,6 +253,8 @@ class TestRun:
 
     # -- step kinds -----------------------------------------------------------------
     def _step_command(self, step: Step, timeout: float) -> None:
+        if sends_credentials(step.command, self.spec.sessions[step.session].protocol):
+            timeout = login_timeout(timeout)  # a failed login is answered late, and so may the next one be
         session = self._session(step.session, timeout)
         if isinstance(session, POP3Session):
             variables = self._pop3_variables(step, session, timeout)
@@ -347,13 +354,12 @@ class TestRun:
         time.sleep(step.seconds)
 
     def _step_deliver(self, step: Step, timeout: float) -> None:
-        from harness.sessions.lmtp import deliver
+        from harness.sessions.lmtp import deliver, recipient as recipient_of
 
         endpoint = self.target.delivery
         if endpoint is None:
             raise SessionError("the target has no lmtp or smtp endpoint for delivery")
-        user = self.accounts[step.to - 1].user
-        recipient = user if "@" in user else f"{user}@localhost"
+        recipient = recipient_of(self.accounts[step.to - 1].user)
         self.transcript.note("lmtp", f"deliver {step.message.name} to {recipient}")
         deliver(endpoint, recipient, step.message.data(), timeout=timeout, ca_file=self.target.ca_file)
 

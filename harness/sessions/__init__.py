@@ -15,11 +15,11 @@ __all__ = [
 
 
 def open_session(protocol: str, endpoint: Endpoint, *, name: str, transcript: Transcript | None = None,
-                 timeout: float = 5.0, ca_file: str | None = None) -> IMAPSession | POP3Session:
+                 timeout: float = 5.0, ca_file: str | None = None, source: str | None = None) -> IMAPSession | POP3Session:
     """Connect to `endpoint` ("imap" or "pop3") and read the greeting; TLS as the endpoint says."""
     classes = {"imap": IMAPSession, "pop3": POP3Session}
     if protocol not in classes:
         raise ValueError(f"unknown protocol {protocol!r}; use imap or pop3")
     return classes[protocol](endpoint.host, endpoint.port, tls=endpoint.tls, starttls=endpoint.starttls,
                              tls_verify=endpoint.tls_verify, ca_file=ca_file, name=name, transcript=transcript,
-                             timeout=timeout)
+                             timeout=timeout, source=source)

@@ -28,7 +28,9 @@ class Session:
     line_end_rfc = ""  # where the protocol says every line ends with CRLF
 
     def __init__(self, host: str, port: int, *, tls: bool, starttls: bool, tls_verify: bool, ca_file: str | None,
-                 name: str, transcript: Transcript | None, timeout: float, strict_line_ends: bool = True):
+                 name: str, transcript: Transcript | None, timeout: float, strict_line_ends: bool = True,
+                 source: str | None = None):
+        """`source`: the local address to connect from (see harness/engine/login_delays.py)."""
         if tls and starttls:
             raise ValueError("tls and starttls exclude each other")
         self.name = name
@@ -39,7 +41,10 @@ class Session:
         self._tls_verify, self._ca_file = tls_verify, ca_file
         self._secrets: set[str] = set()
         self.closed = False
-        self.wire = Wire(self.url, host, port, tls=tls, tls_verify=tls_verify, ca_file=ca_file, timeout=timeout)
+        self.wire = Wire(self.url, host, port, tls=tls, tls_verify=tls_verify, ca_file=ca_file, timeout=timeout,
+                         source=source)
+        if source:
+            self._note(f"connected from {source}")
         # Strict (the default): a line ended by a bare LF fails the read that received it. The probe is
         # lenient, so such a server still gets a run whose tests each report it.
         self.wire.strict_line_ends = strict_line_ends

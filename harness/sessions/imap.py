@@ -114,9 +114,9 @@ class IMAPSession(Session):
 
     def __init__(self, host: str, port: int, *, tls: bool = False, starttls: bool = False, tls_verify: bool = True,
                  ca_file: str | None = None, name: str = "a", transcript: Transcript | None = None,
-                 timeout: float = 5.0, strict_line_ends: bool = True):
+                 timeout: float = 5.0, strict_line_ends: bool = True, source: str | None = None):
         super().__init__(host, port, tls=tls, starttls=starttls, tls_verify=tls_verify, ca_file=ca_file, name=name,
-                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends)
+                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends, source=source)
         self._tag_counter = 0
         self._pending: list[Untagged] = []
         self._idle: tuple[str, str] | None = None  # (tag, command line) while IDLE is active
@@ -177,11 +177,12 @@ class IMAPSession(Session):
         resp.continued = len(continuations) - len(replies)
         return resp
 
-    def login(self, user: str, password: str) -> IMAPResponse:
-        """LOGIN with user and password as atom, quoted string or literal as needed; ProtocolError unless OK."""
+    def login(self, user: str, password: str, *, timeout: float | None = None) -> IMAPResponse:
+        """LOGIN with user and password as atom, quoted string or literal as needed; ProtocolError unless OK.
+        `timeout`: a server may delay logins after failed ones from this address."""
         self._add_secret(password)
         (u, ul), (p, pl) = astring(user), astring(password)
-        resp = self.command(f"LOGIN {u} {p}", literals=[x for x in (ul, pl) if x is not None])
+        resp = self.command(f"LOGIN {u} {p}", literals=[x for x in (ul, pl) if x is not None], timeout=timeout)
         if not resp.ok:
             raise ProtocolError(f"{self.url}: login as {user} failed: {self._describe(resp.line)}")
         return resp

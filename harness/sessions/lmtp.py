@@ -11,6 +11,11 @@ from harness.sessions.wire import tls_context
 from harness.targets.target_file import Endpoint
 
 
+def recipient(user: str) -> str:
+    """The address that reaches an account: its name, or name@localhost when it has no domain."""
+    return user if "@" in user else f"{user}@localhost"
+
+
 def deliver(endpoint: Endpoint, recipient: str, message: bytes, *, sender: str = "mailharness@localhost",
             timeout: float = 5.0, ca_file: str | None = None) -> None:
     """Deliver `message` to `recipient` at an lmtp:// or smtp:// endpoint; ProtocolError if it is refused."""

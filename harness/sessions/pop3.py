@@ -42,9 +42,9 @@ class POP3Session(Session):
 
     def __init__(self, host: str, port: int, *, tls: bool = False, starttls: bool = False, tls_verify: bool = True,
                  ca_file: str | None = None, name: str = "p", transcript: Transcript | None = None,
-                 timeout: float = 5.0, strict_line_ends: bool = True):
+                 timeout: float = 5.0, strict_line_ends: bool = True, source: str | None = None):
         super().__init__(host, port, tls=tls, starttls=starttls, tls_verify=tls_verify, ca_file=ca_file, name=name,
-                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends)
+                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends, source=source)
         deadline, seconds = self._deadline(None)
         raw = self._readline(deadline, None, seconds, None)
         self._record(raw)
@@ -131,13 +131,14 @@ class POP3Session(Session):
             raise self._read_error(exc, line, seconds, progress, offset=offset, head=head) from None
 
     # -- conveniences ------------------------------------------------------------------
-    def login(self, user: str, password: str) -> POP3Response:
-        """USER/PASS; raises ProtocolError unless both are accepted."""
+    def login(self, user: str, password: str, *, timeout: float | None = None) -> POP3Response:
+        """USER/PASS; raises ProtocolError unless both are accepted. `timeout`: for PASS, which a server
+        may delay after failed logins from this address."""
         self._add_secret(password)
         resp = self.command(f"USER {user}")
         if not resp.ok:
             raise ProtocolError(f"{self.url}: USER {user} rejected: {self._describe(resp.line)}")
-        resp = self.command(f"PASS {password}")
+        resp = self.command(f"PASS {password}", timeout=timeout)
         if not resp.ok:
             raise ProtocolError(f"{self.url}: login as {user} failed: {self._describe(resp.line)}")
         return resp

@@ -59,7 +59,7 @@ class Wire:
     """Bytes in and out of one connection. `buf` holds received bytes not yet taken."""
 
     def __init__(self, url: str, host: str, port: int, *, tls: bool, tls_verify: bool, ca_file: str | None,
-                 timeout: float):
+                 timeout: float, source: str | None = None):
         self.url = url
         self.host = host
         self.buf = bytearray()
@@ -70,7 +70,8 @@ class Wire:
         self._taken = 0  # bytes taken from the stream so far: positions below are stream offsets
         self._bare_lf: set[int] = set()  # stream offsets of line-ending LFs without a CR before them
         try:
-            self.sock: socket.socket = socket.create_connection((host, port), timeout=timeout)
+            self.sock: socket.socket = socket.create_connection(
+                (host, port), timeout=timeout, source_address=(source, 0) if source else None)
         except OSError as exc:
             raise ProtocolError(f"cannot connect to {url}: {_reason(exc)}") from None
         if tls:

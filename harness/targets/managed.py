@@ -27,6 +27,8 @@ SERVERS: dict[str, str] = {
     "dovecot-inbox-ns": "harness.targets.managed_dovecot:ManagedDovecotInboxNamespace",
     "cyrus": "harness.targets.managed_cyrus:ManagedCyrus",
     "mailutils": "harness.targets.managed_mailutils:ManagedMailutils",
+    # the embedded Dovecot with Debian's failed-login delays and no auto-created folders
+    "dovecot-stock": "harness.targets.managed_dovecot:StockDovecot",
 }
 
 

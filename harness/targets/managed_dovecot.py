@@ -29,6 +29,21 @@ INSTALL_HINT = (
 TEMPLATE = Path(__file__).with_name("dovecot.conf.tmpl")
 SPECIAL_MAILBOXES = (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Junk", "\\Junk"))
 
+# Where the embedded target departs from Debian's defaults to keep tests fast and folders at hand; with
+# stock=True each setting keeps Debian's default (the comment says which), so the suites are also run against
+# a Dovecot that delays failed logins and creates no folders of its own.
+EMBEDDED_SETTINGS = {
+    "auth_failure_delay": "# Test accounts need no brute-force brake; failed-login tests stay fast.\nauth_failure_delay = 0",
+    "mailbox_auto": "    auto = subscribe",
+    "anvil_penalty": ("  # No auth penalty: failed-login tests must not slow every later login from 127.0.0.1.\n"
+                      "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }"),
+}
+STOCK_SETTINGS = {
+    "auth_failure_delay": "# auth_failure_delay: Debian's default, 2 s before a failed login is answered",
+    "mailbox_auto": "    # no auto = ...: as in Debian's 15-mailboxes.conf, the folder exists once a client creates it",
+    "anvil_penalty": "  # anvil's auth penalty as in Debian: the delay doubles per failed login from one IP, up to 15 s",
+}
+
 
 def dovecot_binary() -> str:
     path = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
@@ -77,11 +92,14 @@ class ManagedDovecot:
     INSTALL_HINT = INSTALL_HINT
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None,
-                 namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True):
+                 namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True, stock: bool = False):
         """`namespace_prefix`, `separator` and `special_use_folders` shape the personal namespace: the
         default is "" with "/" and auto-subscribed Sent/Drafts/Trash/Junk; ``"INBOX.", ".", False``
-        plays a Cyrus-like server with no special-use folders (the tests run the suites against it)."""
+        plays a Cyrus-like server with no special-use folders (the tests run the suites against it).
+        `stock`: Debian's defaults for failed-login delays (auth_failure_delay, anvil's penalty) and for
+        special-use folders (declared, not auto-created); everything else as the embedded target."""
         self.account_count = accounts
+        self.stock = stock
         self.quota_mb = quota_mb
         self.pop3_lock = pop3_lock
         self.namespace_prefix = namespace_prefix
@@ -127,7 +145,7 @@ class ManagedDovecot:
                     f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
                 raise TargetUnavailable(f"Dovecot {why}\n{log}")
         self.target = Target(
-            name=f"embedded Dovecot ({self.version()})",
+            name=f"{'stock-settings' if self.stock else 'embedded'} Dovecot ({self.version()})",
             accounts=accounts,
             imap=Endpoint("imap", "127.0.0.1", imap_port),
             pop3=Endpoint("pop3", "127.0.0.1", pop3_port),
@@ -222,6 +240,7 @@ class ManagedDovecot:
         passwd.write_text("".join(f"{a.user}:{a.password}\n" for a in accounts))
         shutil.chown(passwd, "root", "dovecot")
         passwd.chmod(0o640)
+        settings = STOCK_SETTINGS if self.stock else EMBEDDED_SETTINGS
         conf = Template(TEMPLATE.read_text()).substitute(
             root=self.root,
             instance=f"mailharness-{self.root.name}",
@@ -232,8 +251,10 @@ class ManagedDovecot:
             pop3_lock="yes" if self.pop3_lock else "no",
             namespace_settings=f"  separator = {self.separator}\n" + (f"  prefix = {self.namespace_prefix}\n" if self.namespace_prefix else ""),
             special_mailboxes="".join(
-                f"  mailbox {name} {{\n    special_use = {attr}\n    auto = subscribe\n  }}\n" for name, attr in SPECIAL_MAILBOXES
+                f"  mailbox {name} {{\n    special_use = {attr}\n{settings['mailbox_auto']}\n  }}\n" for name, attr in SPECIAL_MAILBOXES
             ) if self.special_use_folders else "",
+            auth_failure_delay=settings["auth_failure_delay"],
+            anvil_penalty=settings["anvil_penalty"],
         )
         (self.root / "dovecot.conf").write_text(conf)
 
@@ -262,3 +283,13 @@ class ManagedDovecotInboxNamespace(ManagedDovecot):
     def __init__(self, accounts: int = 40, **options):
         options = {"namespace_prefix": "INBOX.", "separator": ".", "special_use_folders": False, **options}
         super().__init__(accounts, **options)
+
+
+class StockDovecot(ManagedDovecot):
+    """The managed Dovecot with Debian's defaults for failed logins and folders: registered as "dovecot-stock".
+
+    Failed logins wait auth_failure_delay (2 s) and anvil's penalty; Sent, Drafts, Trash and Junk are declared
+    special-use but not created. Same profile as the embedded target: nothing else differs."""
+
+    def __init__(self, accounts: int = 40, **options):
+        super().__init__(accounts, stock=True, **options)
