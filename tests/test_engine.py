@@ -600,3 +600,39 @@ def test_mailbox_names_go_on_the_wire_in_the_servers_namespace(tmp_path, target_
     assert 'CREATE "Old Mail"' in test["transcript"]
     assert 'LIST "" "Projects/%"' in test["transcript"]
     assert "\\Sent is Sent" in test["transcript"]  # found by attribute, not by name
+
+
+def test_skip_if_ends_a_test_as_skipped_never_passed_or_failed(tmp_path, target_file):
+    """A legal refusal that leaves nothing to check (IMAP refused while POP3 holds an mbox lock) skips the test."""
+    path = write_suite(tmp_path, """
+        suite: skip_if
+        tests:
+          - id: skip.on-refusal
+            title: x
+            area: cross-protocol
+            rfc: [RFC3501 §6.3.1]
+            sessions: {a: imap}
+            steps:
+              - a: SELECT Nonexistent-Folder
+                skip_if: NO
+              - a: FETCH 1 (UID)
+                untagged: ["* 99 FETCH (UID 1)"]
+          - id: skip.not-taken
+            title: y
+            area: cross-protocol
+            rfc: [RFC3501 §6.3.1]
+            sessions: {a: imap}
+            steps:
+              - a: SELECT INBOX
+                skip_if: NO
+              - a: NOOP
+                untagged: ["* 99 EXISTS"]
+        """)
+    report = tmp_path / "report"
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(path), "--report-dir", str(report))
+    by_id = {t["id"]: t for t in json.loads((report / "results.json").read_text())["tests"]}
+    skipped = by_id["skip.on-refusal"]
+    assert skipped["outcome"] == "skipped", skipped
+    assert "step 1 `a: SELECT Nonexistent-Folder`" in skipped["message"] and "skip_if: NO" in skipped["message"]
+    assert by_id["skip.not-taken"]["outcome"] == "failed", "skip_if must not hide what follows when the answer is OK"
+    assert proc.returncode == 1

@@ -21,7 +21,7 @@ from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
-    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level", "when",
+    "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level", "when", "skip_if",
 }
 # Requirement levels of RFC 2119: what a check that does not hold becomes (failed, warning, behaviour).
 LEVELS = ("MUST", "SHOULD", "MAY")
@@ -40,7 +40,7 @@ POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
 # Which checks each kind of step evaluates; any other key would be silently ignored, so it is an error.
 ALLOWED_KEYWORDS = {
     "command": STEP_KEYWORDS - {"metric", "to"},
-    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when"},
+    "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when", "skip_if"},
     "idle_start": {"timeout", "why"},
     "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when"},
     "await": {"absent", "timeout", "why", "metric", "level"},
@@ -131,6 +131,7 @@ class Step:
     to: int = 1
     seconds: float = 0.0  # sleep
     expect: list[Pattern] = field(default_factory=list)
+    skip_if: list[Pattern] = field(default_factory=list)  # a status line that ends the test as skipped
     untagged: list[Pattern] = field(default_factory=list)
     absent: list[Pattern] = field(default_factory=list)
     may: list[Pattern] = field(default_factory=list)
@@ -382,6 +383,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     if step.kind == "append":
         _check_mailbox_names(ctx, keys + [actor], [step.mailbox], names)
     step.expect = _patterns(ctx, keys + ["expect"], raw.get("expect"), names)
+    step.skip_if = _patterns(ctx, keys + ["skip_if"], raw.get("skip_if"), names)
     for pattern in step.untagged:  # an await's, read by _action
         _check_mailbox_names(ctx, keys + [actor], mailboxes.names_in(pattern.source), names)
     step.untagged += _patterns(ctx, keys + ["untagged"], raw.get("untagged"), names)

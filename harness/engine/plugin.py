@@ -36,7 +36,7 @@ from harness.engine.credentials import greeting_timestamp
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.model import load_suite
 from harness.engine.profiles import Profile, load_profile
-from harness.engine.runner import SoftDeviation, StepFailure, TestRun
+from harness.engine.runner import SoftDeviation, StepFailure, StepSkipped, TestRun
 from harness.engine.suite_files import is_suite_file, suite_files
 from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeAccount
 from harness.known_secrets import SECRETS, scrub
@@ -422,6 +422,8 @@ class SuiteItem(pytest.Item):
         extra: dict = {}
         try:
             run.run()
+        except StepSkipped as skipped:
+            pytest.skip(str(skipped))
         except StepFailure as failure:
             extra["failure"] = self._failure_data(failure)
             if failure.timed_out:

@@ -79,7 +79,7 @@ def build_view(command: Callable, note: Callable[[str], None], timeout: float, l
         if len(words) < 2 or not words[0].isdigit() or not words[1].isdigit():
             raise ViewError(f"LIST sent a line that is not `n size`: {line!r}")
         number = int(words[0])
-        list_sizes.setdefault(number, int(words[1]))
+        list_sizes[number] = int(words[1])
         got = command(f"TOP {number} 0", timeout=timeout) if use_top else None
         if got is None or not got.ok:
             got = command(f"RETR {number}", timeout=timeout)  # TOP is optional (RFC 1939 §7)

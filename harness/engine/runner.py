@@ -64,6 +64,10 @@ class SoftDeviation(StepFailure):
     deviation (strict xfail), or for --strict. The test's outcome stays `warning`/`behaviour`."""
 
 
+class StepSkipped(Exception):
+    """The server gave an answer the step's skip_if allows: the rest of the test cannot be checked."""
+
+
 def _indent(text: str) -> str:
     return text.replace("\n", "\n            ")
 
@@ -365,6 +369,11 @@ class TestRun:
 
     # -- checks ---------------------------------------------------------------------
     def _check_status(self, step: Step, line: str, default: str, variables: dict | None = None) -> None:
+        for pattern in step.skip_if:  # a legal refusal that leaves nothing to check: never a pass, never a failure
+            if pattern.match(line, self.variables if variables is None else variables, allow_tail=True) is not None:
+                raise StepSkipped(f"step {step.index} `{step.describe()}` at {self.spec.file}:{step.line} was answered "
+                                  f"`{self.transcript.redact(line)}`, which the RFC allows (skip_if: {pattern}); "
+                                  "what the rest of the test checks cannot be seen on this server")
         patterns = step.expect or [Pattern(default)]
         for pattern in patterns:
             captures = pattern.match(line, self.variables if variables is None else variables, allow_tail=True)
@@ -381,7 +390,7 @@ class TestRun:
         pairs = [response.text.split()[:2]] if len(words) > 1 else [x.decode("latin-1").split()[:2] for x in response.lines or []]
         for pair in pairs:
             if len(pair) == 2 and pair[0].isdigit() and pair[1].isdigit():
-                self.list_sizes[session].setdefault(int(pair[0]), int(pair[1]))
+                self.list_sizes[session][int(pair[0])] = int(pair[1])  # the latest LIST is the one RETR answers to
 
     def _check_retr_size(self, step: Step, line: str, response) -> None:
         """RFC 1939 §5: LIST gives the exact size; within a session RETR sends that many octets (unstuffed, CRLF)."""
@@ -390,7 +399,7 @@ class TestRun:
             return
         listed = self.list_sizes[step.session].get(int(words[1]))
         if listed is not None and listed != len(response.body):
-            raise StepFailure(self.spec, step, f"{listed} octets, the size LIST gave for message {words[1]} in this session",
+            raise StepFailure(self.spec, step, f"{listed} octets, the size this session's last LIST gave for message {words[1]}",
                               f"{len(response.body)} octets (RFC 1939 §5: LIST's size is the message's exact size)")
 
     def _check_pop3_body(self, step: Step, response, variables: dict | None = None) -> None:
