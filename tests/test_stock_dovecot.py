@@ -25,11 +25,7 @@ HONEST = {"passed", "xfailed", "skipped"}
 
 # Tests that still fail on stock settings for a reason another change fixes: id -> why. Each must fail (strict),
 # so the entry goes when the fix lands.
-_NS_ITEM_2 = "special-use folders must be found by attribute or created (issue 9 item 2, owner ns): stock Dovecot creates none"
-PENDING: dict[str, str] = {tid: _NS_ITEM_2 for tid in (
-    "imap.append.draft-flag", "imap.folders.special-use-return-option", "imap.folders.special-use-selection-option",
-    "imap.sent.copy-visible-to-other-client", "imap.sent.append-flags-stored", "imap.sent.large-copy-exact",
-    "imap.sent.sent-folder-is-special-use", "imap.sent.draft-replaced-across-devices")}
+PENDING: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
