@@ -613,7 +613,7 @@ def test_skip_if_ends_a_test_as_skipped_never_passed_or_failed(tmp_path, target_
             rfc: [RFC3501 §6.3.1]
             sessions: {a: imap}
             steps:
-              - a: SELECT Nonexistent-Folder
+              - a: SELECT ${mbox:Nonexistent-Folder}
                 skip_if: NO
               - a: FETCH 1 (UID)
                 untagged: ["* 99 FETCH (UID 1)"]
