@@ -906,6 +906,15 @@ def _(env, proxy):
     return p.list()[1] != [b"1 %d" % len(MSG)] or p.stat() != (1, len(MSG))
 
 
+@demo("pop3-retr-size-not-listed")
+def _(env, proxy):
+    env.seed(MSG)
+    p = env.pop(proxy)
+    listed = int(p.list()[1][0].split()[1])
+    sent = sum(len(line) + 2 for line in p.retr(1)[1])  # unstuffed lines, CRLF each
+    return listed == len(MSG) and sent != listed
+
+
 @demo("imap-header-fields-ignored")
 def _(env, proxy):
     env.seed(MSG)
