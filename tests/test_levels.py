@@ -193,3 +193,41 @@ def test_profile_expect_warning_covers_a_warning_only(tmp_path, target_file):
     outcomes = {t["id"]: t["outcome"] for t in results_of(tmp_path / "r")["tests"]}
     assert outcomes == {"lv.should-step": "xfailed", "lv.must-after-should": "failed", "lv.holds": "xpassed",
                         "lv.blocked": "xfailed"}
+
+
+EVENTUALLY = """
+    defaults: {area: notification, rfc: [RFC3501 §5.2], sessions: {a: imap, b: imap}}
+    tests:
+      - id: ev.late
+        title: EXISTS that comes only with the next NOOP is late (a warning), not missing
+        steps:
+          - a: SELECT INBOX
+          - b: {append: plain}
+          - a: {await: ["* 1 EXISTS"], within: 0.5}
+            level: SHOULD
+            eventually: MUST
+          - a: NOOP
+          - a: FETCH 1 (FLAGS)
+      - id: ev.never
+        title: responses that never come are a MUST failure at the session's next command
+        steps:
+          - a: SELECT INBOX
+          - a: {await: ["* 7 EXISTS"], within: 0.5}
+            level: SHOULD
+            eventually: MUST
+          - a: NOOP
+"""
+
+
+def test_an_await_that_is_late_warns_and_one_that_never_comes_fails(tmp_path, target_file):
+    """IDLE may push late (SHOULD at once), but a size update must come while a command runs (MUST)."""
+    suite = write(tmp_path / "s.yaml", EVENTUALLY)
+    proc = run_cli("run", "--target", str(target_file), "--suite", str(suite), "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    by_id = {t["id"]: t for t in results_of(tmp_path / "r")["tests"]}
+    assert by_id["ev.late"]["outcome"] == "warning", by_id["ev.late"]["message"]
+    assert "step 3's responses came late, by step 4" in by_id["ev.late"]["transcript"]
+    never = by_id["ev.never"]
+    assert never["outcome"] == "failed"
+    assert never["failure"]["step"] == "a: NOOP" and never["failure"]["level"] == "MUST"
+    assert "the untagged responses step 2 waited for: `* 7 EXISTS`" in never["failure"]["expected"]

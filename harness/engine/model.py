@@ -22,6 +22,7 @@ from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
     "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level", "when", "skip_if",
+    "eventually",
 }
 # Requirement levels of RFC 2119: what a check that does not hold becomes (failed, warning, behaviour).
 LEVELS = ("MUST", "SHOULD", "MAY")
@@ -39,11 +40,11 @@ IMAP_ONLY = {"untagged", "absent", "may", "only", "fetch"}
 POP3_ONLY = {"count", "lines", "absent_lines", "all_lines"}
 # Which checks each kind of step evaluates; any other key would be silently ignored, so it is an error.
 ALLOWED_KEYWORDS = {
-    "command": STEP_KEYWORDS - {"metric", "to"},
+    "command": STEP_KEYWORDS - {"metric", "to", "eventually"},
     "append": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when", "skip_if"},
     "idle_start": {"timeout", "why"},
     "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when"},
-    "await": {"absent", "timeout", "why", "metric", "level"},
+    "await": {"absent", "timeout", "why", "metric", "level", "eventually"},
     "drop": {"why"},
     "sleep": {"why"},
     "deliver": {"to", "timeout", "why"},
@@ -146,6 +147,7 @@ class Step:
     why: str | None = None
     metric: str | None = None
     level: str | None = None  # MUST/SHOULD/MAY of this step's checks; None: the test's level
+    eventually: str | None = None  # await: the level at which responses that came too late must still come
     when: dict = field(default_factory=dict)  # the checks apply only if the server has these (else: status only)
 
     def describe(self) -> str:
@@ -406,6 +408,7 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     step.why = raw.get("why")
     step.metric = raw.get("metric")
     step.level = raw.get("level")
+    step.eventually = raw.get("eventually")
     step.when = dict(raw.get("when") or {})
     names.update(step.when.get("special-use", []))  # so set-up looks for them
     if protocol == "imap" and step.expect and (step.untagged and step.kind != "await" or step.fetch or step.only):

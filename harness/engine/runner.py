@@ -42,6 +42,7 @@ class StepFailure(Exception):
     # gets a complete response (RFC 1939 §3, RFC 3501 §2.2.2), and the session's state is unknown after it.
     broken: bool = False
     timed_out: str | None = None  # "pop3"/"imap": the step got no (complete) answer in time over that protocol
+    judged_at: str | None = None  # a level fixed by the check itself (an await's `eventually:`)
 
     @property
     def location(self) -> str:
@@ -49,7 +50,7 @@ class StepFailure(Exception):
 
     @property
     def level(self) -> str:
-        return "MUST" if self.broken else self.test.level_of(self.step)
+        return "MUST" if self.broken else self.judged_at or self.test.level_of(self.step)
 
     def __str__(self) -> str:
         where = f"step {self.step.index} `{self.step.describe()}`" if self.step else "setup"
@@ -124,6 +125,7 @@ class TestRun:
         # may have valid reasons), so the MUST checks after them are still made.
         self.deviations: list[StepFailure] = []
         self.not_run: str | None = None  # why the steps after a deviation could not run, if they could not
+        self.owed: dict[str, Step] = {}  # session -> a late await whose responses are still due (`eventually:`)
         self._last_step_end = time.monotonic()
         # POP3: per connection, which number is which corpus message, and LIST's sizes (pop3_view.py)
         self.views: dict[str, Pop3View | None] = {name: None for name in spec.sessions}
@@ -335,6 +337,8 @@ class TestRun:
         matched = self._match_all(step.untagged, buffer, dict(self.variables))
         if matched is None:
             missing = [str(p) for p in step.untagged]
+            if step.eventually:  # late is a SHOULD; never is judged at the session's next command
+                self.owed[step.session] = step
             raise StepFailure(
                 self.spec, step,
                 f"within {timeout:g} s, untagged responses matching: {', '.join(missing)}",
@@ -459,6 +463,7 @@ class TestRun:
     def _check_imap(self, step: Step, response) -> None:
         untagged = self.buffers[step.session] + list(response.untagged)
         self.buffers[step.session] = []
+        untagged = self._settle_owed(step, untagged)
         self._check_status(step, response.line, "OK")
         texts = [u.inline_text for u in untagged]
         if not response.ok:  # a NO or BAD the step allows (expect: [OK, "NO"]): what OK would carry is not due
@@ -482,6 +487,29 @@ class TestRun:
                 raise StepFailure(self.spec, step, "no untagged responses besides the listed ones", _shown(stray))
         if step.fetch:
             self._check_fetch(step, untagged)
+
+    def _settle_owed(self, step: Step, untagged: list) -> list:
+        """What an `eventually:` await did not get in time must have come by the end of the session's next
+        command after IDLE (RFC 3501 §5.2: size updates MUST be sent while a command runs; IDLE's push at once
+        is only a SHOULD, RFC 2177 §3)."""
+        owed = self.owed.pop(step.session, None)
+        if owed is None:
+            return untagged
+        matched = self._match_all(owed.untagged, untagged, dict(self.variables))
+        if matched is None and step.kind == "idle_done":  # IDLE's end may still be before the server looks
+            self.owed[step.session] = owed
+            return untagged
+        if matched is None:
+            raise StepFailure(
+                self.spec, step,
+                f"by the end of this command, the untagged responses step {owed.index} waited for: "
+                + ", ".join(f"`{p}`" for p in owed.untagged),
+                "untagged responses:\n" + _shown([u.text for u in untagged]), judged_at=owed.eventually,
+            )
+        captures, used = matched
+        self.variables.update(captures)
+        self.transcript.note("*", f"step {owed.index}'s responses came late, by step {step.index}")
+        return [u for i, u in enumerate(untagged) if i not in used]
 
     def _check_absent(self, step: Step, texts: list[str]) -> None:
         for pattern in step.absent:
