@@ -365,7 +365,7 @@ def test_validate_reports_every_schema_then_every_meaning_problem(tmp_path):
         # the regex as written, single backslashes
         f"{path}:21: bad pattern `re:\\+OK \\d+ (`: missing ), unterminated subpattern at position 9",
         f"{path}:29: expect: an idle start step does not check this (it takes: timeout, why)",
-        f"{path}:37: expect: an await step does not check this (it takes: absent, level, metric, timeout, why)",
+        f"{path}:37: expect: an await step does not check this (it takes: absent, eventually, level, metric, timeout, why)",
     ], proc.stderr
     assert "10 problem(s)" in proc.stdout
 
