@@ -1386,6 +1386,40 @@ class ImapNoUidplus(Fault):
 
 
 
+@_register("imap-unknown-mechanism-bad", "imap", "auth",
+           "AUTHENTICATE with a mechanism the server does not know is answered BAD, not NO (legal; NO is a SHOULD)",
+           registry=VARIANTS)
+class ImapUnknownMechanismBad(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and cmd.name == "AUTHENTICATE" and resp.status == "NO" \
+                and cmd.args.upper().startswith(b"X-"):
+            conn.fire("unknown mechanism answered BAD")
+            return ImapResponse([b"%s BAD%s" % (resp.tag, resp.line[len(resp.tag) + 3:])])
+        return resp
+
+
+@_register("imap-no-capability-code", "imap", "capability",
+           "no CAPABILITY response code in the tagged OK of LOGIN and AUTHENTICATE (legal: a MAY)", registry=VARIANTS)
+class ImapNoCapabilityCode(Fault):
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind == "tagged" and cmd is not None and cmd.name in ("LOGIN", "AUTHENTICATE"):
+            line = re.sub(rb"(?i)\[CAPABILITY [^\]]*\] ?", b"", resp.line, count=1)
+            if line != resp.line:
+                conn.fire(f"[CAPABILITY] dropped from {cmd.name}'s OK")
+                return ImapResponse([line, *resp.segments[1:]])
+        return resp
+
+
+@_register("pop3-bare-auth-refused", "pop3", "auth", "AUTH without a mechanism is -ERR (legal: no RFC defines it)",
+           registry=VARIANTS)
+class Pop3BareAuthRefused(Fault):
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "AUTH" and not cmd.args:
+            conn.fire("bare AUTH refused")
+            return Local(b"-ERR Unknown command.\r\n")
+        return cmd.raw
+
+
 @_register("pop3-reordered-added-headers", "pop3", "retrieval",
            "a server that numbers the messages in the reverse of Dovecot's order and adds Received:, Status: and "
            "X-UID: header fields to every message (LIST, STAT and RETR sizes grow to match)", registry=VARIANTS)

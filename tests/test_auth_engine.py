@@ -233,3 +233,26 @@ def test_a_continuation_the_step_has_no_line_for_fails_the_step(tmp_path):
     with scripted_server(script) as port:
         failure, _ = _run(spec, port)
     assert failure is not None and re.search(r"unexpected continuation request `\+ ?`", failure.got), failure.got
+
+
+# -- SHOULD and MAY checks: legal servers that differ (fault-proxy variants) get warning / behaviour ------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, outcomes", [
+    ("imap-unknown-mechanism-bad", {"imap.auth.authenticate-unknown-mechanism-refused": "warning"}),
+    ("imap-no-capability-code", {"imap.auth.capability-code-after-authenticate": "behaviour",
+                                 "imap.auth.capability-after-authenticate": "passed"}),
+    ("pop3-bare-auth-refused", {"pop3.auth.bare-auth-lists-mechanisms": "behaviour",
+                                "pop3.auth.bare-auth-answer-well-formed": "passed"}),
+])
+def test_should_and_may_checks_report_their_level(variant, outcomes, target, tmp_path):
+    """Each SHOULD/MAY check of the auth suites can fire: against a server that differs legally it reports
+    warning or behaviour, never failed, and the MUST tests beside it still pass."""
+    from tests.faultproxy import proxied_target
+    from tests.test_suites_catch_faults import _run_suites
+
+    with proxied_target(target, fault=variant) as proxied:
+        tests, output = _run_suites(proxied, tmp_path, " or ".join(outcomes))
+        fired = list(proxied.proxies[variant.split("-")[0]].fired)
+    assert fired, f"{variant} never had a chance:\n{output}"
+    assert {t["id"]: t["outcome"] for t in tests} == outcomes, output

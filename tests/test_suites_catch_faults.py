@@ -174,6 +174,7 @@ def test_legal_pop3_variant_passes_pop3_suites(variant, target, tmp_path):
         fired, errors = list(proxy.fired), list(proxy.errors)
     assert not errors, f"variant {variant}: the proxy raised:\n" + "\n".join(errors)
     assert fired, f"variant {variant} never changed anything: the run proves nothing"
-    bad = [t for t in tests if t["outcome"] not in HONEST]
+    # a legal server may lack something optional: a MAY check then reports "behaviour" (bare AUTH refused)
+    bad = [t for t in tests if t["outcome"] not in HONEST | {"behaviour"}]
     assert not bad, f"through variant {variant} these tests did not pass:\n" + "\n".join(map(_line, bad))
     assert len(tests) == len(ids), f"ran {len(tests)} of {len(ids)} tests\n{output}"
