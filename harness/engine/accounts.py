@@ -79,7 +79,7 @@ def _message_counts(client: IMAPClient, folders) -> dict[str, int]:
             continue
         counts[name] = client.select_folder(name, readonly=True)[b"EXISTS"]
     if counts:
-        _leave(client)
+        leave_mailbox(client)
     return counts
 
 
@@ -92,7 +92,7 @@ def inspect_account(target: Target, account: Account) -> list[str]:
             if count:
                 client.select_folder(name, readonly=True)
                 foreign[name] = len(client.search(["NOT", "HEADER", HARNESS_HEADER, ""]))
-                _leave(client)
+                leave_mailbox(client)
         found = [f"{count} message(s) in {name}" for name, count in foreign.items() if count]
         found += [f"folder {name}" for flags, _, name in folders if not _is_baseline(flags, name)]
         return found
@@ -168,7 +168,7 @@ def _wipe(client: IMAPClient, folders, counts: dict[str, int]) -> None:
                 client.select_folder(name)
                 client.delete_messages("1:*", silent=True)  # all UIDs; no SEARCH needed
                 client.expunge()
-                _leave(client)
+                leave_mailbox(client)
         else:
             _try(client.delete_folder, name)  # a \Noselect parent vanishes with its last child on most servers
     for _, _, name in client.list_sub_folders():
@@ -202,11 +202,11 @@ def _remove_harness_mail(client: IMAPClient, folder: str, notes: list[str], user
         else:
             client.expunge()
     others = len(client.search(["NOT", "HEADER", HARNESS_HEADER, ""]))
-    _leave(client)
+    leave_mailbox(client)
     return others
 
 
-def _leave(client: IMAPClient) -> None:
+def leave_mailbox(client: IMAPClient) -> None:
     """Deselect without CLOSE: CLOSE would expunge the owner's own \\Deleted messages."""
     if client.has_capability("UNSELECT"):
         client.unselect_folder()

@@ -29,9 +29,9 @@ import pytest
 from imapclient.exceptions import IMAPClientError
 
 from harness import __version__
-from harness.engine.account_pool import AccountPool
 from harness.engine import accounts, pop3_accounts
-from harness.engine.accounts import admin_client, folders_take_children, special_use_folders
+from harness.engine.account_pool import AccountPool
+from harness.engine.accounts import admin_client
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.model import load_suite
@@ -402,6 +402,7 @@ class SuiteItem(pytest.Item):
             if target.imap is not None:  # folders and their names are IMAP's; a POP3-only target has INBOX only
                 self._setup_special_use(target)
                 self._check_hierarchy(target)
+                self._check_keywords(target)
             self._setup_mail(target)
         except (IMAPClientError, OSError, SessionError) as exc:
             raise SetupError(f"could not prepare the test's accounts over {_store_protocol(target)}: {exc}") from None
@@ -488,7 +489,7 @@ class SuiteItem(pytest.Item):
         if not wanted:
             return
         with admin_client(target, self.accounts[0]) as client:
-            found = special_use_folders(client)
+            found = accounts.special_use_folders(client)
             required = self.spec.requires.get("special-use", [])
             missing = [a for a in required if a.lower() not in {f.lower() for f in found}]
             if missing:
@@ -513,11 +514,24 @@ class SuiteItem(pytest.Item):
         if not state.hierarchy_checked:
             name = self.mailboxes.namespace.server_name("Mailharness-hierarchy-check")
             with admin_client(target, self.accounts[0]) as client:
-                if not folders_take_children(client, name):
+                if not accounts.folders_take_children(client, name):
                     state.flat_folders = f"a new folder ({name}) is listed \\NoInferiors: it cannot have subfolders"
             state.hierarchy_checked = True
         if state.flat_folders:
             pytest.skip(f"the test uses subfolders ({', '.join(self.spec.hierarchy_names)}) and {state.flat_folders}")
+
+    def _check_keywords(self, target) -> None:
+        """`requires: {keywords: true}`: skip unless SELECT INBOX's PERMANENTFLAGS has \\*, the server's promise
+        that keywords a client creates persist (RFC 3501 §7.1); without it a server may refuse or forget them."""
+        if not self.spec.requires.get("keywords"):
+            return
+        with admin_client(target, self.accounts[0]) as client:
+            flags = client.select_folder("INBOX").get(b"PERMANENTFLAGS", ())
+            accounts.leave_mailbox(client)
+        if b"\\*" not in flags:
+            shown = " ".join(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
+            pytest.skip(f"SELECT INBOX gives PERMANENTFLAGS ({shown}) without \\*: the server does not let clients "
+                        "create keywords that persist (RFC 3501 §7.1)")
 
     def _setup_mail(self, target) -> None:
         for entry in self.spec.setup:
