@@ -1382,7 +1382,10 @@ class ImapNoUidplus(Fault):
         if b"CAPABILITY" in line.upper():
             line = re.sub(rb"(?i) UIDPLUS\b", b"", line)
         line = re.sub(rb"(?i)\[(?:APPENDUID|COPYUID) [^\]]*\] ?", b"", line)
-        return resp if line == resp.line else ImapResponse([line, *resp.segments[1:]])
+        if line == resp.line:
+            return resp
+        conn.fire("UIDPLUS, APPENDUID or COPYUID taken out of a response")
+        return ImapResponse([line, *resp.segments[1:]])
 
 
 

@@ -1,5 +1,6 @@
 """The suites hold on a server shaped unlike the embedded default: personal namespace "INBOX." with
-"." (as Cyrus has it), and no special-use folders at all (as Dovecot with Debian's defaults).
+"." (as Cyrus has it), and no special-use folders at all (as Dovecot with Debian's defaults): the
+managed server "dovecot-inbox-ns" (harness/targets/managed_dovecot.py).
 
 The same Dovecot, configured that way, must give the verdicts the standard embedded target gives
 (tests/test_suites_catch_faults.py runs the whole of suites/ against that one): nothing fails, no
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.targets.managed_dovecot import ManagedDovecot
-
 ROOT = Path(__file__).resolve().parents[1]
 # the areas that name folders (commands, LIST patterns, set-up, special-use), and the cross-protocol ones
 AREAS = "folders or sent or quota or append or uid or deletion or cross"
@@ -26,13 +25,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_inbox_prefixed_namespace_without_special_use_folders(tmp_path):
-    with ManagedDovecot(accounts=6, namespace_prefix="INBOX.", separator=".", special_use_folders=False) as dc:
-        dc.target.dump(tmp_path / "target.yaml")
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness.cli", "run", "-n", "0", "--target", str(tmp_path / "target.yaml"),
-             "-k", AREAS, "--report-dir", str(tmp_path / "r")],
-            capture_output=True, text=True, cwd=ROOT, timeout=540,
-        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "-n", "0", "--server", "dovecot-inbox-ns", "--accounts", "6",
+         "-k", AREAS, "--report-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT, timeout=540,
+    )
     out = proc.stdout + proc.stderr
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["target"]["imap_namespace"]["prefix"] == "INBOX.", results["target"]
