@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from harness import __version__
+from harness import __version__, interrupts
 from harness.errors import HarnessError
 from harness.known_secrets import scrubbed_terminal
 
@@ -71,6 +71,8 @@ def _main(argv: list[str]) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    if args.command != "run":  # run's pytest plugin installs its own, which also marks the reports
+        interrupts.sigterm_interrupts()
     try:
         return int(args._module.run(args) or 0)
     except HarnessError as exc:
@@ -80,8 +82,8 @@ def _main(argv: list[str]) -> int:
         print(f"mailharness {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mailharness {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"mailharness {args.command}: interrupted ({interrupts.describe()})", file=sys.stderr)
+        return interrupts.exit_code()
 
 
 if __name__ == "__main__":

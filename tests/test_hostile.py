@@ -124,3 +124,15 @@ def test_a_catastrophic_pattern_in_a_suite_fails_its_step(target_file, tmp_path)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     [test] = json.loads((tmp_path / "r" / "results.json").read_text())["tests"]
     assert test["outcome"] == "failed" and "did not finish matching" in test["message"] and CATASTROPHIC in test["message"]
+
+
+@pytest.mark.slow
+def test_seed_with_refused_deliveries_exits_1_with_the_count(tmp_path):
+    from harness.targets.managed_dovecot import ManagedDovecot
+
+    with ManagedDovecot(accounts=1, quota_mb=1) as dovecot:
+        path = tmp_path / "t.yaml"
+        dovecot.target.dump(path)
+        proc = mailharness("seed", "--target", str(path), "--messages", "6", "--size-mix", "large=100", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # a result (the server said no), not a usage error
+    assert "deliveries were refused" in proc.stderr and " of 6 " in proc.stderr, proc.stderr

@@ -182,3 +182,16 @@ def test_load_writes_no_password(echo_target, tmp_path):
     failures = next((text for name, text in files.items() if name.endswith("locust_failures.csv")), "")
     assert "bad password" in failures, (proc.stdout + proc.stderr)[-3000:]
     assert_clean({"stdout": proc.stdout, "stderr": proc.stderr, **files})
+
+
+def test_tls_verify_false_is_a_warning_on_the_terminal_and_in_the_report(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: insecure\nimap: {url: 'imaps://127.0.0.1:1', tls_verify: false}\n"
+                    "accounts: [{user: a, password: secret-123}]\n")
+    checked = mailharness("target", "check", str(path), cwd=tmp_path)
+    assert "warning: imap: tls_verify is false" in checked.stderr, checked.stderr
+    proc = mailharness("run", "--target", str(path), "--report-dir", str(tmp_path / "r"), "-k", "imap.select", cwd=tmp_path)
+    assert "warning: imap: tls_verify is false" in proc.stdout, proc.stdout[-2000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert any("tls_verify is false" in w for w in results["target"]["warnings"])
+    assert "Warning: imap: tls_verify is false" in (tmp_path / "r" / "report.html").read_text()

@@ -903,6 +903,7 @@ def results_document(state: HarnessState, exitstatus=None) -> dict:
         "name": target.name if target else None,
         "imap_url": target.imap.url if target and target.imap else None,
         "pop3_url": target.pop3.url if target and target.pop3 else None,
+        "warnings": target.warnings() if target else [],
         **{k: state.probe.get(k) for k in ("imap_greeting", "imap_capabilities", "imap_namespace", "pop3_greeting", "pop3_capabilities")},
     }
     summary = summarize(tests, run)

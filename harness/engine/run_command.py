@@ -159,6 +159,8 @@ def run(args) -> int:
     write_html_report(results, args.report_dir / "report.html")
     print()
     print_summary(results, sys.stdout)
+    for warning in (results.get("target") or {}).get("warnings") or []:
+        print(f"warning: {warning}")
     print(f"reports: {args.report_dir}/report.html, results.json, junit.xml")
     return verdict_exit_code(results, code)
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
+from harness import interrupts
 from harness.arguments import finite_float
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.known_secrets import scrub, scrub_bytes
@@ -29,6 +30,7 @@ MAX_USERS = 20_000
 MAX_RUN_TIME = 4 * 3600
 MAX_WORKERS = 64
 MAX_STOP_TIMEOUT = 600
+STOP_GRACE = 1.0  # seconds Locust gets to write its files after Ctrl-C/SIGTERM (the CSV history is written as it runs)
 SEED_DEADLINE = 1800  # seconds for topping the mailboxes up before the run
 MAX_EMBEDDED_ACCOUNTS = 5_000
 CSV_PREFIX = "locust"
@@ -127,12 +129,17 @@ def run(args) -> int:
             seeding = f"seeded to {scenario.messages} messages each ({result.added} added, {result.present} already there)"
         print(f"mailharness load: {scenario.name} on {target.name}: {users} users, {run_time}s, "
               f"{f'{workers} workers' if workers else 'one process'}; accounts {plan.describe()}", file=sys.stderr)
+        interrupted = None
         try:
             exit_code = _run_locust(args, target_file, scenario, run_dir, users, run_time, workers)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Locust is stopped; report the part that ran
+            interrupted, exit_code = interrupts.describe(), None
         finally:
             scrub_files(run_dir)
         accounting = None
-        if "pop3_delete" in plan.pools and scenario.delivery and scenario.delivery.to.get("pop3_delete"):
+        if interrupted:
+            pass  # no drain: stopping promptly matters more than the lost/duplicated count
+        elif "pop3_delete" in plan.pools and scenario.delivery and scenario.delivery.to.get("pop3_delete"):
             from harness.load.accounting import drain, settle
 
             accounting = settle(run_dir / "ledger", drain(target, plan.pools["pop3_delete"])).to_dict()
@@ -140,6 +147,13 @@ def run(args) -> int:
     from harness.load.capacity_report import CsvSet, write_capacity_report
 
     csvs = CsvSet.load(run_dir, CSV_PREFIX)
+    if interrupted and not csvs.stats:
+        (run_dir / "run.json").write_text(json.dumps({
+            "passed": False, "interrupted": interrupted, "locust_exit_code": None,
+            "problems": [f"interrupted ({interrupted}) before Locust wrote any statistics"]}, indent=2))
+        print(f"mailharness load: interrupted ({interrupted}) before Locust wrote any statistics; see {run_dir / 'run.json'}",
+              file=sys.stderr)
+        return interrupts.exit_code()
     if not csvs.stats:
         output = _tail(run_dir / "locust.out") if args.quiet else ""
         raise HarnessError(f"Locust wrote no statistics (exit code {exit_code}); see {run_dir / 'locust.log'}\n"
@@ -148,19 +162,24 @@ def run(args) -> int:
     if max_error_rate is not None:
         verdicts.append(error_rate_verdict(max_error_rate, csvs.stats))
     problems = [f"threshold breached: {v.threshold.text} (observed {v.shown})" for v in verdicts if not v.passed]
+    if interrupted:
+        problems.insert(0, f"interrupted ({interrupted}) after {time.time() - started_wall:.0f}s of a planned {run_time}s "
+                           "run: the figures cover the part that ran, and no mail accounting was done")
     if accounting and not accounting["ok"]:
         problems.append(f"mail accounting: {accounting['lost_count']} lost, {accounting['duplicated_count']} duplicated"
                         + (f", drain errors: {'; '.join(accounting['drain_errors'])}" if accounting["drain_errors"] else ""))
-    if exit_code not in (0, 1):
+    if exit_code not in (0, 1, None):
         problems.append(f"Locust exited with code {exit_code} (see locust.log)")
     facts = _facts(args, scenario, target, plan, run_dir, users, run_time, workers, seeding, started_wall)
     report = write_capacity_report(run_dir, facts=facts, verdicts=verdicts, accounting=accounting, problems=problems, csvs=csvs)
     (run_dir / "run.json").write_text(scrub(json.dumps({
-        "passed": not problems, "problems": problems, "facts": facts,
+        "passed": not problems, "interrupted": interrupted, "problems": problems, "facts": facts,
         "thresholds": [{"rule": v.threshold.text, "observed": v.shown, "passed": v.passed} for v in verdicts],
         "accounting": accounting, "request_counts": csvs.request_counts(), "locust_exit_code": exit_code,
     }, indent=2)))
     _print_summary(csvs, verdicts, accounting, problems, report)
+    if interrupted:
+        return interrupts.exit_code()
     return 1 if problems else 0
 
 
@@ -186,6 +205,7 @@ def _target_for_run(args, users: int, scenario: Scenario):
     """(target, target file path, embedded?) for the run; an embedded Dovecot is stopped afterwards."""
     if args.target:
         target = load_target(args.target)
+        target.print_warnings()
         if not target.disposable:
             raise UnsafeAccount(
                 f"{args.target}: a load run deletes mail (POP3 download-and-delete, the final drain) and sets flags; "
@@ -228,12 +248,13 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         except subprocess.TimeoutExpired:
             _kill_session(proc)
             raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})") from None
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGINT)  # Locust writes its reports on the way out
+        except BaseException:  # Ctrl-C, SIGTERM, any error: Locust and its workers must not outlive us
             try:
-                proc.wait(timeout=30)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # wedged, or a second Ctrl-C: stop it now
-                _kill_session(proc)
+                os.killpg(proc.pid, signal.SIGINT)  # Locust writes its reports on the way out
+                proc.wait(timeout=STOP_GRACE)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt, ProcessLookupError):  # wedged, or a second Ctrl-C
+                pass
+            _kill_session(proc)  # its --processes workers too, whatever Locust managed
             raise
 
 

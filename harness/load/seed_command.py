@@ -75,6 +75,7 @@ def run(args) -> int:
         raise ConfigError("--deadline must be between 1 second and 7 days")
     mix = parse_size_mix(args.size_mix)
     target = load_target(args.target)
+    target.print_warnings()
     if not target.disposable:
         raise UnsafeAccount(f"{args.target}: seeding adds mail to every account; it needs `disposable: true` in the target file")
     accounts = select_accounts(target.accounts, args.accounts)

@@ -123,6 +123,7 @@ def _check(args) -> int:
     from harness.targets.probe import probe_target
 
     target = load_target(args.file)
+    target.print_warnings()
     info = probe_target(target)
     print(f"target {target.name}: {len(target.accounts)} account(s), "
           + ("disposable (the harness may empty them)" if target.disposable else "not disposable (foreign mail is left alone)"))

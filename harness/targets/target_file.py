@@ -6,6 +6,7 @@ See docs/targets.md for the format.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -66,6 +67,20 @@ class Target:
     @property
     def delivery(self) -> Endpoint | None:
         return self.lmtp or self.smtp
+
+    def warnings(self) -> list[str]:
+        """What the user must know about this target before trusting a run against it."""
+        out = []
+        for proto in ("imap", "pop3", "lmtp", "smtp"):
+            ep = getattr(self, proto)
+            if ep and (ep.tls or ep.starttls) and not ep.tls_verify:
+                out.append(f"{proto}: tls_verify is false: {ep.url}'s certificate is not checked, so anyone on the "
+                           "path could pose as the server and read the passwords")
+        return out
+
+    def print_warnings(self, stream=None) -> None:
+        for warning in self.warnings():
+            print(f"mailharness: warning: {warning}", file=stream or sys.stderr)
 
     @property
     def passwords(self) -> set[str]:

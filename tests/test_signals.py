@@ -1,0 +1,116 @@
+"""Ctrl-C and SIGTERM (issue 10 item 6): the command stops promptly and leaves nothing behind.
+
+"Promptly" is asserted with slack for a busy CI machine (the goal, 2 s, is a benchmark figure);
+what must hold exactly: no Dovecot, no Locust process, no temp dir of the command survives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hostile_server import HostileServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SLACK = 15  # seconds; the measured figure is about 1-2 s
+
+
+@pytest.fixture
+def private_tmp():
+    """The command's TMPDIR: what it leaves there is what it left behind (other runs share /tmp).
+    Short, for the Dovecot's unix socket paths."""
+    path = Path(tempfile.mkdtemp(prefix="mh-sig-", dir="/tmp"))
+    path.chmod(0o755)  # Dovecot's unprivileged processes must reach their files under it
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start(*args: str, cwd: Path, tmp: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"TMPDIR": str(tmp)} if tmp else {})}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd, env=env)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                out.append(f"{proc.name}: {cmdline[:200]}")
+    return out
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    for line in proc.stderr:
+        if needle in line:
+            return
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"never saw {needle!r}")
+
+
+def stop_and_time(proc: subprocess.Popen, signum: int) -> tuple[float, str, str]:
+    started = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    return time.monotonic() - started, out, err
+
+
+@pytest.mark.slow
+def test_sigterm_during_load_writes_the_reports_and_leaves_nothing(tmp_path, private_tmp):
+    scenario = tmp_path / "quick.yaml"
+    scenario.write_text("description: pollers\nmailbox: {messages: 2}\n"
+                        "users:\n  pop3_keep: {weight: 1, think_time: {min: 0.2, max: 0.5}}\n")
+    report_dir = tmp_path / "load"
+    proc = start("load", "--scenario", str(scenario), "--users", "2", "--run-time", "5m", "--report-dir", str(report_dir),
+                 cwd=tmp_path, tmp=private_tmp)
+    wait_for_line(proc, "mailharness load: ")  # Locust is starting
+    deadline = time.monotonic() + 60
+    while not (report_dir / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # users are running once Locust writes its first statistics
+    time.sleep(2)
+    took, out, err = stop_and_time(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err[-3000:]
+    assert took < SLACK, took
+    assert not processes_mentioning(str(report_dir)), "a Locust process outlived the run"
+    assert not processes_mentioning(str(private_tmp)), "the Dovecot outlived the run"
+    assert not list(private_tmp.iterdir())  # the Dovecot's and the target file's temp dirs are gone
+    run = json.loads((report_dir / "run.json").read_text())
+    assert run["interrupted"] == "SIGTERM" and not run["passed"]
+    assert "interrupted (SIGTERM)" in (report_dir / "capacity.html").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_during_run_stops_its_dovecot(tmp_path, private_tmp):
+    proc = start("run", "-v", "-k", "pop3", "--report-dir", str(tmp_path / "r"), cwd=ROOT, tmp=private_tmp)
+    time.sleep(10)  # Dovecot started, tests running
+    took, out, err = stop_and_time(proc, signal.SIGTERM)
+    assert proc.returncode in (2, 143), err[-3000:]
+    assert took < SLACK, took
+    assert not processes_mentioning(str(private_tmp)), "the Dovecot outlived the run"
+    assert not list(private_tmp.iterdir())
+
+
+def test_ctrl_c_during_seed_against_a_slow_server_stops_promptly(tmp_path):
+    with HostileServer("slowloris") as server:
+        path = tmp_path / "t.yaml"
+        path.write_text(server.target_yaml(timeout=60, pop3=False))
+        proc = start("seed", "--target", str(path), "--messages", "5", cwd=tmp_path)
+        time.sleep(3)
+        took, out, err = stop_and_time(proc, signal.SIGINT)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert took < SLACK, took  # was 87 s: every connection's timeout waited out
