@@ -44,6 +44,7 @@ def forbidden_forms() -> list[str]:
 class _EchoingServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    accepting = False  # True: logins succeed (with the password in the welcome); every later command is refused, quoting it
 
 
 def _lines(rfile):
@@ -63,6 +64,8 @@ class ImapEcho(socketserver.StreamRequestHandler):
             verb = rest.split(" ", 1)[0].upper()
             if verb == "CAPABILITY":
                 send(f"* CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=LOGIN\r\n{tag} OK done\r\n".encode())
+            elif verb == "LOGIN" and self.server.accepting:
+                send(f"{tag} OK [CAPABILITY IMAP4rev1 UIDPLUS] welcome, your password is {quoted(PASSWORD)}\r\n".encode())
             elif verb == "LOGIN":
                 send(f"{tag} NO [AUTHENTICATIONFAILED] bad password {PASSWORD} (you sent {quoted(PASSWORD)})\r\n".encode())
             elif verb == "AUTHENTICATE":
@@ -90,6 +93,8 @@ class Pop3Echo(socketserver.StreamRequestHandler):
                 send(b"+OK\r\nUSER\r\nSASL PLAIN\r\nUIDL\r\nTOP\r\n.\r\n")
             elif verb == "USER":
                 send(b"+OK\r\n")
+            elif verb == "PASS" and self.server.accepting:
+                send(f"+OK welcome, {arg}\r\n".encode())
             elif verb == "PASS":
                 send(f"-ERR bad password {arg} {quoted(arg)}\r\n".encode())
             elif verb == "AUTH":
@@ -106,10 +111,10 @@ class Pop3Echo(socketserver.StreamRequestHandler):
                 send(f"-ERR log in first, {PASSWORD}\r\n".encode())
 
 
-@pytest.fixture(scope="module")
-def echo_target(tmp_path_factory):
+def _echo_target(tmp_path_factory, accepting: bool):
     servers = [_EchoingServer(("127.0.0.1", 0), handler) for handler in (ImapEcho, Pop3Echo)]
     for server in servers:
+        server.accepting = accepting
         threading.Thread(target=server.serve_forever, daemon=True).start()
     imap_port, pop3_port = (s.server_address[1] for s in servers)
     path = tmp_path_factory.mktemp("echo") / "target.yaml"
@@ -120,6 +125,18 @@ def echo_target(tmp_path_factory):
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def echo_target(tmp_path_factory):
+    yield from _echo_target(tmp_path_factory, accepting=False)
+
+
+@pytest.fixture(scope="module")
+def welcoming_target(tmp_path_factory):
+    """Logins succeed, then every command is refused: the set-up client, the suite sessions and the probe
+    all read the password back."""
+    yield from _echo_target(tmp_path_factory, accepting=True)
 
 
 def mailharness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -195,3 +212,14 @@ def test_tls_verify_false_is_a_warning_on_the_terminal_and_in_the_report(tmp_pat
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert any("tls_verify is false" in w for w in results["target"]["warnings"])
     assert "Warning: imap: tls_verify is false" in (tmp_path / "r" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_set_up_client_writes_no_password(welcoming_target, tmp_path):
+    report_dir = tmp_path / "reports"
+    proc = mailharness("run", "--target", str(welcoming_target), "--report-dir", str(report_dir), "-k", "pop3.dele", cwd=tmp_path)
+    files = files_of(report_dir)
+    results = json.loads((report_dir / "results.json").read_text())
+    assert results["tests"], proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "log in first, ***" in files[str(report_dir / "results.json")]  # the set-up client's error, masked
+    assert_clean({"stdout": proc.stdout, "stderr": proc.stderr, **files})

@@ -155,6 +155,12 @@ class ImapClient(WireClient):
             if eol >= 0:
                 conn.pos = eol + 2
                 return self._status(buf[start + len(tag) : eol], name, b"")
+            if start < 0:
+                # Untagged lines are not kept here: pass the complete ones, so the next scan starts at the
+                # last (partial) line and a server that never stops sending costs linear time, flat memory.
+                last = buf.rfind(_CRLF, pos)
+                if last >= 0:
+                    conn.pos = last + 2
             conn.fill()
 
     def _collect_until_tagged(self, tag: bytes, name: str) -> bytes:

@@ -26,7 +26,7 @@ RECV_SIZE = 65536
 # (an endless body, a {2000000000} literal): the command fails rather than the generator's memory.
 MAX_BUFFERED = 32 * 1024 * 1024
 MAX_LINE = 1024 * 1024  # one response line without its literals (a SEARCH of 100,000 messages is ~700 KB)
-YIELD_EVERY = 16  # reads; see Connection.fill
+YIELD_EVERY = 4  # reads; see Connection._recv
 
 
 class WireError(Exception):
