@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 420  # seconds for one full run
 
 # One entry per managed server whose suites run in CI (see harness/targets/managed.py).
-SERVERS = ["cyrus"]
+SERVERS = ["cyrus", "mailutils"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT + 60)]
 
@@ -41,4 +41,7 @@ def test_full_suites_match_the_servers_profile(server, tmp_path):
     unexpected = {t["id"]: t["message"][:300] for t in results["tests"] if t["outcome"] in ("failed", "error", "xpassed")}
     assert not unexpected, f"{dict(counts)}\n" + "\n".join(f"{k}: {v}" for k, v in unexpected.items())
     assert proc.returncode == 0, output
-    assert counts["passed"] > len(results["tests"]) // 2, dict(counts)  # most of the suites really ran
+    # Most of the suites really ran (passed, or failed as the profile expects), and a good part passed:
+    # Mailutils' profile expects about a third of the tests to fail (mbox bookkeeping, stale views, IDLE).
+    ran = counts["passed"] + counts["xfailed"] + counts["warning"] + counts["behaviour"]
+    assert ran > len(results["tests"]) // 2 and counts["passed"] > len(results["tests"]) // 3, dict(counts)
