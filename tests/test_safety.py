@@ -110,7 +110,8 @@ def test_cleanup_without_uidplus_never_expunges_the_owners_deleted_mail(careful_
         with admin_client(plain, account) as client:
             assert not client.has_capability("UIDPLUS")
         notes = cleanup(plain, state)
-        assert plain.proxies["imap"].fired == []  # it never tried UID EXPUNGE
+        fired = plain.proxies["imap"].fired
+        assert not any("UID EXPUNGE" in event for event in fired), fired  # it never tried UID EXPUNGE
         assert any("no UIDPLUS" in note for note in notes), notes
         assert len(messages(careful_target, account)) == 2 and FOREIGN in messages(careful_target, account)
 
