@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from harness.engine import credentials
+from harness.engine.login_delays import login_timeout, own_source_address, sends_credentials
 from harness.engine.mailboxes import MailboxError, MailboxMap
 from harness.engine.model import BodySpec, Step, TestSpec
-from harness.engine.login_delays import login_timeout, own_source_address, sends_credentials
 from harness.engine.patterns import (
     Pattern,
     PatternError,
@@ -362,7 +362,8 @@ class TestRun:
         time.sleep(step.seconds)
 
     def _step_deliver(self, step: Step, timeout: float) -> None:
-        from harness.sessions.lmtp import deliver, recipient as recipient_of
+        from harness.sessions.lmtp import deliver
+        from harness.sessions.lmtp import recipient as recipient_of
 
         endpoint = self.target.delivery
         if endpoint is None:
