@@ -562,6 +562,22 @@ def test_matrix_cli_labels_and_errors(tmp_path, capsys):
     assert run_cli(["matrix", paths[0], str(tmp_path / "nope.json"), "-o", str(out)]) == 2
 
 
+def test_matrix_markdown_lists_every_test_that_is_not_a_plain_pass(tmp_path):
+    runs = _three_runs()
+    paths = [str(write_json(tmp_path / f"run{i}.json", r)) for i, r in enumerate(runs)]
+    out = tmp_path / "matrix.md"
+    assert run_cli(["matrix", *paths, "-o", str(out), "--label", "A", "--label", "B", "--label", "C"]) == 0
+    md = out.read_text()
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:-1]]
+            for line in md.splitlines() if line.startswith("| `")}
+    not_plain = {t["id"] for r in runs for t in r["tests"] if t["outcome"] != "passed"}
+    missing = {t["id"] for r in runs for t in r["tests"]} - {t["id"] for t in runs[2]["tests"]}
+    assert set(rows) == not_plain | missing
+    assert rows["pop3.deletion.marks-only"][2] == "**FAIL**"
+    assert rows["cross.flags.seen-after-retr"][2] == "-"
+    assert "- `pop3.deletion.marks-only` on C: RETR of a message" in md
+
+
 # --- in a real browser -----------------------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
