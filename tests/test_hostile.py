@@ -133,6 +133,8 @@ def test_seed_with_refused_deliveries_exits_1_with_the_count(tmp_path):
     with ManagedDovecot(accounts=1, quota_mb=1) as dovecot:
         path = tmp_path / "t.yaml"
         dovecot.target.dump(path)
-        proc = mailharness("seed", "--target", str(path), "--messages", "6", "--size-mix", "large=100", cwd=tmp_path)
+        proc = mailharness("seed", "--target", str(path), "--messages", "6", "--size-mix", "large=100",
+                          # one connection: parallel deliveries can each pass the quota check before any is counted
+                          "--connections", "1", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr  # a result (the server said no), not a usage error
     assert "deliveries were refused" in proc.stderr and " of 6 " in proc.stderr, proc.stderr
