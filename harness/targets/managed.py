@@ -9,6 +9,7 @@ Every managed server class has one interface:
     cls.PROFILE                       profile used by default (profiles/<PROFILE>.yaml)
     cls.INSTALL_HINT                  how to get the packages (raised as TargetUnavailable, exit 2)
 
+They share their lifecycle (start-with-cleanup, stop, detach) through managed_server.ManagedServer.
 Classes are imported lazily by module path, so a server whose module or packages are missing
 does not break the others.
 """

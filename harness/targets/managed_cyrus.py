@@ -14,15 +14,13 @@ import imaplib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from string import Template
 
 from harness.errors import TargetUnavailable
-from harness.targets.managed_dovecot import _alive, _wait_port, free_ports
+from harness.targets.managed_server import ManagedServer, free_ports, tail, wait_port
 from harness.targets.target_file import Account, Endpoint, Target
 
 HERE = Path(__file__).parent
@@ -75,29 +73,24 @@ def cyrus_binaries() -> dict[str, Path]:
     return paths
 
 
-class ManagedCyrus:
+class ManagedCyrus(ManagedServer):
     """Start with ``with ManagedCyrus(accounts=20) as cy: cy.target``. Registered as "cyrus" (managed.py)."""
 
     PROFILE = "cyrus"
     INSTALL_HINT = INSTALL_HINT
+    ROOT_PREFIX = "mailharness-cyrus-"
+    START_TIMEOUT = 20.0
+    TERM_PROCESS_GROUP = False  # the master signals its children and exits
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, root: Path | None = None):
-        self.account_count = accounts
+        super().__init__(accounts, root=root)
         self.quota_mb = quota_mb
-        self._own_root = root is None
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-cyrus-", dir=_scratch_dir()))
-        self.proc: subprocess.Popen | None = None
-        self.target: Target | None = None
         self._admin_password = ""
 
-    # -- lifecycle -----------------------------------------------------------------
-    def start(self, timeout: float = 20.0) -> Target:
-        try:
-            return self._start(timeout)
-        except BaseException:
-            self.stop()  # no temp dir or half-started server left behind
-            raise
+    def _temp_parent(self) -> str | None:
+        return _scratch_dir()
 
+    # -- lifecycle -----------------------------------------------------------------
     def _start(self, timeout: float) -> Target:
         binaries = cyrus_binaries()
         if os.geteuid() != 0:
@@ -109,7 +102,7 @@ class ManagedCyrus:
         self._write_files(binaries, imap_port, pop3_port, lmtp_port)
         self._set_passwords([Account(ADMIN, self._admin_password), *accounts])
         with open(self.root / "master.stderr", "wb") as stderr:
-            self.proc = subprocess.Popen(
+            self.procs["master"] = subprocess.Popen(
                 [str(binaries["master"]), "-l", "512", "-C", str(self.root / "imapd.conf"), "-M", str(self.root / "cyrus.conf"),
                  "-p", str(self.root / "master.pid")],
                 stdout=stderr, stderr=stderr,
@@ -117,7 +110,7 @@ class ManagedCyrus:
             )
         deadline = time.monotonic() + timeout
         for port in (imap_port, pop3_port, lmtp_port):
-            if not _wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
+            if not wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
                 why = f"exited with status {self.proc.returncode}" if self.proc.poll() is not None else \
                     f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
                 raise TargetUnavailable(f"Cyrus master {why}\n{self._stderr_tail()}")
@@ -133,58 +126,17 @@ class ManagedCyrus:
         self._create_mailboxes(accounts)
         return self.target
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the master signals its children and exits
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._kill_leftovers()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
     def add_accounts(self, accounts: list[Account], timeout: float = 5.0) -> None:
         """Add accounts to the running server (sasldb entries, INBOX and quota); they can log in on return."""
         self._set_passwords(accounts)
         self._create_mailboxes(accounts)
-
-    def __enter__(self) -> "ManagedCyrus":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # -- detached use (`mailharness target up` / `down`) ------------------------------
-    def detach(self) -> dict:
-        """Leave the server running after this process exits; the dict lets `stop_detached` find it."""
-        assert self.proc and self.target
-        return {"root": str(self.root), "pid": self.proc.pid, "target": self.target.to_dict()}
-
-    @staticmethod
-    def stop_detached(state: dict) -> None:
-        cy = ManagedCyrus(root=Path(state["root"]))
-        cy._own_root = True
-        try:
-            os.kill(int(state["pid"]), signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(int(state["pid"])):
-                time.sleep(0.05)
-        except ProcessLookupError:
-            pass
-        cy.stop()
 
     # -- helpers -------------------------------------------------------------------
     def version(self) -> str:
         return f"Cyrus IMAP {(_installed_common_version() or '').split('-')[0]}".strip()
 
     def _stderr_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join((self.root / "master.stderr").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.root / "master.stderr", lines)
 
     def _write_files(self, binaries: dict[str, Path], imap_port: int, pop3_port: int, lmtp_port: int) -> None:
         self.root.chmod(0o755)  # the cyrus user must reach into it
@@ -228,18 +180,6 @@ class ManagedCyrus:
         except imaplib.IMAP4.error as exc:
             raise TargetUnavailable(f"Cyrus admin set-up failed: {exc}") from None
 
-    def _kill_leftovers(self) -> None:
+    def _is_leftover(self, cmdline: bytes) -> bool:
         """Children the master did not take down; each one's argv names our imapd.conf."""
-        marker = str(self.root / "imapd.conf").encode()
-        for pid_dir in Path("/proc").iterdir():
-            if not pid_dir.name.isdigit():
-                continue
-            try:
-                cmdline = (pid_dir / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline.split(b"\0"):
-                try:
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-                except OSError:
-                    pass
+        return str(self.root / "imapd.conf").encode() in cmdline.split(b"\0")

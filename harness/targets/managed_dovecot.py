@@ -9,16 +9,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
 from harness.errors import TargetUnavailable
+from harness.targets.managed_server import ManagedServer, free_ports, tail, wait_port
 from harness.targets.target_file import Account, Endpoint, Target
 
 INSTALL_HINT = (
@@ -52,44 +49,12 @@ def dovecot_binary() -> str:
     return path
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (closed again, so there is a small race)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _wait_port(port: int, deadline: float, running: Callable[[], bool] = lambda: True) -> bool:
-    while time.monotonic() < deadline and running():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def _alive(pid: int) -> bool:
-    """True while the process runs; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-class ManagedDovecot:
+class ManagedDovecot(ManagedServer):
     """Start with ``with ManagedDovecot(accounts=20) as dc: dc.target``. Registered as "dovecot" (managed.py)."""
 
     PROFILE = "dovecot"
     INSTALL_HINT = INSTALL_HINT
+    ROOT_PREFIX = "mailharness-dovecot-"
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None,
                  namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True, stock: bool = False):
@@ -98,26 +63,15 @@ class ManagedDovecot:
         plays a Cyrus-like server with no special-use folders (the tests run the suites against it).
         `stock`: Debian's defaults for failed-login delays (auth_failure_delay, anvil's penalty) and for
         special-use folders (declared, not auto-created); everything else as the embedded target."""
-        self.account_count = accounts
+        super().__init__(accounts, root=root)
         self.stock = stock
         self.quota_mb = quota_mb
         self.pop3_lock = pop3_lock
         self.namespace_prefix = namespace_prefix
         self.separator = separator
         self.special_use_folders = special_use_folders
-        self._own_root = root is None
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-dovecot-"))
-        self.proc: subprocess.Popen | None = None
-        self.target: Target | None = None
 
     # -- lifecycle -----------------------------------------------------------------
-    def start(self, timeout: float = 15.0) -> Target:
-        try:
-            return self._start(timeout)
-        except BaseException:
-            self.stop()  # no temp dir or half-started server left behind
-            raise
-
     def _start(self, timeout: float) -> Target:
         binary = dovecot_binary()
         if os.geteuid() != 0:
@@ -131,7 +85,7 @@ class ManagedDovecot:
         if check.returncode != 0:
             raise TargetUnavailable(f"generated Dovecot config is invalid: {check.stderr.strip()}")
         with open(self.root / "dovecot.stderr", "wb") as stderr:
-            self.proc = subprocess.Popen(
+            self.procs["dovecot"] = subprocess.Popen(
                 [binary, "-c", str(conf), "-F"],
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -139,7 +93,7 @@ class ManagedDovecot:
             )
         deadline = time.monotonic() + timeout
         for port in (imap_port, pop3_port, lmtp_port):
-            if not _wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
+            if not wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
                 log = "\n".join(filter(None, [self._stderr_tail(), self.log_tail()]))  # config errors go to stderr
                 why = f"exited with status {self.proc.returncode}" if self.proc.poll() is not None else \
                     f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
@@ -154,18 +108,6 @@ class ManagedDovecot:
             disposable=True,
         )
         return self.target
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the master takes its children with it
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._kill_leftovers()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def add_accounts(self, accounts: list[Account], timeout: float = 5.0) -> None:
         """Add accounts to the running server and return once each can log in over IMAP.
@@ -188,48 +130,16 @@ class ManagedDovecot:
                         raise TargetUnavailable(f"Dovecot did not accept the new account {account.user} within {timeout:.0f}s") from None
                     time.sleep(0.2)
 
-    def __enter__(self) -> "ManagedDovecot":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # -- detached use (`mailharness target up` / `down`) ------------------------------
-    def detach(self) -> dict:
-        """Leave the server running after this process exits; the dict lets `stop_detached` find it."""
-        assert self.proc and self.target
-        return {"root": str(self.root), "pid": self.proc.pid, "target": self.target.to_dict()}
-
-    @staticmethod
-    def stop_detached(state: dict) -> None:
-        dc = ManagedDovecot(root=Path(state["root"]))
-        dc._own_root = True
-        try:
-            os.killpg(int(state["pid"]), signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(int(state["pid"])):
-                time.sleep(0.05)
-        except ProcessLookupError:
-            pass
-        dc.stop()
-
     # -- helpers -------------------------------------------------------------------
     def version(self) -> str:
         out = subprocess.run([dovecot_binary(), "--version"], capture_output=True, text=True).stdout.split()
         return f"Dovecot {out[0]}" if out else "Dovecot"
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join((self.root / "dovecot.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.root / "dovecot.log", lines)
 
     def _stderr_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join((self.root / "dovecot.stderr").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.root / "dovecot.stderr", lines)
 
     def _write_files(self, imap_port: int, pop3_port: int, lmtp_port: int, accounts: list[Account]) -> None:
         for sub in ("run", "state", "mail"):
@@ -258,21 +168,9 @@ class ManagedDovecot:
         )
         (self.root / "dovecot.conf").write_text(conf)
 
-    def _kill_leftovers(self) -> None:
+    def _is_leftover(self, cmdline: bytes) -> bool:
         """Children outlive the master while clients hold connections; their argv names our instance."""
-        marker = f"dovecot-mailharness-{self.root.name}/"  # how Dovecot names its processes (instance_name)
-        for pid_dir in Path("/proc").iterdir():
-            if not pid_dir.name.isdigit():
-                continue
-            try:
-                cmdline = (pid_dir / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(marker.encode()):
-                try:
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-                except OSError:
-                    pass
+        return cmdline.startswith(f"dovecot-mailharness-{self.root.name}/".encode())  # how Dovecot names them (instance_name)
 
 
 class ManagedDovecotInboxNamespace(ManagedDovecot):

@@ -14,16 +14,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from string import Template
 
 from harness.errors import TargetUnavailable
-from harness.targets.managed_dovecot import _alive, free_ports
+from harness.targets.managed_server import ManagedServer, free_ports, tail
 from harness.targets.target_file import Account, Endpoint, Target
 
 PACKAGES = "mailutils-imap4d mailutils-pop3d"
@@ -80,28 +78,19 @@ def _listens(pid: int | None, port: int) -> bool:
         return False
 
 
-class ManagedMailutils:
+class ManagedMailutils(ManagedServer):
     """Start with ``with ManagedMailutils(accounts=20) as mu: mu.target``."""
 
     PROFILE = "mailutils"
     INSTALL_HINT = INSTALL_HINT
 
+    ROOT_PREFIX = "mailharness-mailutils-"
+
     def __init__(self, accounts: int = 40, *, quota_mb: int | None = None, root: Path | None = None):
         # quota_mb is accepted like every managed server's, and unused: Mailutils has no QUOTA.
-        self.account_count = accounts
-        self._own_root = root is None
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="mailharness-mailutils-"))
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.target: Target | None = None
+        super().__init__(accounts, root=root)
 
     # -- lifecycle -----------------------------------------------------------------
-    def start(self, timeout: float = 15.0) -> Target:
-        try:
-            return self._start(timeout)
-        except BaseException:
-            self.stop()  # no temp dir or half-started server left behind
-            raise
-
     def _start(self, timeout: float) -> Target:
         binaries = {program: mailutils_binary(program) for program in PROGRAMS}
         if os.geteuid() != 0:
@@ -156,25 +145,6 @@ class ManagedMailutils:
                 continue
             raise TargetUnavailable(f"Mailutils {program} {why}\n{self.log_tail(program)}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # session children the master left running
-            except OSError:
-                pass
-            proc.wait()
-        self.procs = {}
-        self._kill_leftovers()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
     def add_accounts(self, accounts: list[Account], timeout: float = 5.0) -> None:
         """Add accounts to the running server; virtdomain reads the passwd file at every login.
 
@@ -184,39 +154,6 @@ class ManagedMailutils:
                 raise TargetUnavailable(f"Mailutils account {account.user!r}: login names are NAME@{DOMAIN} (virtdomain)")
         self._write_accounts(accounts, append=True)
 
-    def __enter__(self) -> "ManagedMailutils":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # -- detached use (`mailharness target up` / `down`) ------------------------------
-    def detach(self) -> dict:
-        """Leave the servers running after this process exits; the dict lets `stop_detached` find them."""
-        assert self.procs and self.target
-        return {"root": str(self.root), "pids": [p.pid for p in self.procs.values()], "target": self.target.to_dict()}
-
-    @staticmethod
-    def stop_detached(state: dict) -> None:
-        mu = ManagedMailutils(root=Path(state["root"]))
-        mu._own_root = True
-        pids = [int(p) for p in state.get("pids") or [state["pid"]]]
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-            time.sleep(0.05)
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        mu.stop()
-
     # -- helpers -------------------------------------------------------------------
     def version(self) -> str:
         out = subprocess.run([mailutils_binary("imap4d"), "--version"], capture_output=True, text=True).stdout
@@ -224,10 +161,7 @@ class ManagedMailutils:
         return f"GNU Mailutils {first.rsplit(' ', 1)[-1]}" if "Mailutils" in first else "GNU Mailutils"
 
     def log_tail(self, program: str = "imap4d", lines: int = 20) -> str:
-        try:
-            return "\n".join((self.root / f"{program}.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return tail(self.root / f"{program}.log", lines)
 
     def _write_files(self, ports: dict[str, int]) -> None:
         for sub in ("run", "passwd", "home"):
@@ -259,18 +193,6 @@ class ManagedMailutils:
             f.writelines(lines)
         passwd.chmod(0o600)
 
-    def _kill_leftovers(self) -> None:
+    def _is_leftover(self, cmdline: bytes) -> bool:
         """Session processes that outlived their master; their argv names our config file."""
-        marker = f"--config-file={self.root}/".encode()
-        for pid_dir in Path("/proc").iterdir():
-            if not pid_dir.name.isdigit():
-                continue
-            try:
-                cmdline = (pid_dir / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline:
-                try:
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-                except OSError:
-                    pass
+        return f"--config-file={self.root}/".encode() in cmdline
