@@ -232,12 +232,20 @@ def test_malformed_suite_via_cli_exits_2_without_traceback(tmp_path, target_file
 
 def test_examples_pass_with_two_workers(tmp_path, target_file):
     report = tmp_path / "report"
-    proc = run_cli("run", "--target", str(target_file), "--suite", "examples/", "-n", "2", "--report-dir", str(report))
+    proc = run_cli("run", "--target", str(target_file), "--suite", "examples/", "-n", "2", "--report-dir", str(report),
+                   "--durations", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((report / "results.json").read_text())
     assert results["summary"]["passed"] == 3, results["summary"]
     idle = next(t for t in results["tests"] if t["id"] == "example.imap.idle-sees-append")
     assert 0 <= idle["metrics"]["notify_latency_s"] < 3
+    # --durations: where each test's time went; the IDLE test's wait for its notification is a wait
+    for test in results["tests"]:
+        assert set(test["phases"]) >= {"setup", "connect", "steps", "cleanup"}, test["phases"]
+        assert abs(sum(test["phases"].values()) - test["duration_s"]) < 0.1, (test["phases"], test["duration_s"])
+    assert idle["phases"]["waits"] >= idle["metrics"]["notify_latency_s"] - 0.05, idle
+    assert "time by phase (3 tests" in proc.stdout and "slowest 2 tests" in proc.stdout, proc.stdout
+    assert results["timings"]["target_start_s"] >= 0
     assert (report / "junit.xml").exists() and (report / "report.html").exists()
     for test in results["tests"]:
         # every test logged in, and the transcript shows the login with the password masked

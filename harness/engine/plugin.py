@@ -35,6 +35,7 @@ from harness.engine.accounts import admin_client
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.model import load_suite
+from harness.engine.phases import PhaseClock
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import SoftDeviation, StepFailure, StepSkipped, TestRun
 from harness.engine.suite_files import is_suite_file, suite_files
@@ -86,9 +87,17 @@ class HarnessState:
         self.t0 = time.monotonic()
         # Tests in a row whose step got no answer in time, per protocol: a hung server ends the run quickly.
         self.timeouts_in_a_row: dict[str, int] = {}
+        self.start_seconds: float | None = None  # starting (or loading) the target and probing it, wall
 
     # controller: start or load the target, check the accounts are safe to use
     def start(self) -> None:
+        started = time.monotonic()
+        try:
+            self._start()
+        finally:
+            self.start_seconds = round(time.monotonic() - started, 3)
+
+    def _start(self) -> None:
         from harness.targets.probe import probe_target
 
         option = self.config.getoption("--mh-target")
@@ -379,8 +388,13 @@ class SuiteItem(pytest.Item):
         self.profile_expect: str | None = None  # the profile's expect: for this test, if it has an entry
         self.mailboxes = MailboxMap()
         self.stopped_answering: list[str] = []
+        self.clock = PhaseClock()  # where the test's time went (results.json `phases`, run --durations)
 
     def setup(self):
+        with self.clock.phase("setup"):
+            self._setup()
+
+    def _setup(self):
         state: HarnessState = self.config._mailharness
         if self.profile_skip:
             pytest.skip(self.profile_skip)
@@ -408,6 +422,15 @@ class SuiteItem(pytest.Item):
             raise SetupError(f"could not prepare the test's accounts over {_store_protocol(target)}: {exc}") from None
 
     def runtest(self):
+        started = time.perf_counter()
+        before = sum(self.clock.seconds.values())
+        try:
+            self._runtest()
+        finally:  # steps: the call's time that was neither connecting nor waiting
+            self.clock.add("steps", time.perf_counter() - started - (sum(self.clock.seconds.values()) - before))
+            self.data["phases"] = self.clock.rounded()
+
+    def _runtest(self):
         state: HarnessState = self.config._mailharness
         if self.stopped_answering:
             proto = self.stopped_answering[0]
@@ -418,7 +441,7 @@ class SuiteItem(pytest.Item):
             raise failure
         run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout,
                       mailboxes=self.mailboxes,
-                      advertises=functools.partial(advertises, state.probe))
+                      advertises=functools.partial(advertises, state.probe), clock=self.clock)
         self.run = run
         extra: dict = {}
         try:
@@ -469,6 +492,13 @@ class SuiteItem(pytest.Item):
         return text
 
     def teardown(self):
+        try:
+            with self.clock.phase("cleanup"):
+                self._teardown()
+        finally:
+            self.data["phases"] = self.clock.rounded()
+
+    def _teardown(self):
         state: HarnessState = self.config._mailharness
         notes, problems = [], []
         for account_state in self.account_states:
@@ -766,7 +796,7 @@ class ResultsCollector:
             "profile_reason": None, "metrics": {},
         })
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
-        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes", "deviations", "unchecked"):
+        for key in ("failure", "transcript", "metrics", "profile_reason", "cleanup_notes", "deviations", "unchecked", "phases"):
             if props.get(key):
                 entry[key] = props[key]
         outcome = _outcome(report)
@@ -914,6 +944,7 @@ def results_document(state: HarnessState, exitstatus=None) -> dict:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - state.t0, 2),
         "command": os.environ.get("MAILHARNESS_COMMAND", "pytest"),
+        "timings": {"target_start_s": state.start_seconds},
         "profile": state.profile.summary() if state.profile else None,
         "target": info,
         "tests": tests,

@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--report-dir", type=Path, default=Path("reports/latest"), metavar="DIR", help="where reports go (default reports/latest)")
     p.add_argument("--timeout", type=finite_float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
     p.add_argument("--strict", action="store_true", help="a failed SHOULD check (outcome warning) fails the run (exit 1)")
+    p.add_argument("--durations", type=int, metavar="N",
+                   help="after the summary, the time per phase (setup, connect, steps, waits, cleanup) and the N slowest "
+                        "tests with theirs (0: every test, as pytest's --durations)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per test while running")
     p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="pass an extra argument to pytest (repeatable)")
 
@@ -75,6 +78,8 @@ def pytest_args(args) -> list[str]:
         raise ConfigError("--accounts N (at least 1) sets up a managed server's accounts; a --target file lists its own")
     if args.workers < 0:
         raise ConfigError("-n must be 0 or more")
+    if (getattr(args, "durations", None) or 0) < 0:
+        raise ConfigError("--durations must be 0 or more")
     report_dir: Path = args.report_dir
     out = [
         "-p", "harness.engine.plugin",
@@ -159,6 +164,10 @@ def run(args) -> int:
     write_html_report(results, args.report_dir / "report.html")
     print()
     print_summary(results, sys.stdout)
+    if getattr(args, "durations", None) is not None:
+        from harness.reports.durations import print_durations
+
+        print_durations(results, args.durations, sys.stdout)
     for warning in (results.get("target") or {}).get("warnings") or []:
         print(f"warning: {warning}")
     print(f"reports: {args.report_dir}/report.html, results.json, junit.xml")

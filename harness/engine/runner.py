@@ -20,6 +20,7 @@ from harness.engine.patterns import (
     split_literals,
     substitute,
 )
+from harness.engine.phases import PhaseClock
 from harness.engine.pop3_view import Pop3View, ViewError, build_view, compare_message
 from harness.sessions import IMAPSession, POP3Session, open_session
 from harness.sessions.errors import ProtocolTimeout, SessionError
@@ -98,8 +99,10 @@ class _Blocked(Exception):
 
 class TestRun:
     def __init__(self, spec: TestSpec, target: Target, accounts: list[Account], transcript: Transcript, timeout: float | None = None,
-                 mailboxes: MailboxMap | None = None, advertises: Callable[[str, str], bool] | None = None):
+                 mailboxes: MailboxMap | None = None, advertises: Callable[[str, str], bool] | None = None,
+                 clock: PhaseClock | None = None):
         self.spec = spec
+        self.clock = clock or PhaseClock()  # connect and waits; the caller counts the rest of the call as steps
         self.advertises = advertises or (lambda proto, cap: False)  # (protocol, capability): does the server list it?
         self.unchecked: list[str] = []  # steps whose `when:` did not hold: only their status was checked
         self.mailboxes = mailboxes or MailboxMap()  # suite names -> the server's (namespace, special-use)
@@ -220,6 +223,13 @@ class TestRun:
         # a session that logs in by itself is the one that may fail a login: its own address keeps the
         # server's failed-login penalty away from everyone else's logins (login_delays.py)
         source = None if spec.login else own_source_address(endpoint.host)
+        with self.clock.phase("connect"):
+            session = self._open(name, spec, endpoint, source, timeout)
+        if name in self._view_users and spec.login:  # at once, before a step marks or another session removes anything
+            self._view(name, session, timeout)
+        return session
+
+    def _open(self, name: str, spec, endpoint, source: str | None, timeout: float):
         session = open_session(spec.protocol, endpoint, name=name, transcript=self.transcript, timeout=timeout,
                                ca_file=self.target.ca_file, source=source)
         self.sessions[name] = session
@@ -229,8 +239,6 @@ class TestRun:
         if spec.login:
             account = self.accounts[spec.account - 1]
             session.login(account.user, account.password, timeout=login_timeout(timeout))
-            if name in self._view_users:  # at once, before a step marks or another session removes anything
-                self._view(name, session, timeout)
         return session
 
     def _view(self, name: str, session: POP3Session, timeout: float) -> Pop3View:
@@ -333,7 +341,8 @@ class TestRun:
             return self._match_all(step.untagged, buffer + list(received), dict(self.variables)) is not None
 
         if not satisfied([]):
-            buffer.extend(session.read_untagged(until=satisfied, timeout=timeout))
+            with self.clock.phase("waits"):
+                buffer.extend(session.read_untagged(until=satisfied, timeout=timeout))
         matched = self._match_all(step.untagged, buffer, dict(self.variables))
         if matched is None:
             missing = [str(p) for p in step.untagged]
@@ -359,7 +368,8 @@ class TestRun:
         self.transcript.note(step.session, "connection dropped without QUIT/LOGOUT")
 
     def _step_sleep(self, step: Step, timeout: float) -> None:
-        time.sleep(step.seconds)
+        with self.clock.phase("waits"):
+            time.sleep(step.seconds)
 
     def _step_deliver(self, step: Step, timeout: float) -> None:
         from harness.sessions.lmtp import deliver
