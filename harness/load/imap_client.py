@@ -10,14 +10,14 @@ the difference between measuring the server and measuring the generator.
 from __future__ import annotations
 
 import re
-from time import perf_counter
+from time import monotonic
 
+from harness.framing import LITERAL_IN_STREAM as _LITERAL
 from harness.load.wire import CommandFailed, Step, WireClient, WireError
 from harness.targets.target_file import Endpoint
 
 EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.MULTILINE)
 _CRLF = b"\r\n"
-_LITERAL = re.compile(rb"\{(\d+)\}\r\n")  # ends a line: quoted strings cannot hold CR or LF
 
 
 def quote(text: str) -> bytes:
@@ -93,7 +93,7 @@ class ImapClient(WireClient):
         """
         # The hot path: the same as ``with Step(...)``, written out to save its per-command cost.
         conn = self.conn
-        started = perf_counter()
+        started = monotonic()
         received = conn.received if conn else 0
         try:
             if conn is None:
@@ -101,12 +101,12 @@ class ImapClient(WireClient):
             conn.deadline = started + self.timeout
             out = self._read_until_tagged(self._send(command), name, collect)
         except Exception as exc:
-            self.report(name, (perf_counter() - started) * 1000, conn.received - received if conn else 0, exc)
+            self.report(name, (monotonic() - started) * 1000, conn.received - received if conn else 0, exc)
             raise
         finally:
             if conn:
                 conn.deadline = 0.0
-        self.report(name, (perf_counter() - started) * 1000, conn.received - received, None)
+        self.report(name, (monotonic() - started) * 1000, conn.received - received, None)
         return out
 
     def append(self, mailbox: str, message: bytes, *, name: str = "IMAP APPEND") -> None:

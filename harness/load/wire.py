@@ -1,4 +1,4 @@
-"""A socket with a receive buffer, and the errors the lean protocol clients raise.
+"""The lean protocol clients' connection (its receiving is harness/framing.py), and the errors they raise.
 
 The clients use the plain ``socket``/``ssl`` modules: inside Locust, gevent has
 monkey-patched them, so every blocking read yields to other users; in `mailharness seed`
@@ -12,9 +12,10 @@ import socket
 import ssl
 import weakref
 from collections.abc import Callable
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Self
 
+from harness.framing import Reader
 from harness.targets.target_file import Endpoint
 
 # Called once per protocol command: (name, response time in ms, bytes received, exception or None).
@@ -26,7 +27,6 @@ RECV_SIZE = 65536
 # (an endless body, a {2000000000} literal): the command fails rather than the generator's memory.
 MAX_BUFFERED = 32 * 1024 * 1024
 MAX_LINE = 1024 * 1024  # one response line without its literals (a SEARCH of 100,000 messages is ~700 KB)
-YIELD_EVERY = 4  # reads; see Connection._recv
 
 
 class WireError(Exception):
@@ -43,19 +43,6 @@ class ConnectionClosed(WireError):
 
 class ResponseTooLarge(WireError):
     """The server sent more than a response may hold (a line or an answer beyond the caps)."""
-
-
-def _cooperative_yield() -> Callable[[], None]:
-    """gevent.sleep(0) when the socket module is gevent's (inside Locust), else nothing.
-
-    A server that floods data keeps every recv() ready, and gevent only switches greenlets when
-    one would block: without this a reading user would starve Locust's own greenlets (the one
-    that ends the run at --run-time included)."""
-    try:
-        from gevent import monkey, sleep
-    except ImportError:
-        return lambda: None
-    return (lambda: sleep(0)) if monkey.is_module_patched("socket") else (lambda: None)
 
 
 def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
@@ -121,7 +108,7 @@ class Watchdog:
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def check(self) -> int:
-        now, expired = perf_counter(), 0
+        now, expired = monotonic(), 0
         for conn in list(self.connections):
             if conn.deadline and now > conn.deadline:
                 conn.expire()
@@ -134,40 +121,24 @@ class Watchdog:
             self.check()
 
 
-class Connection:
-    """One TCP (or TLS) connection and what has been received but not yet consumed.
+class Connection(Reader):
+    """One TCP (or TLS) connection; its receiving side is harness.framing's Reader.
 
     ``buf[pos:]`` is unread data; protocol clients scan it in place (``find``/``startswith``
     with offsets) instead of splitting it into line objects, which keeps the hot path cheap.
     ``received`` counts every byte read, for Locust's response_length.
 
-    Timeouts: without a watchdog, an ordinary socket timeout; with one, the socket blocks
-    without a timeout and clients ``arm()`` a deadline around each command.
+    Timeouts: without a watchdog, an ordinary socket timeout, and the command's deadline bounds
+    all its reads; with one, the socket blocks without a timeout and clients ``arm()`` a deadline
+    around each command.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_reads",
-        "_wait_then_recv",
-        "_yield",
-        "awaiting",
-        "buf",
-        "ca_file",
-        "deadline",
-        "endpoint",
-        "expired",
-        "pos",
-        "read_timeout",
-        "received",
-        "sock",
-        "timeout",
-    )
+    __slots__ = ("__weakref__", "ca_file", "endpoint", "expired", "read_timeout", "timeout")
 
     def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None, watchdog: Watchdog | None = None):
         self.endpoint = endpoint
         self.ca_file = ca_file
         self.timeout = timeout
-        self.deadline = 0.0
         self.expired = False
         raw = sock = _open_tcp(endpoint.host, endpoint.port, timeout)
         try:
@@ -182,20 +153,17 @@ class Connection:
             raise
         self.read_timeout = None if watchdog else timeout
         sock.settimeout(self.read_timeout)
-        self.sock = sock
-        self.buf = bytearray()
-        self.pos = 0
-        self.received = 0
-        self.awaiting = False  # a command was sent and nothing of its answer read yet
-        self._wait_then_recv = _gevent_wait_then_recv(sock)
-        self._yield = _cooperative_yield()
-        self._reads = 0
+        # No watchdog (seed, drain): a socket timeout bounds each read, and the command's deadline bounds
+        # them all, so a server trickling a byte at a time cannot hold a command forever.
+        super().__init__(sock, max_line=MAX_LINE, max_buffered=MAX_BUFFERED, recv_size=RECV_SIZE,
+                         timed_reads=watchdog is None)
+        self.recv_after_send = _gevent_wait_then_recv(sock) or sock.recv
         if watchdog:
             watchdog.connections.add(self)
 
     def arm(self) -> None:
         """A command starts: it must be answered within ``timeout`` (enforced by the watchdog)."""
-        self.deadline = perf_counter() + self.timeout
+        self.deadline = monotonic() + self.timeout
 
     def disarm(self) -> None:
         self.deadline = 0.0
@@ -207,16 +175,11 @@ class Connection:
         except OSError:
             pass
 
-    def _lost(self) -> WireError | TimeoutError:
-        if self.expired:
-            return TimeoutError(f"no answer within {self.timeout:g}s")
-        return ConnectionClosed("server closed the connection")
-
     def start_tls(self) -> None:
         """Upgrade after STARTTLS/STLS was accepted (nothing may be buffered at this point)."""
-        self.sock = tls_context(self.endpoint, self.ca_file).wrap_socket(self.sock, server_hostname=self.endpoint.host)
-        self.sock.settimeout(self.read_timeout)
-        self._wait_then_recv = None  # TLS buffers decrypted data: readiness of the fd says nothing
+        sock = tls_context(self.endpoint, self.ca_file).wrap_socket(self.sock, server_hostname=self.endpoint.host)
+        sock.settimeout(self.read_timeout)
+        self.use_socket(sock)  # TLS buffers decrypted data: readiness of the fd says nothing, so plain recv()
 
     def send(self, data: bytes) -> None:
         # A command fits the socket buffer: one send() does it. gevent's sendall() would also
@@ -226,81 +189,29 @@ class Connection:
             self.sock.sendall(data[sent:])
         self.awaiting = True
 
-    def _recv(self) -> bytes:
-        self._reads += 1
-        if self._reads % YIELD_EVERY == 0:
-            self._yield()
-        if self.read_timeout is not None and self.deadline:
-            # No watchdog (seed, drain): a socket timeout bounds each read, and the command's deadline
-            # bounds them all, so a server trickling a byte at a time cannot hold a command forever.
-            left = self.deadline - perf_counter()
-            if left <= 0:
-                raise TimeoutError(f"no complete answer within {self.timeout:g}s")
-            self.sock.settimeout(min(self.read_timeout, left))
-        try:
-            if self.awaiting and self._wait_then_recv:
-                self.awaiting = False
-                chunk = self._wait_then_recv(RECV_SIZE)
-            else:
-                self.awaiting = False
-                chunk = self.sock.recv(RECV_SIZE)
-        except TimeoutError:
-            if self.expired:
-                raise self._lost() from None
-            raise TimeoutError(f"no answer within {self.timeout:g}s") from None
-        except OSError:
-            if self.expired:
-                raise self._lost() from None
-            raise
-        if not chunk:
-            raise self._lost()
-        self.received += len(chunk)
-        return chunk
+    # -- what a failed read raises (harness.framing.Reader's hooks) -------------------
+    def _lost(self) -> WireError | TimeoutError:
+        if self.expired:
+            return TimeoutError(f"no answer within {self.timeout:g}s")
+        return ConnectionClosed("server closed the connection")
 
-    def fill(self) -> None:
-        """Read at least one more byte into the buffer; drop consumed data first."""
-        if len(self.buf) - self.pos > MAX_BUFFERED:
-            raise ResponseTooLarge(f"the server sent more than {MAX_BUFFERED // 2**20} MB without ending its answer")
-        chunk = self._recv()
-        if self.pos:
-            del self.buf[: self.pos]
-            self.pos = 0
-        self.buf += chunk
+    def _timeout_error(self, started: bool) -> Exception:
+        if self.expired:
+            return self._lost()
+        if not started:
+            return TimeoutError(f"no complete answer within {self.timeout:g}s")
+        return TimeoutError(f"no answer within {self.timeout:g}s")
 
-    def read_line(self) -> bytes:
-        """The next line without CRLF."""
-        while True:
-            eol = self.buf.find(b"\r\n", self.pos)
-            if eol >= 0:
-                line = bytes(self.buf[self.pos : eol])
-                self.pos = eol + 2
-                return line
-            if len(self.buf) - self.pos > MAX_LINE:
-                raise ResponseTooLarge(f"a line longer than {MAX_LINE // 1024} KB: {bytes(self.buf[self.pos:self.pos + 60])!r}...")
-            self.fill()
+    def _lost_error(self, exc: OSError | None) -> Exception:
+        if exc is not None and not self.expired:
+            return exc  # a reset, a refused TLS record: the OSError as it came
+        return self._lost()
 
-    def skip(self, count: int) -> None:
-        """Consume ``count`` bytes without keeping them (the body of a literal we only need to count)."""
-        available = len(self.buf) - self.pos
-        if available >= count:
-            self.pos += count
-            return
-        count -= available
-        self.buf.clear()
-        self.pos = 0
-        while count > 0:
-            chunk = self._recv()
-            if len(chunk) > count:
-                self.buf += chunk[count:]
-            count -= len(chunk)
+    def _line_error(self) -> Exception:
+        return ResponseTooLarge(f"a line longer than {MAX_LINE // 1024} KB: {bytes(self.buf[self.pos:self.pos + 60])!r}...")
 
-    def take(self, count: int) -> bytes:
-        """Consume and return ``count`` bytes."""
-        while len(self.buf) - self.pos < count:
-            self.fill()
-        data = bytes(self.buf[self.pos : self.pos + count])
-        self.pos += count
-        return data
+    def _buffer_error(self) -> Exception:
+        return ResponseTooLarge(f"the server sent more than {MAX_BUFFERED // 2**20} MB without ending its answer")
 
     def close(self) -> None:
         try:

@@ -300,8 +300,9 @@ class IMAPSession(Session):
         literals: list[bytes] = []
         while True:
             eol = wire.find_eol(pos, deadline)
-            end = eol - 1 if eol > pos and wire.buf[eol - 1] == 0x0D else eol
-            line = bytes(wire.buf[pos:end])
+            line = wire.peek(pos, eol)
+            if line.endswith(b"\r"):
+                line = line[:-1]
             parts.append(line)
             pos = eol + 1
             marker = marker_at_end(line)
@@ -311,8 +312,8 @@ class IMAPSession(Session):
                 raise self._fail(ProtocolError(
                     f"{self.url} announced a literal of {marker.size} bytes; one response may have at most "
                     f"{MAX_RESPONSE >> 20} MiB"))
-            wire.ensure(pos + marker.size, deadline)
-            literals.append(bytes(wire.buf[pos:pos + marker.size]))
+            wire.ensure_until(pos + marker.size, deadline)
+            literals.append(wire.peek(pos, pos + marker.size))
             pos += marker.size
         raw = wire.take(pos)  # BareLineFeed when a line ended without CR (and the session is strict)
         arrived = time.monotonic()
@@ -343,8 +344,8 @@ class IMAPSession(Session):
         new = self._pending[since:]
         if new:
             got.append(f"{len(new)} untagged response{'s' if len(new) > 1 else ''}, last `{new[-1].text[:120]}`")
-        if self.wire.buf:
-            got.append(f"{len(self.wire.buf)} bytes of an incomplete response")
+        if self.wire.unread:
+            got.append(f"{self.wire.unread} bytes of an incomplete response")
         return "; ".join(got) or None
 
     def _unexpected_continuation(self, rec: _Received, what: str) -> SessionError:

@@ -7,11 +7,10 @@ their synchronization points, to read responses, and to show and redact both in 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-MARKER_AT_END = re.compile(rb"~?\{(\d+)(\+?)\}$")
-MARKER_ANYWHERE = re.compile(rb"~?\{(\d+)(\+?)\}")
+from harness.framing import LITERAL_ANYWHERE as MARKER_ANYWHERE  # noqa: F401 - for imap.py
+from harness.framing import LITERAL_AT_END as MARKER_AT_END
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A TCP (optionally TLS) connection whose reads run against a deadline.
+"""A TCP (optionally TLS) connection whose reads run against a deadline (the reading is harness/framing.py).
 
 A server that trickles bytes, never ends a line or never answers must not hang the
 harness: every read is bounded by an absolute deadline (not a per-recv timeout) and
@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 
+from harness.framing import LineTooLong, PeerClosed, Reader, ReadTimeout  # noqa: F401 - LineTooLong: for the sessions
 from harness.sessions.errors import ProtocolError
 
 MAX_LINE = 1 << 20  # 1 MiB: far beyond any sane protocol line, small enough to fail fast on garbage
@@ -20,16 +21,9 @@ MAX_RESPONSE = 64 << 20  # one whole response, literals included
 RECV_SIZE = 256 * 1024
 
 
-class WireTimeout(Exception):
-    """The deadline passed before the data arrived."""
-
-
-class WireClosed(Exception):
-    """The peer closed (or reset) the connection."""
-
-
-class LineTooLong(Exception):
-    """No line end within MAX_LINE bytes."""
+# What a read raises here: the framing layer's own exceptions (the sessions word them per command).
+WireTimeout = ReadTimeout
+WireClosed = PeerClosed
 
 
 class BareLineFeed(Exception):
@@ -55,14 +49,16 @@ def tls_context(tls_verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return ctx
 
 
-class Wire:
-    """Bytes in and out of one connection. `buf` holds received bytes not yet taken."""
+class Wire(Reader):
+    """Bytes in and out of one connection; the receiving is harness.framing's Reader, every read
+    against the deadline the caller gives."""
+
+    __slots__ = ("_bare_lf", "_taken", "host", "last_bare_lf", "strict_line_ends", "url")
 
     def __init__(self, url: str, host: str, port: int, *, tls: bool, tls_verify: bool, ca_file: str | None,
                  timeout: float, source: str | None = None):
         self.url = url
         self.host = host
-        self.buf = bytearray()
         # Line ends are checked here, where every received byte passes, not by each check: with
         # `strict_line_ends`, take() raises BareLineFeed; otherwise `last_bare_lf` says where they were.
         self.strict_line_ends = True
@@ -70,20 +66,21 @@ class Wire:
         self._taken = 0  # bytes taken from the stream so far: positions below are stream offsets
         self._bare_lf: set[int] = set()  # stream offsets of line-ending LFs without a CR before them
         try:
-            self.sock: socket.socket = socket.create_connection(
-                (host, port), timeout=timeout, source_address=(source, 0) if source else None)
+            sock = socket.create_connection((host, port), timeout=timeout,
+                                            source_address=(source, 0) if source else None)
         except OSError as exc:
             raise ProtocolError(f"cannot connect to {url}: {_reason(exc)}") from None
+        super().__init__(sock, max_line=MAX_LINE, max_buffered=None, recv_size=RECV_SIZE, timed_reads=True)
         if tls:
             self.start_tls(tls_verify, ca_file, deadline_after(timeout))
 
     def start_tls(self, tls_verify: bool, ca_file: str | None, deadline: float) -> None:
-        if self.buf:
+        if self.unread:
             # Bytes that arrived in plaintext after the STARTTLS answer would be trusted as if encrypted.
-            raise ProtocolError(f"{self.url} sent {len(self.buf)} unexpected bytes before the TLS handshake")
+            raise ProtocolError(f"{self.url} sent {self.unread} unexpected bytes before the TLS handshake")
         self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            self.sock = tls_context(tls_verify, ca_file).wrap_socket(self.sock, server_hostname=self.host)
+            self.use_socket(tls_context(tls_verify, ca_file).wrap_socket(self.sock, server_hostname=self.host))
         except (OSError, ssl.SSLError) as exc:
             self.close()
             raise ProtocolError(f"TLS handshake with {self.url} failed: {_reason(exc)}") from None
@@ -105,49 +102,27 @@ class Wire:
         except OSError as exc:
             raise WireClosed(_reason(exc)) from None
 
-    # -- receiving ---------------------------------------------------------------
-    def fill(self, deadline: float) -> None:
-        """Receive once more into `buf`, waiting at most until the deadline."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WireTimeout()
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except TimeoutError:
-            raise WireTimeout() from None
-        except OSError as exc:
-            raise WireClosed(_reason(exc)) from None
-        if not data:
-            raise WireClosed("connection closed by the server")
-        self.buf += data
+    # -- receiving (harness.framing.Reader), with this layer's wording ---------------
+    def _lost_error(self, exc: OSError | None) -> Exception:
+        return WireClosed(_reason(exc) if exc else "connection closed by the server")
 
     def find_eol(self, start: int, deadline: float) -> int:
-        """Index in `buf` of the first LF at or after `start`, receiving as needed. Takes nothing."""
-        scan = start
-        while True:
-            i = self.buf.find(b"\n", scan)
-            if i >= 0:
-                if i - start > MAX_LINE:
-                    raise LineTooLong()
-                if not (i > start and self.buf[i - 1] == 0x0D):
-                    self._bare_lf.add(self._taken + i)  # a set: a timed-out read scans the line again
-                return i
-            if len(self.buf) - start > MAX_LINE:
-                raise LineTooLong()
-            scan = len(self.buf)
-            self.fill(deadline)
+        """Offset of the first LF at or after offset `start`, receiving as needed. Takes nothing."""
+        self.deadline = deadline
+        i = self.find(b"\n", start)
+        if not (i > start and self.buf[self.pos + i - 1] == 0x0D):
+            self._bare_lf.add(self._taken + i)  # a set: a timed-out read scans the line again
+        return i
 
-    def ensure(self, size: int, deadline: float) -> None:
-        """Receive until `buf` holds at least `size` bytes. Takes nothing."""
-        while len(self.buf) < size:
-            self.fill(deadline)
+    def ensure_until(self, size: int, deadline: float) -> None:
+        """Receive until at least `size` bytes are unread. Takes nothing."""
+        self.deadline = deadline
+        self.ensure(size)
 
     def take(self, size: int) -> bytes:
-        """The first `size` bytes of `buf`, removed. BareLineFeed if a line end in them was a bare LF
-        (and `strict_line_ends`)."""
-        data = bytes(self.buf[:size])
-        del self.buf[:size]
+        """The next `size` unread bytes, consumed (they must have arrived). BareLineFeed if a line end in them
+        was a bare LF (and `strict_line_ends`)."""
+        data = super().take(size)
         start, self._taken = self._taken, self._taken + size
         self.last_bare_lf = sorted(pos - start for pos in self._bare_lf if pos < self._taken)
         if self.last_bare_lf:
