@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -120,3 +121,63 @@ def test_cleanup_without_uidplus_never_expunges_the_owners_deleted_mail(careful_
             client.remove_flags(client.search(["HEADER", "Subject", "keep me"]), [b"\\Deleted"])
         assert cleanup(plain, state) == []
     assert messages(careful_target, account) == [FOREIGN]  # a plain EXPUNGE took the harness's message only
+
+
+def test_cleanup_removes_only_the_subscriptions_the_harness_made(careful_target):
+    """RFC 3501 §6.3.6: a subscription may name a folder that does not exist (a deleted one, another client's)."""
+    account = careful_target.accounts[1]
+    with admin_client(careful_target, account) as client:
+        client.create_folder("Owners-Old-Folder")
+        client.subscribe_folder("Owners-Old-Folder")
+        client.delete_folder("Owners-Old-Folder")  # the subscription stays (RFC 3501 §6.3.4)
+    state = prepare(careful_target, account)
+    with admin_client(careful_target, account) as client:
+        client.create_folder("Harness-made")  # what a test creates and subscribes to
+        client.subscribe_folder("Harness-made")
+        client.create_folder("Harness-deleted")  # and one it deleted again, leaving the subscription
+        client.subscribe_folder("Harness-deleted")
+        client.delete_folder("Harness-deleted")
+    cleanup(careful_target, state)
+    with admin_client(careful_target, account) as client:
+        subscribed = {name for _, _, name in client.list_sub_folders()}
+        client.unsubscribe_folder("Owners-Old-Folder")
+    assert "Owners-Old-Folder" in subscribed
+    assert not subscribed & {"Harness-made", "Harness-deleted"}, subscribed
+
+
+def test_foreign_mail_arriving_during_set_up_is_never_deleted(careful_target, tmp_path):
+    """A delivery racing the set-up gets message number 1 (tests/foreign_arrival.py): `DELE 1` would take it.
+    The test ends as an error, its POP3 marks are never committed, and the foreign message stays."""
+    target_file = tmp_path / "t.yaml"
+    careful_target.dump(target_file)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--target", str(target_file), "--report-dir", str(tmp_path / "r"),
+         "-k", "pop3.dele.all-then-quit-empty or imap.deletion.deleted-mark-is-not-removal",
+         "--pytest-arg=-p", "--pytest-arg=foreign_arrival"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env=env,
+    )
+    tests = json.loads((tmp_path / "r" / "results.json").read_text())["tests"]
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [t["outcome"] for t in tests] == ["error", "error"], [(t["id"], t["message"][:300]) for t in tests]
+    assert all("foreign mail arrived during the test" in t["message"] for t in tests), [t["message"] for t in tests]
+    kept = [m for account in careful_target.accounts for m in messages(careful_target, account)]
+    assert len(kept) == 2 and all(m.endswith(FOREIGN) for m in kept), kept  # one per test (LMTP adds a header)
+
+
+def test_a_disposable_account_holding_foreign_mail_is_warned_about_before_the_run(careful_target, tmp_path):
+    account = careful_target.accounts[0]
+    with admin_client(careful_target, account) as client:
+        client.append("INBOX", FOREIGN)
+    target_file = tmp_path / "t.yaml"
+    replace(careful_target, disposable=True).dump(target_file)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--target", str(target_file), "--suite", "examples/", "--report-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warning = f"warning: account {account.user} holds mail the harness did not create (1 message(s) in INBOX)"
+    assert warning in proc.stdout and "so the run empties it" in proc.stdout, proc.stdout
+    assert proc.stdout.index(warning) < proc.stdout.index("passed"), proc.stdout  # before the tests, not after
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert any(account.user in w for w in results["target"]["warnings"]), results["target"]

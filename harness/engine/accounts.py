@@ -61,6 +61,8 @@ def _is_baseline(flags, name: str) -> bool:
 class AccountState:
     account: Account
     folders: set[str] = field(default_factory=set)  # folders that existed before the test
+    # subscriptions before the test: the owner's may name folders that do not exist (RFC 3501 §6.3.6)
+    subscriptions: set[str] = field(default_factory=set)
 
 
 def _folders(client: IMAPClient) -> list[tuple[tuple, str, str]]:
@@ -123,7 +125,7 @@ def prepare(target: Target, account: Account) -> AccountState:
             if left or extra:  # the server acknowledged EXPUNGE/DELETE but kept things
                 held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
                 raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
-        return AccountState(account, {name for _, _, name in folders})
+        return AccountState(account, {name for _, _, name in folders}, {name for _, _, name in client.list_sub_folders()})
 
 
 def special_use_folders(client: IMAPClient) -> dict[str, str]:
@@ -234,6 +236,6 @@ def cleanup(target: Target, state: AccountState) -> list[str]:
                 else:
                     client.delete_folder(name)
         for _, _, name in client.list_sub_folders():
-            if name not in state.folders:
+            if name not in state.subscriptions:  # only what the test subscribed to
                 _try(client.unsubscribe_folder, name)
     return notes

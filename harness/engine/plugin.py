@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ from harness.engine import accounts, pop3_accounts
 from harness.engine.account_pool import AccountPool
 from harness.engine.accounts import admin_client
 from harness.engine.credentials import greeting_timestamp
+from harness.engine.foreign_mail import ForeignMail
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.model import load_suite
 from harness.engine.phases import PhaseClock
@@ -77,6 +79,7 @@ class HarnessState:
         self.collected: int | None = None
         self.collection_errors: list[str] = []
         self.run_error: str | None = None
+        self.account_warnings: list[str] = []  # disposable accounts that hold mail the harness did not create
         self.interrupted: str | None = None
         self.signal: str | None = None  # set by the SIGTERM handler before it interrupts
         self.active = False  # the run holds suites (decided at session start, see _run_has_suites)
@@ -124,6 +127,10 @@ class HarnessState:
         self.probe = probe_target(self.target)
         if self.probe.get("errors"):
             raise HarnessError(f"target {self.target.name}: " + "; ".join(self.probe["errors"]))
+        if self.target.disposable and self.managed is None:  # a server of the user's: say what will be deleted
+            self.account_warnings = self._held_by_disposable_accounts()
+            for warning in self.account_warnings:
+                self._warn(warning)
         if not self.target.disposable:
             for account in self.target.accounts:
                 try:
@@ -136,6 +143,25 @@ class HarnessState:
                         "refusing to run. Use empty accounts, or set `disposable: true` in the target file "
                         "if everything in these accounts may be deleted."
                     )
+
+    def _held_by_disposable_accounts(self) -> list[str]:
+        out = []
+        for account in self.target.accounts:
+            try:
+                held = _store_for(self.target).inspect_account(self.target, account)
+            except (IMAPClientError, OSError, SessionError):
+                continue  # its test's set-up will say what is wrong with it
+            if held:
+                out.append(f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
+                           "the target says `disposable: true`, so the run empties it")
+        return out
+
+    def _warn(self, text: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"warning: {text}", yellow=True, bold=True)
+        else:
+            print(f"mailharness: warning: {text}", file=sys.stderr)
 
     def attach(self, workerinput: dict) -> None:
         self.target_file = workerinput["mh_target_file"]
@@ -448,6 +474,9 @@ class SuiteItem(pytest.Item):
             run.run()
         except StepSkipped as skipped:
             pytest.skip(str(skipped))
+        except ForeignMail as exc:
+            extra["error"] = str(exc)  # not the server's fault: results.json calls it an error, not a failure
+            raise
         except StepFailure as failure:
             extra["failure"] = self._failure_data(failure)
             if failure.timed_out:
@@ -802,6 +831,8 @@ class ResultsCollector:
         outcome = _outcome(report)
         if outcome is None:
             return
+        if report.when == "call" and outcome == "failed" and props.get("error"):
+            outcome = "error"
         if report.when == "call" and props.get("soft_outcome") and outcome in ("passed", "failed"):
             # failed: --strict raised the warning so that junit.xml shows it; it is still a warning
             entry["outcome"], entry["message"] = props["soft_outcome"], props["soft_message"][:4000]
@@ -933,7 +964,7 @@ def results_document(state: HarnessState, exitstatus=None) -> dict:
         "name": target.name if target else None,
         "imap_url": target.imap.url if target and target.imap else None,
         "pop3_url": target.pop3.url if target and target.pop3 else None,
-        "warnings": target.warnings() if target else [],
+        "warnings": (target.warnings() if target else []) + state.account_warnings,
         **{k: state.probe.get(k) for k in ("imap_greeting", "imap_capabilities", "imap_namespace", "pop3_greeting", "pop3_capabilities")},
     }
     summary = summarize(tests, run)

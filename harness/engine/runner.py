@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from harness.engine import credentials
+from harness.engine.foreign_mail import ForeignMail, MailGuard, is_ours
 from harness.engine.login_delays import login_timeout, own_source_address, sends_credentials
 from harness.engine.mailboxes import MailboxError, MailboxMap
 from harness.engine.model import BodySpec, Step, TestSpec
@@ -135,6 +136,10 @@ class TestRun:
         self.list_sizes: dict[str, dict[int, int]] = {name: {} for name in spec.sessions}
         self._view_users = {step.session for step in spec.steps
                             if step.session and spec.sessions[step.session].protocol == "pop3" and _pop3_tokens(step)}
+        # On accounts that are not disposable, destructive commands first confirm they hit only the harness's mail.
+        self.guard = None if target.disposable else MailGuard(
+            lambda account: _set_up_client(target, account), lambda session: accounts[spec.sessions[session].account - 1],
+            transcript.note)
 
     # -- whole test -----------------------------------------------------------------
     def run(self) -> None:
@@ -157,6 +162,11 @@ class TestRun:
                 self._last_step_end = time.monotonic()
         except StepFailure as failure:
             failure.transcript_entries = len(self.transcript.entries)  # before the goodbyes: reports mark the exchange
+            raise
+        except ForeignMail:
+            for session in self.sessions.values():
+                if session is not None:
+                    session.drop()  # no QUIT: POP3 commits none of the test's marks either
             raise
         finally:
             for session in self.sessions.values():
@@ -250,6 +260,13 @@ class TestRun:
                 raise SessionError(str(exc)) from None
         return self.views[name]
 
+    def _known_pop3(self, name: str, number: int) -> bool | None:
+        """Whether this session's view (if it has one) already says message `number` is the harness's."""
+        view = self.views[name]
+        if view is None or number not in view.headers:
+            return None
+        return is_ours(view.headers[number])
+
     def _pop3_variables(self, step: Step, session: POP3Session, timeout: float) -> dict[str, str]:
         """The test's variables plus this session's ${msg:NAME} and ${size:NAME} values."""
         tokens = _pop3_tokens(step)
@@ -279,6 +296,8 @@ class TestRun:
         # SASL lines are sent as they are: no astring quoting of $user/$password there
         replies = [substitute(self._credentials(step, text, session), self.variables) for text in step.continuations]
         if isinstance(session, POP3Session):
+            if self.guard:
+                self.guard.pop3(step.session, session, line, timeout, lambda number: self._known_pop3(step.session, number))
             response = session.command(line, timeout=timeout, continuations=replies)
             self._check_continued(step, response.continued, response.line)
             self._check_status(step, response.line, "+OK", variables)
@@ -289,6 +308,8 @@ class TestRun:
                 session.drop()
         else:
             line, literals = split_literals(line)
+            if self.guard:
+                self.guard.imap(step.session, session, line, literals, timeout, self.buffers[step.session])
             response = session.command(line, timeout=timeout, literals=literals, continuations=replies)
             self._check_continued(step, response.continued, response.line)
             self._check_imap(step, response)
@@ -562,6 +583,12 @@ class TestRun:
                 if captures is None:
                     raise StepFailure(self.spec, step, f"{item} matching `{spec}`", text)
                 self.variables.update(captures)
+
+
+def _set_up_client(target: Target, account: Account):
+    from harness.engine.accounts import admin_client
+
+    return admin_client(target, account)
 
 
 def _pop3_tokens(step: Step) -> list[tuple[str, str]]:
