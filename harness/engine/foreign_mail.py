@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from harness.engine.login_delays import CREDENTIAL_VERBS
 from harness.engine.pop3_view import corpus_name, header_and_body
 from harness.errors import HarnessError
 from harness.sessions import IMAPSession, POP3Session
@@ -46,19 +47,38 @@ class MailGuard:
         self._client = set_up_client  # account -> a context-managed IMAPClient (accounts.admin_client)
         self._account_of = account_of
         self._note = note
+        # Per session: logged in, and (IMAP) a mailbox selected. Only then can a command hit messages, and
+        # only then is a check sent: a server counts bad commands before login and may hang up (Dovecot).
+        self._authenticated: dict[str, bool] = {}
+        self._selected: dict[str, bool] = {}
+
+    def opened(self, name: str, logged_in: bool) -> None:
+        self._authenticated[name], self._selected[name] = logged_in, False
+
+    def answered(self, name: str, line: str, ok: bool) -> None:
+        """Follow the session's state from the test's own commands."""
+        verb = line.split(" ", 1)[0].upper()
+        if ok and verb in CREDENTIAL_VERBS and len(line.split()) > 1:  # a bare POP3 AUTH lists mechanisms
+            self._authenticated[name] = True
+        elif verb in ("SELECT", "EXAMINE"):
+            self._selected[name] = ok  # a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
+        elif ok and verb in ("CLOSE", "UNSELECT"):
+            self._selected[name] = False
 
     # -- POP3 --------------------------------------------------------------------------
-    def pop3(self, name: str, session: POP3Session, line: str, timeout: float, known: Callable[[int], bool | None]) -> None:
-        """Before `DELE n`. `known(n)`: True/False if the session's view already says whose message n is."""
+    def pop3(self, name: str, session: POP3Session, line: str, timeout: float, known: Callable[[int], bool | None],
+             has_top: bool) -> None:
+        """Before `DELE n`. `known(n)`: True/False if the session's view already says whose message n is;
+        `has_top`: CAPA lists TOP (else a refused TOP is tried again as RETR)."""
         words = line.split()
-        if len(words) < 2 or words[0].upper() != "DELE" or not words[1].isdigit():
+        if len(words) < 2 or words[0].upper() != "DELE" or not words[1].isdigit() or not self._authenticated.get(name):
             return  # marks nothing a server could mistake for a message (a -ERR is the test's business)
         number = int(words[1])
         ours = known(number)
         if ours is None:
             self._note(name, f"harness: the account is not disposable: is message {number} the harness's? (TOP {number} 0)")
             resp = session.command(f"TOP {number} 0", timeout=timeout)
-            if not resp.ok:
+            if not resp.ok and not has_top:  # TOP is optional (RFC 1939 §7)
                 resp = session.command(f"RETR {number}", timeout=timeout)
             if not resp.ok or resp.body is None:
                 return  # no such message, or already marked: DELE cannot remove anything
@@ -74,6 +94,8 @@ class MailGuard:
         uid = bool(words) and words[0].upper() == "UID"
         verb = " ".join(words[:2] if uid else words[:1]).upper()
         args = words[2:] if uid else words[1:]
+        if not self._authenticated.get(name) or (verb != "DELETE" and not self._selected.get(name)):
+            return  # no message to hit: the server refuses the command
         if verb in ("STORE", "UID STORE", "MOVE", "UID MOVE") and args and _SEQUENCE_SET.fullmatch(args[0]):
             self._check_set(name, session, line, uid, args[0], False, timeout, keep)
         elif verb in ("EXPUNGE", "CLOSE"):

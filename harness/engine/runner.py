@@ -243,12 +243,16 @@ class TestRun:
         session = open_session(spec.protocol, endpoint, name=name, transcript=self.transcript, timeout=timeout,
                                ca_file=self.target.ca_file, source=source)
         self.sessions[name] = session
+        if self.guard:
+            self.guard.opened(name, logged_in=False)
         self.buffers[name] = []
         self.views[name] = None  # message numbers belong to one connection
         self.list_sizes[name] = {}
         if spec.login:
             account = self.accounts[spec.account - 1]
             session.login(account.user, account.password, timeout=login_timeout(timeout))
+            if self.guard:
+                self.guard.opened(name, logged_in=True)
         return session
 
     def _view(self, name: str, session: POP3Session, timeout: float) -> Pop3View:
@@ -297,8 +301,11 @@ class TestRun:
         replies = [substitute(self._credentials(step, text, session), self.variables) for text in step.continuations]
         if isinstance(session, POP3Session):
             if self.guard:
-                self.guard.pop3(step.session, session, line, timeout, lambda number: self._known_pop3(step.session, number))
+                self.guard.pop3(step.session, session, line, timeout, lambda number: self._known_pop3(step.session, number),
+                                self.advertises("pop3", "TOP"))
             response = session.command(line, timeout=timeout, continuations=replies)
+            if self.guard:
+                self.guard.answered(step.session, line, response.ok)
             self._check_continued(step, response.continued, response.line)
             self._check_status(step, response.line, "+OK", variables)
             self._learn_list_sizes(step.session, line, response)
@@ -311,6 +318,8 @@ class TestRun:
             if self.guard:
                 self.guard.imap(step.session, session, line, literals, timeout, self.buffers[step.session])
             response = session.command(line, timeout=timeout, literals=literals, continuations=replies)
+            if self.guard:
+                self.guard.answered(step.session, line, response.ok)
             self._check_continued(step, response.continued, response.line)
             self._check_imap(step, response)
             if verb == "LOGOUT":
