@@ -18,3 +18,13 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+TLS_HELP = ("serve TLS with a throwaway CA (the target file's ca_file), imaps/pop3s and STARTTLS/STLS, refusing "
+            "plaintext logins before TLS; the sessions use MODE: implicit (default) or starttls")
+
+
+def add_tls_argument(parser, what: str) -> None:
+    """--tls [implicit|starttls] for the commands that start a managed server."""
+    parser.add_argument("--tls", nargs="?", const="implicit", choices=["implicit", "starttls"], metavar="MODE",
+                        help=f"{what}: {TLS_HELP}")

@@ -9,7 +9,6 @@ messages with that header and folders that did not exist before the test.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
@@ -17,6 +16,7 @@ from imapclient.exceptions import IMAPClientError
 
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.targets.target_file import Account, Target
+from harness.tls import endpoint_context
 
 HARNESS_HEADER = "X-Mailharness-Corpus"
 SPECIAL_USE = {b"\\sent", b"\\drafts", b"\\trash", b"\\junk", b"\\archive", b"\\all", b"\\flagged"}
@@ -37,11 +37,7 @@ def admin_client(target: Target, account: Account, timeout: float = 10.0) -> IMA
     ep = target.imap
     if ep is None:
         raise ConfigError("the harness stores and removes test mail over IMAP: give the target an imap: endpoint")
-    context = None
-    if ep.tls or ep.starttls:
-        context = ssl.create_default_context(cafile=target.ca_file)
-        if not ep.tls_verify:
-            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context = endpoint_context(ep, target.ca_file) if ep.tls or ep.starttls else None
     client = IMAPClient(ep.host, ep.port, ssl=ep.tls, ssl_context=context, timeout=timeout)
     if ep.starttls:
         client.starttls(context)

@@ -56,6 +56,9 @@ def pytest_addoption(parser):
     group.addoption("--mh-results", metavar="FILE", help="write results.json here")
     group.addoption("--mh-timeout", type=float, metavar="SECONDS", help="default per-step timeout")
     group.addoption("--mh-accounts", type=int, default=40, metavar="N", help="accounts of the managed server")
+    group.addoption("--mh-tls", choices=["implicit", "starttls"], metavar="MODE",
+                    help="the managed server serves TLS (refusing plaintext logins before it); the sessions use "
+                         "implicit TLS or STARTTLS")
     group.addoption("--mh-strict", action="store_true", help="a failed SHOULD check (outcome warning) fails the run")
 
 
@@ -113,7 +116,9 @@ class HarnessState:
         else:
             from harness.targets.managed import DEFAULT_SERVER, managed_server
 
-            self.managed = managed_server(server or DEFAULT_SERVER, accounts=self.config.getoption("--mh-accounts"))
+            tls = self.config.getoption("--mh-tls")
+            self.managed = managed_server(server or DEFAULT_SERVER, accounts=self.config.getoption("--mh-accounts"),
+                                          **({"tls": tls} if tls else {}))
             self.target = self.managed.start()
             fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.managed.root)
             os.close(fd)

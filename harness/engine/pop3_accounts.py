@@ -27,7 +27,8 @@ def _session(target: Target, account: Account) -> POP3Session:
     deadline = time.monotonic() + LOCK_WAIT
     while True:
         session = POP3Session(ep.host, ep.port, tls=ep.tls, starttls=ep.starttls, tls_verify=ep.tls_verify,
-                              ca_file=target.ca_file, name="pop3-setup", timeout=target.timeout)
+                              ca_file=target.ca_file, name="pop3-setup", timeout=target.timeout,
+                              client_cert=ep.client_certificate)
         try:
             session.login(account.user, account.password, timeout=LOGIN_WAIT)
             return session

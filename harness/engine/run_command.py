@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.arguments import finite_float
+from harness.arguments import add_tls_argument, finite_float
 from harness.errors import ConfigError
 from harness.paths import suites_dir
 from harness.targets.managed import DEFAULT_SERVER, server_class, server_names
@@ -46,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, metavar="FILE", help="target file (docs/targets.md); default: a managed server (--server)")
     p.add_argument("--server", metavar="NAME", help=f"managed server to start when no --target: {', '.join(server_names())} (default {DEFAULT_SERVER})")
     p.add_argument("--accounts", type=int, metavar="N", help="accounts of the managed server (default 40; not with --target)")
+    add_tls_argument(p, "the managed server")
     p.add_argument("--suite", type=Path, action="append", metavar="PATH", help="suite file or directory (repeatable; default: the bundled suites)")
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only tests matching this pytest -k expression (ids, areas, file names)")
     p.add_argument("-n", dest="workers", type=int, default=0, metavar="WORKERS", help="parallel workers (pytest-xdist); 0 runs in one process (default)")
@@ -74,6 +75,8 @@ def pytest_args(args) -> list[str]:
         raise ConfigError("give --target FILE (your server) or --server NAME (a managed one), not both")
     if args.server:
         server_class(args.server)  # an unknown name or a missing module: exit 2 before pytest starts
+    if args.tls and args.target:
+        raise ConfigError("--tls sets up a managed server's TLS; a --target file says its own (imaps:, starttls:, tls:, ca_file:)")
     if args.accounts is not None and (args.target or args.accounts < 1):
         raise ConfigError("--accounts N (at least 1) sets up a managed server's accounts; a --target file lists its own")
     if args.workers < 0:
@@ -102,6 +105,8 @@ def pytest_args(args) -> list[str]:
         out += ["--mh-server", args.server]
     if args.accounts:
         out += ["--mh-accounts", str(args.accounts)]
+    if args.tls:
+        out += ["--mh-tls", args.tls]
     if args.profile:
         out += ["--mh-profile", args.profile]
     if args.keyword:

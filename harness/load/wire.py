@@ -17,6 +17,7 @@ from typing import Self
 
 from harness.framing import Reader
 from harness.targets.target_file import Endpoint
+from harness.tls import endpoint_context
 
 # Called once per protocol command: (name, response time in ms, bytes received, exception or None).
 Reporter = Callable[[str, float, int, "BaseException | None"], None]
@@ -46,11 +47,7 @@ class ResponseTooLarge(WireError):
 
 
 def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if not endpoint.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return endpoint_context(endpoint, ca_file)  # harness/tls.py: one place for every connection
 
 
 def _open_tcp(host: str, port: int, timeout: float) -> socket.socket:

@@ -22,4 +22,4 @@ def open_session(protocol: str, endpoint: Endpoint, *, name: str, transcript: Tr
         raise ValueError(f"unknown protocol {protocol!r}; use imap or pop3")
     return classes[protocol](endpoint.host, endpoint.port, tls=endpoint.tls, starttls=endpoint.starttls,
                              tls_verify=endpoint.tls_verify, ca_file=ca_file, name=name, transcript=transcript,
-                             timeout=timeout, source=source)
+                             timeout=timeout, source=source, client_cert=endpoint.client_certificate)

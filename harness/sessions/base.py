@@ -29,7 +29,7 @@ class Session:
 
     def __init__(self, host: str, port: int, *, tls: bool, starttls: bool, tls_verify: bool, ca_file: str | None,
                  name: str, transcript: Transcript | None, timeout: float, strict_line_ends: bool = True,
-                 source: str | None = None):
+                 source: str | None = None, client_cert: tuple[str, str | None] | None = None):
         """`source`: the local address to connect from (see harness/engine/login_delays.py)."""
         if tls and starttls:
             raise ValueError("tls and starttls exclude each other")
@@ -42,7 +42,7 @@ class Session:
         self._secrets: set[str] = set()
         self.closed = False
         self.wire = Wire(self.url, host, port, tls=tls, tls_verify=tls_verify, ca_file=ca_file, timeout=timeout,
-                         source=source)
+                         source=source, client_cert=client_cert)
         if source:
             self._note(f"connected from {source}")
         # Strict (the default): a line ended by a bare LF fails the read that received it. The probe is

@@ -7,8 +7,8 @@ import smtplib
 import ssl
 
 from harness.sessions.errors import ProtocolError, ProtocolTimeout
-from harness.sessions.wire import tls_context
 from harness.targets.target_file import Endpoint
+from harness.tls import endpoint_context
 
 
 def recipient(user: str) -> str:
@@ -30,7 +30,7 @@ def deliver(endpoint: Endpoint, recipient: str, message: bytes, *, sender: str =
         raise ProtocolError(f"cannot connect to {endpoint.url}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         if endpoint.starttls:
-            client.starttls(context=tls_context(endpoint.tls_verify, ca_file))
+            client.starttls(context=endpoint_context(endpoint, ca_file))
         refused = client.sendmail(sender, [recipient], message)
         if refused:  # only possible with several recipients; kept for completeness
             raise ProtocolError(f"{endpoint.url} refused {recipient}: {refused}")

@@ -42,9 +42,11 @@ class POP3Session(Session):
 
     def __init__(self, host: str, port: int, *, tls: bool = False, starttls: bool = False, tls_verify: bool = True,
                  ca_file: str | None = None, name: str = "p", transcript: Transcript | None = None,
-                 timeout: float = 5.0, strict_line_ends: bool = True, source: str | None = None):
+                 timeout: float = 5.0, strict_line_ends: bool = True, source: str | None = None,
+                 client_cert: tuple[str, str | None] | None = None):
         super().__init__(host, port, tls=tls, starttls=starttls, tls_verify=tls_verify, ca_file=ca_file, name=name,
-                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends, source=source)
+                         transcript=transcript, timeout=timeout, strict_line_ends=strict_line_ends, source=source,
+                         client_cert=client_cert)
         deadline, seconds = self._deadline(None)
         raw = self._readline(deadline, None, seconds, None)
         self._record(raw)

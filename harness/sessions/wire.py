@@ -15,6 +15,7 @@ import time
 
 from harness.framing import LineTooLong, PeerClosed, Reader, ReadTimeout  # noqa: F401 - LineTooLong: for the sessions
 from harness.sessions.errors import ProtocolError
+from harness.tls import ClientCert, client_context, failure_reason
 
 MAX_LINE = 1 << 20  # 1 MiB: far beyond any sane protocol line, small enough to fail fast on garbage
 MAX_RESPONSE = 64 << 20  # one whole response, literals included
@@ -41,24 +42,21 @@ def deadline_after(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
-def tls_context(tls_verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if not tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+def tls_context(tls_verify: bool, ca_file: str | None, client_cert: ClientCert | None = None) -> ssl.SSLContext:
+    return client_context(tls_verify, ca_file, client_cert)  # harness/tls.py: one place for every connection
 
 
 class Wire(Reader):
     """Bytes in and out of one connection; the receiving is harness.framing's Reader, every read
     against the deadline the caller gives."""
 
-    __slots__ = ("_bare_lf", "_taken", "host", "last_bare_lf", "strict_line_ends", "url")
+    __slots__ = ("_bare_lf", "_taken", "client_cert", "host", "last_bare_lf", "strict_line_ends", "url")
 
     def __init__(self, url: str, host: str, port: int, *, tls: bool, tls_verify: bool, ca_file: str | None,
-                 timeout: float, source: str | None = None):
+                 timeout: float, source: str | None = None, client_cert: ClientCert | None = None):
         self.url = url
         self.host = host
+        self.client_cert = client_cert
         # Line ends are checked here, where every received byte passes, not by each check: with
         # `strict_line_ends`, take() raises BareLineFeed; otherwise `last_bare_lf` says where they were.
         self.strict_line_ends = True
@@ -80,7 +78,7 @@ class Wire(Reader):
             raise ProtocolError(f"{self.url} sent {self.unread} unexpected bytes before the TLS handshake")
         self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            self.use_socket(tls_context(tls_verify, ca_file).wrap_socket(self.sock, server_hostname=self.host))
+            self.use_socket(tls_context(tls_verify, ca_file, self.client_cert).wrap_socket(self.sock, server_hostname=self.host))
         except (OSError, ssl.SSLError) as exc:
             self.close()
             raise ProtocolError(f"TLS handshake with {self.url} failed: {_reason(exc)}") from None
@@ -143,10 +141,8 @@ class Wire(Reader):
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verification failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
+        return failure_reason(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

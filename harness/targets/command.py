@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.arguments import add_tls_argument
 from harness.errors import ConfigError, HarnessError
 from harness.targets.managed import DEFAULT_SERVER, managed_server, server_class, server_names
 from harness.targets.target_file import load_target
@@ -61,6 +62,7 @@ def add_arguments(p) -> None:
                     help=f"which managed server: {', '.join(server_names())} (default {DEFAULT_SERVER})")
     up.add_argument("--accounts", type=int, default=40, metavar="N", help="number of accounts user1..userN (default 40)")
     up.add_argument("--quota-mb", type=int, default=50, metavar="MB", help="per-account storage quota (default 50)")
+    add_tls_argument(up, "the server")
     up.add_argument("--pop3-lock", action="store_true", help="Dovecot only: refuse a second POP3 session with [IN-USE] (pop3_lock_session = yes)")
     up.add_argument("--write", type=Path, metavar="FILE", help="write the target file here instead of printing it")
     up.add_argument("--state-dir", type=Path, default=Path(".mailharness"), help="where `down` finds the running server (default .mailharness)")
@@ -85,6 +87,8 @@ def _up(args) -> int:
     if args.write and not args.write.parent.is_dir():
         raise ConfigError(f"--write {args.write}: directory {args.write.parent} does not exist")
     options = {"quota_mb": args.quota_mb}
+    if args.tls:
+        options["tls"] = args.tls
     if args.pop3_lock:
         if args.server != "dovecot":
             raise ConfigError("--pop3-lock is a Dovecot setting (pop3_lock_session); drop it or use --server dovecot")

@@ -57,13 +57,16 @@ class ManagedDovecot(ManagedServer):
     ROOT_PREFIX = "mailharness-dovecot-"
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None,
-                 namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True, stock: bool = False):
+                 namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True, stock: bool = False,
+                 tls: bool | str = False):
         """`namespace_prefix`, `separator` and `special_use_folders` shape the personal namespace: the
         default is "" with "/" and auto-subscribed Sent/Drafts/Trash/Junk; ``"INBOX.", ".", False``
         plays a Cyrus-like server with no special-use folders (the tests run the suites against it).
         `stock`: Debian's defaults for failed-login delays (auth_failure_delay, anvil's penalty) and for
-        special-use folders (declared, not auto-created); everything else as the embedded target."""
-        super().__init__(accounts, root=root)
+        special-use folders (declared, not auto-created); everything else as the embedded target.
+        `tls`: imaps and pop3s besides STARTTLS/STLS on imap and pop3, `disable_plaintext_auth = yes` (so
+        LOGINDISABLED before TLS), a throwaway CA in the target's ca_file (ManagedServer)."""
+        super().__init__(accounts, root=root, tls=tls)
         self.stock = stock
         self.quota_mb = quota_mb
         self.pop3_lock = pop3_lock
@@ -76,10 +79,12 @@ class ManagedDovecot(ManagedServer):
         binary = dovecot_binary()
         if os.geteuid() != 0:
             raise TargetUnavailable("the embedded Dovecot runs as root (it switches to the mail user itself); run as root or give --target")
-        imap_port, pop3_port, lmtp_port = free_ports(3)
+        imap_port, pop3_port, lmtp_port, imaps_port, pop3s_port = free_ports(5) if self.tls else [*free_ports(3), 0, 0]
         password = secrets.token_urlsafe(12)
         accounts = [Account(f"user{n}", password) for n in range(1, self.account_count + 1)]
-        self._write_files(imap_port, pop3_port, lmtp_port, accounts)
+        if self.tls:
+            self._make_certs()
+        self._write_files(imap_port, pop3_port, lmtp_port, accounts, imaps_port, pop3s_port)
         conf = self.root / "dovecot.conf"
         check = subprocess.run([shutil.which("doveconf") or "doveconf", "-c", str(conf), "-n"], capture_output=True, text=True)
         if check.returncode != 0:
@@ -92,17 +97,16 @@ class ManagedDovecot(ManagedServer):
                 start_new_session=True,  # our signals, not the terminal's
             )
         deadline = time.monotonic() + timeout
-        for port in (imap_port, pop3_port, lmtp_port):
+        for port in filter(None, (imap_port, pop3_port, lmtp_port, imaps_port, pop3s_port)):
             if not wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
                 log = "\n".join(filter(None, [self._stderr_tail(), self.log_tail()]))  # config errors go to stderr
                 why = f"exited with status {self.proc.returncode}" if self.proc.poll() is not None else \
                     f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
                 raise TargetUnavailable(f"Dovecot {why}\n{log}")
         self.target = Target(
-            name=f"{'stock-settings' if self.stock else 'embedded'} Dovecot ({self.version()})",
+            name=f"{'stock-settings' if self.stock else 'embedded'} Dovecot ({self.version()}){self._tls_label()}",
             accounts=accounts,
-            imap=Endpoint("imap", "127.0.0.1", imap_port),
-            pop3=Endpoint("pop3", "127.0.0.1", pop3_port),
+            **self._endpoints(imap_port, pop3_port, imaps_port, pop3s_port),
             lmtp=Endpoint("lmtp", "127.0.0.1", lmtp_port),
             profile="dovecot-lock" if self.pop3_lock else self.PROFILE,
             disposable=True,
@@ -141,7 +145,8 @@ class ManagedDovecot(ManagedServer):
     def _stderr_tail(self, lines: int = 20) -> str:
         return tail(self.root / "dovecot.stderr", lines)
 
-    def _write_files(self, imap_port: int, pop3_port: int, lmtp_port: int, accounts: list[Account]) -> None:
+    def _write_files(self, imap_port: int, pop3_port: int, lmtp_port: int, accounts: list[Account],
+                     imaps_port: int = 0, pop3s_port: int = 0) -> None:
         for sub in ("run", "state", "mail"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # the mail and dovecot users must reach into it
@@ -157,6 +162,9 @@ class ManagedDovecot(ManagedServer):
             imap_port=imap_port,
             pop3_port=pop3_port,
             lmtp_port=lmtp_port,
+            imaps_port=imaps_port,
+            pop3s_port=pop3s_port,
+            ssl_settings=self._ssl_settings(),
             quota_kb=f"{self.quota_mb * 1024}k",
             pop3_lock="yes" if self.pop3_lock else "no",
             namespace_settings=f"  separator = {self.separator}\n" + (f"  prefix = {self.namespace_prefix}\n" if self.namespace_prefix else ""),
@@ -167,6 +175,15 @@ class ManagedDovecot(ManagedServer):
             anvil_penalty=settings["anvil_penalty"],
         )
         (self.root / "dovecot.conf").write_text(conf)
+
+    def _ssl_settings(self) -> str:
+        if not self.tls:
+            return "ssl = no\ndisable_plaintext_auth = no"
+        # As production runs it: TLS offered everywhere, plaintext authentication refused before it
+        # (LOGINDISABLED; USER/PASS refused). Dovecot counts a connection whose remote address equals its
+        # own as secure: the suites' own sessions connect from other 127.x addresses (login_delays.py).
+        return (f"ssl = yes\nssl_cert = <{self.certs.cert}\nssl_key = <{self.certs.key}\nssl_ca = <{self.certs.ca}\n"
+                "ssl_min_protocol = TLSv1.2\ndisable_plaintext_auth = yes")
 
     def _is_leftover(self, cmdline: bytes) -> bool:
         """Children outlive the master while clients hold connections; their argv names our instance."""

@@ -8,6 +8,7 @@ file behind. The registry of servers by name is managed.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -18,7 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.targets.target_file import Target
+from harness.errors import ConfigError
+from harness.targets.certificates import CertFiles
+from harness.targets.target_file import TLS_MODES, Endpoint, Target
 
 
 def free_ports(count: int) -> list[int]:
@@ -74,7 +77,13 @@ class ManagedServer:
     # (Cyrus' master signals its children itself).
     TERM_PROCESS_GROUP = True
 
-    def __init__(self, accounts: int = 40, *, root: Path | None = None):
+    def __init__(self, accounts: int = 40, *, root: Path | None = None, tls: bool | str = False):
+        """`tls`: False, or serve TLS with a throwaway CA (harness/targets/certificates.py) and refuse
+        plaintext logins before it; the sessions use "implicit" TLS (True means this) or "starttls"."""
+        self.tls = "implicit" if tls is True else tls or None
+        if self.tls not in (None, *TLS_MODES):
+            raise ConfigError(f"tls: {tls!r}; use one of {', '.join(TLS_MODES)}")
+        self.certs: CertFiles | None = None
         self.account_count = accounts
         self._own_root = root is None
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=self.ROOT_PREFIX, dir=self._temp_parent()))
@@ -131,6 +140,34 @@ class ManagedServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    # -- TLS -----------------------------------------------------------------------
+    def _make_certs(self) -> CertFiles:
+        """A CA and server certificate for this instance, in its temp dir (gone with it)."""
+        self.certs = CertFiles.make(self.root / "tls")
+        self.certs.directory.chmod(0o755)  # daemons that drop privileges read the certificate
+        return self.certs
+
+    def _endpoints(self, imap_port: int, pop3_port: int | None, imaps_port: int | None = None,
+                   pop3s_port: int | None = None) -> dict:
+        """The Target's IMAP and POP3 endpoints (and ca_file): cleartext without TLS; with TLS, the sessions
+        use imaps/pop3s or STARTTLS on imap/pop3 as `self.tls` says, and the other ports stay known."""
+        host = "127.0.0.1"
+        plain = {"imap": Endpoint("imap", host, imap_port)}
+        if pop3_port:
+            plain["pop3"] = Endpoint("pop3", host, pop3_port)
+        if not self.tls:
+            return plain
+        implicit = {"imaps": Endpoint("imaps", host, imaps_port, tls=True)}
+        if pop3s_port:
+            implicit["pop3s"] = Endpoint("pop3s", host, pop3s_port, tls=True)
+        out = {**implicit, "tls_mode": self.tls, "ca_file": str(self.certs.ca)}
+        if self.tls == "starttls":
+            return {**out, **{proto: dataclasses.replace(ep, starttls=True) for proto, ep in plain.items()}}
+        return {**out, **{proto: implicit[proto + "s"] for proto in plain}, "cleartext": plain}
+
+    def _tls_label(self) -> str:
+        return f" with TLS ({'STARTTLS' if self.tls == 'starttls' else 'implicit TLS'} for the sessions)" if self.tls else ""
 
     # -- detached use (`mailharness target up` / `down`) ------------------------------
     def detach(self) -> dict:

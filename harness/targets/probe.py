@@ -44,7 +44,7 @@ def _connect(cls, endpoint: Endpoint, target: Target, name: str):
     # Lenient line ends: a server that ends lines with a bare LF still gets a run, whose tests each fail on it.
     return cls(endpoint.host, endpoint.port, tls=endpoint.tls, starttls=endpoint.starttls,
                tls_verify=endpoint.tls_verify, ca_file=target.ca_file, name=name, timeout=target.timeout,
-               strict_line_ends=False)
+               strict_line_ends=False, client_cert=endpoint.client_certificate)
 
 
 def _probe_imap(endpoint: Endpoint, account: Account, target: Target, info: dict) -> None:

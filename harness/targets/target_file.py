@@ -5,6 +5,7 @@ See docs/targets.md for the format.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from harness.yaml_source import line_of, load_schema, load_yaml, validate
 
 DEFAULT_PORTS = {"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "lmtp": 24, "smtp": 25}
 MAX_ACCOUNTS = 1_000_000  # more than any load run uses (20,000 users), few enough to list in memory
-SCHEMES = {"imap": ("imap", "imaps"), "pop3": ("pop3", "pop3s"), "lmtp": ("lmtp",), "smtp": ("smtp",)}
+SCHEMES = {"imap": ("imap", "imaps"), "pop3": ("pop3", "pop3s"), "lmtp": ("lmtp",), "smtp": ("smtp",),
+           "imaps": ("imaps",), "pop3s": ("pop3s",)}
+TLS_MODES = ("implicit", "starttls")  # `tls:` in a target file: how the sessions reach imap and pop3
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,12 @@ class Endpoint:
     tls: bool = False  # TLS from the first byte (imaps://, pop3s://)
     starttls: bool = False
     tls_verify: bool = True
+    client_cert: str | None = None  # a client certificate for servers that ask for one (PEM; may hold the key)
+    client_key: str | None = None
+
+    @property
+    def client_certificate(self) -> tuple[str, str | None] | None:
+        return (self.client_cert, self.client_key) if self.client_cert else None
 
     @property
     def url(self) -> str:
@@ -63,10 +72,26 @@ class Target:
     ca_file: str | None = None
     timeout: float = 5.0
     source: Path | None = None
+    # TLS endpoints besides the ones the sessions use (imap, pop3), for the TLS suites: implicit TLS
+    # (imaps://, pop3s://), and the cleartext port that offers STARTTLS when the sessions use implicit TLS.
+    imaps: Endpoint | None = None
+    pop3s: Endpoint | None = None
+    cleartext: dict[str, Endpoint] = field(default_factory=dict)
+    tls_mode: str | None = None  # "implicit" or "starttls": what `tls:` in the target file chose
 
     @property
     def delivery(self) -> Endpoint | None:
         return self.lmtp or self.smtp
+
+    def starttls_endpoint(self, proto: str) -> Endpoint | None:
+        """The cleartext endpoint of `proto` where STARTTLS/STLS may be offered, not upgraded (the test does it)."""
+        ep = self.cleartext.get(proto) or getattr(self, proto)
+        return dataclasses.replace(ep, starttls=False) if ep and not ep.tls else None
+
+    def implicit_tls_endpoint(self, proto: str) -> Endpoint | None:
+        """The endpoint of `proto` that speaks TLS from the first byte (imaps://, pop3s://), if the target has one."""
+        ep = getattr(self, proto + "s") or getattr(self, proto)
+        return ep if ep and ep.tls else None
 
     def warnings(self) -> list[str]:
         """What the user must know about this target before trusting a run against it."""
@@ -91,8 +116,24 @@ class Target:
         out: dict = {"name": self.name}
         for proto in ("imap", "pop3", "lmtp", "smtp"):
             ep = getattr(self, proto)
+            if proto in self.cleartext and self.tls_mode == "implicit":
+                ep = dataclasses.replace(self.cleartext[proto], starttls=True)  # `tls: implicit` picks imaps/pop3s again
             if ep:
                 out[proto] = ep.url if not ep.starttls else {"url": ep.url, "starttls": True}
+            if proto in ("imap", "pop3") and getattr(self, proto + "s"):
+                out[proto + "s"] = getattr(self, proto + "s").url
+        if self.tls_mode:
+            out["tls"] = self.tls_mode
+        if self.ca_file:
+            out["ca_file"] = self.ca_file
+        endpoints = [ep for ep in (self.imap, self.pop3, self.lmtp, self.smtp, self.imaps, self.pop3s) if ep]
+        if endpoints and not all(ep.tls_verify for ep in endpoints):
+            out["tls_verify"] = False
+        cert = next((ep.client_certificate for ep in endpoints if ep.client_certificate), None)
+        if cert:
+            out["client_cert"] = cert[0]
+            if cert[1]:
+                out["client_key"] = cert[1]
         out["accounts"] = [
             {"user": a.user, "password": a.password if with_passwords else "***"} for a in self.accounts
         ]
@@ -109,7 +150,7 @@ class Target:
             out.write(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _endpoint(proto: str, value, source, line: int, verify_default: bool) -> Endpoint:
+def _endpoint(proto: str, value, source, line: int, verify_default: bool, client_cert: tuple) -> Endpoint:
     if isinstance(value, str):
         value = {"url": value}
     try:
@@ -130,7 +171,7 @@ def _endpoint(proto: str, value, source, line: int, verify_default: bool) -> End
     starttls = bool(value.get("starttls", False))
     if tls and starttls:
         raise ConfigError(f"{source}:{line}: {proto}: starttls makes no sense with {parts.scheme}://")
-    return Endpoint(parts.scheme, parts.hostname, port, tls, starttls, value.get("tls_verify", verify_default))
+    return Endpoint(parts.scheme, parts.hostname, port, tls, starttls, value.get("tls_verify", verify_default), *client_cert)
 
 
 UNSET_PASSWORD_ENV = "password_env: environment variable"
@@ -176,17 +217,25 @@ def parse_target(data, source: Path | str = "<target>") -> Target:
     validate(data, load_schema("target.schema.json"), source)
     verify = data.get("tls_verify", True)
     problems: list[str] = []
+    client_cert = (_existing_file(problems, data, "client_cert", source), _existing_file(problems, data, "client_key", source))
+    if client_cert[1] and not client_cert[0]:
+        problems.append(f"{source}:{line_of(data, ['client_key'])}: client_key needs client_cert (the certificate it belongs to)")
     endpoints = {
-        proto: _checked(problems, _endpoint, proto, data[proto], source, line_of(data, [proto]), verify)
-        for proto in ("imap", "pop3", "lmtp", "smtp")
+        proto: _checked(problems, _endpoint, proto, data[proto], source, line_of(data, [proto]), verify, client_cert)
+        for proto in ("imap", "pop3", "lmtp", "smtp", "imaps", "pop3s")
         if proto in data
     }
-    if not ("imap" in data or "pop3" in data):
+    if not any(proto in data for proto in ("imap", "pop3", "imaps", "pop3s")):
         problems.append(f"{source}:{getattr(data, 'line', 1)}: give at least one of imap or pop3")
+    cleartext = {}
+    for proto in ("imap", "pop3"):
+        sessions, cleartext_ep = _tls_choice(problems, data, proto, endpoints, source)
+        if sessions is not None:
+            endpoints[proto] = sessions
+        if cleartext_ep is not None:
+            cleartext[proto] = cleartext_ep
     accounts = _accounts(data["accounts"], source, data, problems)
-    ca_file = data.get("ca_file")
-    if ca_file is not None and not Path(ca_file).expanduser().is_file():
-        problems.append(f"{source}:{line_of(data, ['ca_file'])}: ca_file: {ca_file} does not exist or is not a file")
+    ca_file = _existing_file(problems, data, "ca_file", source)
     users = [a.user for a in accounts]
     if len(set(users)) != len(users):
         problems.append(f"{source}:{line_of(data, ['accounts'])}: accounts: a user is listed twice")
@@ -197,11 +246,45 @@ def parse_target(data, source: Path | str = "<target>") -> Target:
         accounts=accounts,
         profile=data.get("profile"),
         disposable=data.get("disposable", False),
-        ca_file=str(Path(ca_file).expanduser()) if ca_file is not None else None,
+        ca_file=ca_file,
         timeout=float(data.get("timeout", 5.0)),
         source=Path(source) if not isinstance(source, Path) else source,
+        cleartext=cleartext,
+        tls_mode=data.get("tls"),
         **endpoints,
     )
+
+
+def _existing_file(problems: list[str], data, key: str, source) -> str | None:
+    """The expanded path of a file key (ca_file, client_cert, client_key), or None; a missing file is a problem."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not Path(value).expanduser().is_file():
+        problems.append(f"{source}:{line_of(data, [key])}: {key}: {value} does not exist or is not a file")
+    return str(Path(value).expanduser())
+
+
+def _tls_choice(problems: list[str], data, proto: str, endpoints: dict, source) -> tuple[Endpoint | None, Endpoint | None]:
+    """(the endpoint `proto`'s sessions use, the cleartext endpoint kept for the STARTTLS tests) as `tls:` says.
+
+    No `tls:`: the sessions use `imap:` as written (or `imaps:` when there is no `imap:`). `tls: implicit`:
+    `imaps:` (or an imaps:// `imap:`). `tls: starttls`: `imap:` (imap://) with STARTTLS."""
+    mode, written, implicit = data.get("tls"), endpoints.get(proto), endpoints.get(proto + "s")
+    if written is None and implicit is None:
+        return None, None
+    line = line_of(data, ["tls"] if mode else [proto + "s"])
+    if mode == "implicit":
+        chosen = implicit or (written if written and written.tls else None)
+        if chosen is None:
+            problems.append(f"{source}:{line}: tls: implicit: {proto} has no implicit-TLS endpoint; add {proto}s: {proto}s://HOST")
+        return chosen, written if written and not written.tls else None
+    if mode == "starttls":
+        if written is None or written.tls:
+            problems.append(f"{source}:{line}: tls: starttls: {proto} needs a cleartext endpoint ({proto}://HOST) to upgrade")
+            return None, None
+        return dataclasses.replace(written, starttls=True), None
+    return written or implicit, None
 
 
 def _line_number(problem: str) -> int:

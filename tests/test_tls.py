@@ -1,0 +1,198 @@
+"""TLS as production servers run it: the managed TLS target, target files with imaps/pop3s/tls/ca_file and a
+client certificate, and certificate failures that say why and where.
+
+One TLS Dovecot serves the whole module (tls_dovecot); certificate failures are shown against a tiny TLS
+listener in this process, which needs no server at all.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.errors import ConfigError
+from harness.sessions import IMAPSession, POP3Session, ProtocolError
+from harness.targets.certificates import CertFiles
+from harness.targets.managed_dovecot import ManagedDovecot
+from harness.targets.target_file import load_target
+from tests.test_cli import cli
+
+
+@pytest.fixture(scope="module")
+def tls_dovecot():
+    with ManagedDovecot(accounts=4, tls=True) as dc:
+        yield dc
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    return path
+
+
+# -- target files -------------------------------------------------------------------------------
+
+def test_tls_keys_of_a_target_file(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    cert = tmp_path / "client.pem"
+    cert.write_text("x")
+    base = (f"name: x\nimap: {{url: 'imap://mail.example', starttls: true}}\nimaps: imaps://mail.example\n"
+            f"pop3: pop3://mail.example\npop3s: pop3s://mail.example:1995\nca_file: {ca}\nclient_cert: {cert}\n"
+            "accounts:\n  - {user: a, password: b}\n")
+    t = load_target(write(tmp_path, base))
+    assert (t.imap.scheme, t.imap.starttls) == ("imap", True) and t.imaps.port == 993
+    assert t.starttls_endpoint("imap").port == 143 and not t.starttls_endpoint("imap").starttls
+    assert t.implicit_tls_endpoint("pop3").port == 1995
+    assert t.imap.client_certificate == (str(cert), None) and t.ca_file == str(ca)
+
+    implicit = load_target(write(tmp_path, base + "tls: implicit\n"))
+    assert (implicit.imap.url, implicit.pop3.url) == ("imaps://mail.example:993", "pop3s://mail.example:1995")
+    assert implicit.starttls_endpoint("imap").url == "imap://mail.example:143"
+    # what `target up` writes reads back the same
+    again = tmp_path / "again.yaml"
+    implicit.dump(again)
+    written = yaml.safe_load(again.read_text())
+    assert written["tls"] == "implicit" and written["ca_file"] == str(ca) and written["client_cert"] == str(cert)
+    assert written["imap"] == {"url": "imap://mail.example:143", "starttls": True}
+    reread = load_target(again)
+    assert (reread.imap, reread.starttls_endpoint("imap")) == (implicit.imap, implicit.starttls_endpoint("imap"))
+
+    starttls = load_target(write(tmp_path, "name: x\nimap: imap://mail.example\npop3: pop3://mail.example\n"
+                                 "imaps: imaps://mail.example\ntls: starttls\naccounts:\n  - {user: a, password: b}\n"))
+    assert starttls.imap.starttls and starttls.pop3.starttls and starttls.pop3.scheme == "pop3"
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ("tls: implicit\n", "tls: implicit: imap has no implicit-TLS endpoint; add imaps: imaps://HOST"),
+    ("tls: sometimes\n", "tls"),
+    ("client_key: /nonexistent/key.pem\n", "client_key: /nonexistent/key.pem does not exist"),
+    ("imaps: imap://mail.example\n", "imaps: scheme 'imap' does not fit; use imaps://"),
+])
+def test_bad_tls_keys_are_named_with_their_line(tmp_path, extra, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_target(write(tmp_path, "name: x\nimap: imap://mail.example\naccounts:\n  - {user: a, password: b}\n" + extra))
+    assert fragment in str(info.value) and ":5:" in str(info.value), str(info.value)
+
+
+# -- the managed TLS target ------------------------------------------------------------------------
+
+def test_managed_tls_dovecot_refuses_plaintext_before_tls(tls_dovecot):
+    t = tls_dovecot.target
+    assert t.tls_mode == "implicit" and t.imap.tls and Path(t.ca_file).is_file()
+    account = t.accounts[0]
+    # Dovecot treats a connection from its own address as secure: come from another loopback address
+    with IMAPSession("127.0.0.1", t.starttls_endpoint("imap").port, source="127.0.0.2") as plain:
+        before = plain.capabilities()
+        assert "STARTTLS" in before and "LOGINDISABLED" in before
+        assert plain.command(f"LOGIN {account.user} {account.password}").status == "NO"
+    with IMAPSession("127.0.0.1", t.starttls_endpoint("imap").port, starttls=True, ca_file=t.ca_file, source="127.0.0.2") as tls:
+        assert "LOGINDISABLED" not in tls.capabilities()
+        tls.login(account.user, account.password)
+    with POP3Session("127.0.0.1", t.implicit_tls_endpoint("pop3").port, tls=True, ca_file=t.ca_file) as pop:
+        pop.login(account.user, account.password)
+    with POP3Session("127.0.0.1", t.starttls_endpoint("pop3").port, source="127.0.0.2") as plain:
+        capa = plain.command("CAPA").lines
+        assert b"STLS" in capa and b"USER" not in capa
+
+
+def test_target_up_tls_writes_ca_file_and_verification_stays_on(tmp_path):
+    state, written = tmp_path / "state", tmp_path / "t.yaml"
+    up = cli("target", "up", "--tls", "starttls", "--accounts", "1", "--write", str(written), "--state-dir", str(state))
+    try:
+        assert up.returncode == 0, up.stderr
+        data = yaml.safe_load(written.read_text())
+        assert data["tls"] == "starttls" and Path(data["ca_file"]).is_file() and "tls_verify" not in data
+        assert data["imap"]["starttls"] is True and data["imaps"].startswith("imaps://127.0.0.1:")
+        check = cli("target", "check", str(written))
+        assert check.returncode == 0 and "tls_verify" not in check.stderr, check.stdout + check.stderr
+    finally:
+        cli("target", "down", "--state-dir", str(state))
+
+
+# -- certificates that must be refused --------------------------------------------------------------
+
+class TlsListener:
+    """A TLS server on 127.0.0.1 that greets like IMAP: enough for a client to verify (or refuse) its certificate."""
+
+    def __init__(self, cert: Path, key: Path, *, require_client_cert: Path | None = None):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        if require_client_cert:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(require_client_cert)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"* OK ready\r\n")
+                    tls.recv(100)
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    return CertFiles.make(tmp_path_factory.mktemp("good"))
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("expired", "certificate has expired"),
+    ("wrong-host", "IP address mismatch"),
+    ("self-signed", "self-signed certificate"),
+])
+def test_a_bad_certificate_fails_with_the_reason_and_the_endpoint(tmp_path, kind, reason):
+    if kind == "expired":
+        certs = CertFiles.make(tmp_path, expired=True)
+    elif kind == "wrong-host":
+        certs = CertFiles.make(tmp_path, ("mail.example.org",))
+    else:
+        certs = CertFiles.self_signed(tmp_path)
+    listener = TlsListener(certs.cert, certs.key)
+    try:
+        with pytest.raises(ProtocolError) as info:
+            IMAPSession("127.0.0.1", listener.port, tls=True, ca_file=str(certs.ca))
+    finally:
+        listener.close()
+    message = str(info.value)
+    assert f"imaps://127.0.0.1:{listener.port}" in message and reason in message, message
+
+
+def test_tls_verify_false_accepts_what_verification_refuses(tmp_path):
+    certs = CertFiles.self_signed(tmp_path)
+    listener = TlsListener(certs.cert, certs.key)
+    try:
+        with IMAPSession("127.0.0.1", listener.port, tls=True, tls_verify=False) as session:
+            assert session.greeting == "* OK ready"
+    finally:
+        listener.close()
+
+
+def test_client_certificate_for_a_server_that_requires_one(tmp_path, good):
+    listener = TlsListener(good.cert, good.key, require_client_cert=good.ca)
+    try:
+        with pytest.raises(ProtocolError, match=rf"imaps://127.0.0.1:{listener.port}"):
+            # TLS 1.3: the refusal of a missing certificate comes after the handshake, with the first read
+            IMAPSession("127.0.0.1", listener.port, tls=True, ca_file=str(good.ca))
+        with IMAPSession("127.0.0.1", listener.port, tls=True, ca_file=str(good.ca),
+                         client_cert=(str(good.client_cert), None)) as session:
+            assert session.greeting == "* OK ready"
+    finally:
+        listener.close()
