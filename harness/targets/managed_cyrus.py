@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from string import Template
 
-from harness.errors import TargetUnavailable
+from harness.errors import ConfigError, TargetUnavailable
 from harness.targets.managed_server import ManagedServer, free_ports, tail, wait_port
 from harness.targets.target_file import Account, Endpoint, Target
 
@@ -82,8 +82,11 @@ class ManagedCyrus(ManagedServer):
     START_TIMEOUT = 20.0
     TERM_PROCESS_GROUP = False  # the master signals its children and exits
 
-    def __init__(self, accounts: int = 40, *, quota_mb: int = 50, root: Path | None = None):
-        super().__init__(accounts, root=root)
+    def __init__(self, accounts: int = 40, *, quota_mb: int = 50, root: Path | None = None, tls: bool | str = False):
+        if tls:  # before the base makes a temp dir
+            raise ConfigError("--tls is not available for the managed Cyrus yet")
+        super().__init__(accounts, root=root, tls=tls)
+
         self.quota_mb = quota_mb
         self._admin_password = ""
 

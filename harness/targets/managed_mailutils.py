@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from string import Template
 
-from harness.errors import TargetUnavailable
+from harness.errors import ConfigError, TargetUnavailable
 from harness.targets.managed_server import ManagedServer, free_ports, tail
 from harness.targets.target_file import Account, Endpoint, Target
 
@@ -86,9 +86,13 @@ class ManagedMailutils(ManagedServer):
 
     ROOT_PREFIX = "mailharness-mailutils-"
 
-    def __init__(self, accounts: int = 40, *, quota_mb: int | None = None, root: Path | None = None):
+    def __init__(self, accounts: int = 40, *, quota_mb: int | None = None, root: Path | None = None,
+                 tls: bool | str = False):
         # quota_mb is accepted like every managed server's, and unused: Mailutils has no QUOTA.
-        super().__init__(accounts, root=root)
+        if tls:  # before the base makes a temp dir
+            raise ConfigError("--tls is not available for the managed Mailutils yet")
+        super().__init__(accounts, root=root, tls=tls)
+
 
     # -- lifecycle -----------------------------------------------------------------
     def _start(self, timeout: float) -> Target:
