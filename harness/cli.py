@@ -20,6 +20,7 @@ COMMANDS = {
     "target": ("harness.targets.command", "start/stop a managed server (Dovecot, Cyrus, ...), or check a target file"),
     "seed": ("harness.load.seed_command", "fill the target's accounts with messages for load tests"),
     "load": ("harness.load.load_command", "run a Locust load scenario and write capacity reports"),
+    "stress": ("harness.stress.command", "random concurrent sessions per mailbox, every response checked against a model"),
     "bench": ("harness.load.bench_command", "measure the load generator's commands per CPU-second"),
     "compare": ("harness.reports.compare", "diff two results.json files (release certification)"),
     "matrix": ("harness.reports.matrix", "one HTML table of several runs: servers by tests"),

@@ -11,3 +11,4 @@ with an embedded server, seeding, the lost/duplicated check and a capacity repor
 from harness.load import locust_plugin  # noqa: F401  (registers --target-file/--scenario and the init hook)
 from harness.load.shape import TermStartShape  # noqa: F401
 from harness.load.users import IdleUser, MailDelivery, Pop3DeletePoller, Pop3KeepPoller, WebmailReader  # noqa: F401
+from harness.stress.users import StressUser  # noqa: F401,E402  (the `stress` scenario's sessions)

@@ -40,7 +40,8 @@ from typing import NamedTuple, Self
 
 import pytest
 
-__all__ = ["FAULTS", "VARIANTS", "Fault", "FaultProxy", "FaultSpec", "proxied_target", "target_for"]
+__all__ = ["FAULTS", "STRESS_FAULTS", "VARIANTS", "Fault", "FaultProxy", "FaultSpec", "FaultsByUser", "proxied_target",
+           "target_for"]
 
 # A line that ends in a literal marker: {N} (synchronizing), {N+} (LITERAL+), ~{N} (literal8).
 LITERAL_AT_END = re.compile(rb"~?\{(\d+)(\+?)\}\r?\n\Z")
@@ -213,19 +214,22 @@ FAULTS: dict[str, FaultSpec] = {}
 # Legal servers that differ from Dovecot (no UIDPLUS, say): for testing the harness itself, not faults
 # the suites must catch.
 VARIANTS: dict[str, FaultSpec] = {}
+# Faults that only show when sessions interleave (a lost update between two concurrent STOREs): the
+# scripted suites cannot catch them, the stress mode (tests/test_stress.py) must.
+STRESS_FAULTS: dict[str, FaultSpec] = {}
 
 
 def _spec(name: str) -> FaultSpec:
-    spec = FAULTS.get(name) or VARIANTS.get(name)
+    spec = FAULTS.get(name) or VARIANTS.get(name) or STRESS_FAULTS.get(name)
     if spec is None:
-        raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS) + sorted(VARIANTS))}")
+        raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS) + sorted(VARIANTS) + sorted(STRESS_FAULTS))}")
     return spec
 
 
 def _register(name: str, protocol: str, area: str, description: str, *,
               registry: dict[str, FaultSpec] = FAULTS) -> Callable[[type[Fault]], type[Fault]]:
     def deco(cls: type[Fault]) -> type[Fault]:
-        if name in FAULTS or name in VARIANTS:
+        if name in FAULTS or name in VARIANTS or name in STRESS_FAULTS:
             raise ValueError(f"fault {name} registered twice")
         cls.name = name
         registry[name] = FaultSpec(protocol, area, description, cls)
@@ -1485,6 +1489,105 @@ class Pop3ReorderedAddedHeaders(Fault):
             end = next((i for i, line in enumerate(body) if line == b"\r\n"), len(body))
             body = [self.FIRST, *body[:end], self.LAST, *body[end:]]
         return status, body
+
+
+# -- concurrency faults for the stress mode ------------------------------------------------------------
+
+_STORE_ADD = re.compile(rb"(?i)^(\S+) (UID )?STORE (\d+) \+FLAGS(\.SILENT)? \(([^)]*)\)\r?\n\Z")
+
+
+@_register("imap-store-lost-update", "imap", "flags",
+           "STORE +FLAGS of one message becomes a slow read-modify-write (FETCH FLAGS, 50 ms, STORE FLAGS old+new): "
+           "a STORE another session makes meanwhile is lost", registry=STRESS_FAULTS)
+class ImapStoreLostUpdate(Fault):
+    WINDOW = 0.05
+
+    def imap_command(self, conn, cmd):
+        m = _STORE_ADD.match(cmd.line) if cmd.name in ("STORE", "UID STORE") else None
+        if not m:
+            return None
+        conn.state["rmw"] = {"target": int(m[3]), "uid": bool(m[2]), "flags": None}
+        return Prefixed([(b"UID FETCH " if m[2] else b"FETCH ") + m[3] + b" (FLAGS)"])
+
+    def imap_response(self, conn, cmd, resp):
+        rmw = conn.state.get("rmw")
+        if rmw and rmw["flags"] is None and resp.kind == "*" and resp.untagged[1] == "FETCH":
+            uid = re.search(rb"(?i)\bUID (\d+)", resp.line)
+            if (int(uid[1]) if rmw["uid"] and uid else resp.untagged[0]) == rmw["target"]:
+                flags = re.search(rb"(?i)FLAGS \(([^)]*)\)", resp.line)
+                rmw["flags"] = [f for f in flags[1].split() if f.lower() != b"\\recent"] if flags else []
+                return None  # the answer to the proxy's own FETCH
+        return resp
+
+    def imap_client_line(self, conn, cmd, line, first):
+        rmw = conn.state.pop("rmw", None) if first else None
+        m = _STORE_ADD.match(line) if rmw and rmw["flags"] is not None else None
+        if not m:
+            return line
+        time.sleep(self.WINDOW)  # the read and the write are apart: a concurrent STORE lands in between
+        old = rmw["flags"]
+        new = old + [f for f in m[5].split() if f.lower() not in {x.lower() for x in old}]
+        conn.fire(f"STORE {m[3].decode()} +FLAGS ({m[5].decode()}) sent as FLAGS ({b' '.join(new).decode()})")
+        return b"%s %sSTORE %s FLAGS%s (%s)\r\n" % (m[1], m[2] or b"", m[3], m[4] or b"", b" ".join(new))
+
+
+@_register("imap-size-changes", "imap", "append",
+           "a message's RFC822.SIZE grows by one octet after the first time it was reported", registry=STRESS_FAULTS)
+class ImapSizeChanges(Fault):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: set[tuple[bytes | None, int]] = set()
+
+    def imap_response(self, conn, cmd, resp):
+        if resp.kind != "*" or resp.untagged[1] != "FETCH" or b"RFC822.SIZE" not in resp.line.upper():
+            return resp
+        uid = re.search(rb"(?i)\bUID (\d+)", resp.line)
+        if not uid:
+            return resp
+        key = (conn.user, int(uid[1]))
+        with self.lock:
+            first = key not in self.reported
+            self.reported.add(key)
+        if first:
+            return resp
+        conn.fire(f"UID {uid[1].decode()}: RFC822.SIZE grown by one")
+        segs = list(resp.segments)
+        segs[0] = re.sub(rb"(?i)(RFC822\.SIZE )(\d+)", lambda m: m[1] + b"%d" % (int(m[2]) + 1), segs[0])
+        return ImapResponse(segs)
+
+
+class FaultsByUser(Fault):
+    """One proxy, a fault per account: each user's connections get their own fault (by name), other users'
+    pass unchanged. Lets one stress run prove several faults at once, with a clean mailbox as the control."""
+
+    def __init__(self, by_user: dict[str, str]) -> None:
+        super().__init__()
+        self.faults = {user.encode(): _spec(name).implementation() for user, name in by_user.items()}
+        self.plain = Fault()
+        self.conn_users: dict[int, bytes] = {}
+
+    def _fault(self, conn) -> Fault:
+        if conn.user is not None:
+            self.conn_users[conn.id] = conn.user
+        return self.faults.get(conn.user, self.plain) if conn.user is not None else self.plain
+
+    def imap_command(self, conn, cmd):
+        return self._fault(conn).imap_command(conn, cmd)
+
+    def imap_client_line(self, conn, cmd, line, first):
+        return self._fault(conn).imap_client_line(conn, cmd, line, first)
+
+    def imap_response(self, conn, cmd, resp):
+        return self._fault(conn).imap_response(conn, cmd, resp)
+
+    def fired_by_user(self, fired: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for line in fired:
+            m = re.match(r"conn (\d+): (.*)", line)
+            user = self.conn_users.get(int(m[1])) if m else None
+            if user is not None:
+                out.setdefault(user.decode(), []).append(m[2])
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 LOADTESTS_DIR = next((d for d in (_PACKAGE.parent / "loadtests", _PACKAGE / "bundled" / "loadtests") if d.is_dir()),
                      _PACKAGE.parent / "loadtests")
 SCENARIO_DIR = LOADTESTS_DIR / "scenarios"
-ROLES = ("pop3_delete", "pop3_keep", "imap_webmail", "imap_idle")
-DEFAULT_THINK = {"pop3_delete": (30.0, 90.0), "pop3_keep": (30.0, 90.0), "imap_webmail": (3.0, 15.0), "imap_idle": (1.0, 5.0)}
+ROLES = ("pop3_delete", "pop3_keep", "imap_webmail", "imap_idle", "stress")
+DEFAULT_THINK = {"pop3_delete": (30.0, 90.0), "pop3_keep": (30.0, 90.0), "imap_webmail": (3.0, 15.0), "imap_idle": (1.0, 5.0),
+                 "stress": (0.0, 0.0)}
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _build(data: dict, path: Path) -> Scenario:
 
 def check_target_fits(scenario: Scenario, target) -> None:
     """Every user kind needs its protocol on the target; say which endpoint is missing."""
-    needs = {"pop3_delete": "pop3", "pop3_keep": "pop3", "imap_webmail": "imap", "imap_idle": "imap"}
+    needs = {"pop3_delete": "pop3", "pop3_keep": "pop3", "imap_webmail": "imap", "imap_idle": "imap", "stress": "imap"}
     for role, kind in scenario.users.items():
         if kind.weight > 0 and getattr(target, needs[role]) is None:
             raise ConfigError(f"{scenario.source}: users.{role} speaks {needs[role].upper()}, "
