@@ -75,6 +75,47 @@ def test_lean_pop3_client_caps_an_endless_body():
         client.close()
 
 
+def test_strict_imap_session_caps_endless_untagged_responses_and_its_transcript(monkeypatch):
+    from harness.sessions import IMAPSession, imap
+    from harness.sessions.errors import ResponseTooLarge as SessionResponseTooLarge
+    from harness.sessions.transcript import MAX_KEPT_TEXT, TAIL_ENTRIES, Transcript
+
+    monkeypatch.setattr(imap, "MAX_UNTAGGED", 20_000)  # the mechanism, at a size this server reaches quickly
+    with HostileServer("endless-lines") as server:
+        transcript = Transcript()
+        session = IMAPSession("127.0.0.1", server.imap_port, timeout=120, transcript=transcript)
+        session.login("u1", "secret-1")
+        with pytest.raises(SessionResponseTooLarge, match="20001 untagged responses"):
+            session.command("NOOP")  # 20001 lines: the cap ended it, long before the timeout
+    entries = transcript.entries
+    gap = [e for e in entries if e.text.startswith("transcript cap:")]
+    assert len(gap) == 1 and "entries" in gap[0].text, [e.text for e in entries[-3:]]
+    assert len(entries) < 20_000 and sum(len(e.text) for e in entries) < MAX_KEPT_TEXT + TAIL_ENTRIES * 2048
+    assert "session abandoned" in entries[-1].text  # the end, where it failed, is kept
+
+
+def test_strict_pop3_session_reads_an_endless_body_into_bounded_memory(monkeypatch):
+    import tracemalloc
+
+    from harness.sessions import POP3Session, pop3
+    from harness.sessions.errors import ResponseTooLarge as SessionResponseTooLarge
+    from harness.sessions.transcript import Transcript
+
+    cap = 2 << 20
+    monkeypatch.setattr(pop3, "MAX_RESPONSE", cap)
+    with HostileServer("huge-literal") as server:  # POP3: "+OK" and 15-byte lines without the final "."
+        session = POP3Session("127.0.0.1", server.pop3_port, timeout=120, transcript=Transcript())
+        session.login("u1", "secret-1")
+        tracemalloc.start()
+        try:
+            with pytest.raises(SessionResponseTooLarge, match="exceeds 2 MiB"):
+                session.command("RETR 1")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * cap, peak  # the body's bytes as sent and unstuffed: not an object per line (ten times more)
+
+
 @pytest.mark.parametrize("mode", ["slowloris", "garbage"])
 def test_lean_client_greeting_ends_within_its_timeout(mode):
     with HostileServer(mode) as server:

@@ -467,7 +467,8 @@ class SuiteItem(pytest.Item):
             proto = self.stopped_answering[0]
             failure = StepFailure(self.spec, None, f"an answer from the {proto.upper()} server",
                                   f"target stopped answering: the last {state.timeouts_in_a_row[proto]} tests over "
-                                  f"{proto.upper()} got no answer in time; this test was not run", broken=True)
+                                  f"{proto.upper()} got no complete answer (none in time, or one without end); this test was not run",
+                                  broken=True)
             self.data.update(failure=self._failure_data(failure), transcript="")
             raise failure
         run = TestRun(self.spec, state.target, self.accounts, self.transcript, timeout=state.default_timeout,

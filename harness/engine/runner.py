@@ -24,7 +24,7 @@ from harness.engine.patterns import (
 from harness.engine.phases import PhaseClock
 from harness.engine.pop3_view import Pop3View, ViewError, build_view, compare_message
 from harness.sessions import IMAPSession, POP3Session, open_session
-from harness.sessions.errors import ProtocolTimeout, SessionError
+from harness.sessions.errors import ProtocolTimeout, ResponseTooLarge, SessionError
 from harness.sessions.imap import astring
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import Account, Target
@@ -43,7 +43,8 @@ class StepFailure(Exception):
     # A session that broke (no answer, a malformed response) is a failure at any level: every command
     # gets a complete response (RFC 1939 §3, RFC 3501 §2.2.2), and the session's state is unknown after it.
     broken: bool = False
-    timed_out: str | None = None  # "pop3"/"imap": the step got no (complete) answer in time over that protocol
+    # "pop3"/"imap": the step got no complete answer over that protocol: none in time, or one without end
+    timed_out: str | None = None
     judged_at: str | None = None  # a level fixed by the check itself (an await's `eventually:`)
 
     @property
@@ -199,7 +200,7 @@ class TestRun:
             raise StepFailure(self.spec, step, "patterns that match within the step's timeout", str(exc), broken=True) from None
         except SessionError as exc:
             failure = StepFailure(self.spec, step, "a complete, well-formed response", str(exc), broken=True)
-            if isinstance(exc, ProtocolTimeout) and step.session in self.spec.sessions:
+            if isinstance(exc, (ProtocolTimeout, ResponseTooLarge)) and step.session in self.spec.sessions:
                 failure.timed_out = self.spec.sessions[step.session].protocol
             raise failure from None
         except PatternError as exc:

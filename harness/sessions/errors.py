@@ -15,3 +15,7 @@ class ConnectionClosed(ProtocolError):
 
 class ProtocolTimeout(SessionError):
     """No (complete) response before the deadline."""
+
+
+class ResponseTooLarge(ProtocolError):
+    """More than the harness keeps for one answer (a body, or untagged responses, without end): memory stays bounded."""

@@ -15,12 +15,15 @@ from imapclient.exceptions import ProtocolError as ImapclientProtocolError
 from imapclient.response_parser import parse_fetch_response
 
 from harness.sessions.base import Session
-from harness.sessions.errors import ConnectionClosed, ProtocolError, SessionError
+from harness.sessions.errors import ConnectionClosed, ProtocolError, ResponseTooLarge, SessionError
 from harness.sessions.literals import MARKER_ANYWHERE, MARKER_AT_END, frame, marker_at_end
 from harness.sessions.transcript import Transcript
 from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
 CRLF = b"\r\n"
+# One command's untagged responses, at most (or while waiting for unsolicited ones): far beyond what a test's
+# mailbox of a few messages produces, and what keeps a server that never ends its answer from filling memory.
+MAX_UNTAGGED = 100_000
 _FETCH = re.compile(r"\* (\d+) FETCH ", re.IGNORECASE)
 _LITERAL8 = re.compile(rb"~\{(\d+\+?)\}$")
 _ATOM = re.compile(r"[!#$&'+-Z^-z|}~]+")  # ASTRING-CHARs without "]", "%", "*", "\"", "\\", "{", "(", ")"
@@ -247,6 +250,7 @@ class IMAPSession(Session):
         """Untagged responses the server sends on its own (e.g. during IDLE), pending ones first, until
         `until(received)` holds or `timeout` seconds pass. Not an error if nothing comes."""
         got = self.pending()
+        size = sum(len(u.raw) for u in got)
         deadline = time.monotonic() + timeout
         while not (until and until(got)) and not self.closed:
             try:
@@ -265,6 +269,10 @@ class IMAPSession(Session):
             if rec.kind == "tagged":
                 raise self._fail(ProtocolError(f"unexpected tagged response from {self.url}: {rec.text!r}"))
             got.append(rec.untagged())
+            size += len(rec.raw)
+            if len(got) > MAX_UNTAGGED or size > MAX_RESPONSE:
+                self._pending = got
+                raise self._too_much("waiting for untagged responses", 0, size)
         return got
 
     def pending(self) -> list[Untagged]:
@@ -277,6 +285,7 @@ class IMAPSession(Session):
                  on_continuation: Callable[[_Received], bool]) -> _Received | None:
         """Read responses, keeping untagged ones pending, up to our tagged response (returned) or
         until `on_continuation` returns True for a continuation request (None is returned)."""
+        size = 0
         while True:
             try:
                 rec = self._read_one(deadline)
@@ -284,6 +293,9 @@ class IMAPSession(Session):
                 raise self._read_error(exc, what, seconds, self._progress(since)) from None
             if rec.kind == "untagged":
                 self._pending.append(rec.untagged())
+                size += len(rec.raw)
+                if len(self._pending) - since > MAX_UNTAGGED or size > MAX_RESPONSE:
+                    raise self._too_much(f"waiting for the answer to `{self._describe(what)}`", since, size)
             elif rec.kind == "continuation":
                 if on_continuation(rec):
                     return None
@@ -311,7 +323,7 @@ class IMAPSession(Session):
             if not marker:
                 break
             if pos + marker.size > MAX_RESPONSE:
-                raise self._fail(ProtocolError(
+                raise self._fail(ResponseTooLarge(
                     f"{self.url} announced a literal of {marker.size} bytes; one response may have at most "
                     f"{MAX_RESPONSE >> 20} MiB"))
             wire.ensure_until(pos + marker.size, deadline)
@@ -340,6 +352,13 @@ class IMAPSession(Session):
             raise self._fail(ProtocolError(f"malformed tagged response from {self.url}: {rec.text!r}"))
         code = text[1:text.index("]")] if text.startswith("[") and "]" in text else None
         return IMAPResponse(tag, status.upper(), text, code, line, self.pending())
+
+    def _too_much(self, while_: str, since: int, size: int) -> SessionError:
+        count, last = len(self._pending) - since, self._pending[-1].text[:120]
+        self._pending = self._pending[:since]  # what the test would see is gone with the session
+        return self._fail(ResponseTooLarge(
+            f"{self.url} sent {count} untagged responses ({size >> 20} MiB, last `{last}`) while the harness was "
+            f"{while_}; it keeps at most {MAX_UNTAGGED} or {MAX_RESPONSE >> 20} MiB"))
 
     def _progress(self, since: int) -> str | None:
         got = []

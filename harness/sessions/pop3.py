@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.sessions.base import Session
-from harness.sessions.errors import ProtocolError
-from harness.sessions.transcript import Transcript
+from harness.sessions.errors import ProtocolError, ResponseTooLarge
+from harness.sessions.transcript import ABBREVIATE_OVER, Transcript
 from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
 # Commands whose +OK answer has a body; LIST and UIDL only without an argument. A bare AUTH is no RFC's
@@ -95,42 +95,54 @@ class POP3Session(Session):
         return resp
 
     def _read_body(self, resp: POP3Response, deadline: float, line: str, seconds: float, status: bytes) -> None:
-        lines: list[bytes] = []
-        wire_lines: list[bytes] = []  # as received, for the transcript
-        wire_octets = 0
+        # Two flat buffers, not a list of line objects: a body without end costs its bytes and no more
+        # (a list of 5-byte lines costs ten times that), up to MAX_RESPONSE.
+        body = bytearray()  # dot-unstuffed, each line ended by CRLF
+        wire_lines = bytearray()  # as received, for the transcript
+        count = 0
         while True:
-            raw = self._readline(deadline, line, seconds, f"{len(lines)} lines", offset=len(status) + wire_octets,
+            raw = self._readline(deadline, line, seconds, f"{count} lines", offset=len(status) + len(wire_lines),
                                  head=status, earlier=wire_lines)
             content = _strip_eol(raw)
             resp.bare_lf_lines += not raw.endswith(b"\r\n")
             if content == b".":
                 break
-            if self.transcript:
-                wire_lines.append(raw)
-            wire_octets += len(raw)
-            if wire_octets > MAX_RESPONSE:
-                raise self._fail(ProtocolError(
-                    f"response from {self.url} to `{self._describe(line)}` exceeds {MAX_RESPONSE >> 20} MiB"))
+            wire_lines += raw
+            count += 1
+            if len(wire_lines) > MAX_RESPONSE:
+                self._record_partial(wire_lines)
+                raise self._fail(ResponseTooLarge(
+                    f"response from {self.url} to `{self._describe(line)}` exceeds {MAX_RESPONSE >> 20} MiB "
+                    f"({count} lines without the final \".\")"))
             # RFC 1939 §3: a line starting with the termination octet has that first octet removed.
-            lines.append(content[1:] if content.startswith(b".") else content)
-        self._record(b"".join(wire_lines), literals=False)
-        resp.lines = lines
-        resp.body = b"".join(x + b"\r\n" for x in lines)
-        resp.wire_octets = wire_octets
+            body += content[1:] if content.startswith(b".") else content
+            body += b"\r\n"
+        self._record(bytes(wire_lines), literals=False)
+        resp.body = bytes(body)
+        resp.lines = resp.body.split(b"\r\n")[:-1]  # a line's content holds no LF, so no CRLF either
+        resp.wire_octets = len(wire_lines)
 
     def _readline(self, deadline: float, line: str | None, seconds: float, progress: str | None, *,
-                  offset: int = 0, head: bytes | None = None, earlier: list[bytes] | None = None) -> bytes:
+                  offset: int = 0, head: bytes | None = None, earlier: bytearray | None = None) -> bytes:
         """One line. For a bare-LF failure, `offset` and `head` place it in its multi-line response, and
         `earlier` (body lines not yet in the transcript) goes into the transcript before it."""
         try:
             return self.wire.readline(deadline)
         except BareLineFeed as exc:
             if earlier:  # the transcript shows the body up to the bad line, and offsets count from there
-                before = b"".join(earlier)
+                before = bytes(earlier)
                 exc, offset = BareLineFeed(before + exc.data, [o + len(before) for o in exc.offsets]), offset - len(before)
             raise self._read_error(exc, line, seconds, progress, offset=offset, head=head) from None
         except (WireTimeout, WireClosed, LineTooLong) as exc:
+            if earlier:
+                self._record_partial(earlier)
             raise self._read_error(exc, line, seconds, progress, offset=offset, head=head) from None
+
+    def _record_partial(self, body: bytearray) -> None:
+        """The start of a body that never ended, for the transcript (which would only keep a preview anyway)."""
+        self._record(bytes(body[:ABBREVIATE_OVER]), literals=False)
+        if len(body) > ABBREVIATE_OVER:
+            self._note(f"... {len(body) - ABBREVIATE_OVER} more bytes of this body arrived ({len(body)} in all)")
 
     # -- conveniences ------------------------------------------------------------------
     def login(self, user: str, password: str, *, timeout: float | None = None) -> POP3Response:

@@ -2,12 +2,16 @@
 
 Secrets are masked when recorded, never later: an entry never holds a password. Big data
 (literals, message bodies) is shortened to its size and first bytes so reports stay readable.
+A server that never stops talking cannot grow it without bound either: a test keeps the first
+MAX_KEPT_TEXT characters of entries and its last TAIL_ENTRIES entries (where it failed), and says
+how many were left out between them.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,6 +21,8 @@ from harness.sessions.redact import MASK, ClientRedactor
 
 ABBREVIATE_OVER = 2048
 PREVIEW_BYTES = 200
+MAX_KEPT_TEXT = 256 * 1024
+TAIL_ENTRIES = 40
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,23 @@ class Transcript:
         self._secrets: set[str] = set()
         self._sessions: dict[str, _SessionState] = {}
         self._lock = threading.Lock()
-        self.entries: list[Entry] = []
+        self._head: list[Entry] = []  # from the start, up to MAX_KEPT_TEXT characters
+        self._head_text = 0
+        self._tail: deque[Entry] = deque(maxlen=TAIL_ENTRIES)  # the latest, once the head is full
+        self.dropped = 0  # entries that fell out between the two
+        self._dropped_text = 0
         for s in secrets:
             self.add_secret(s)
+
+    @property
+    def entries(self) -> list[Entry]:
+        """What is kept, in order; where entries were left out, a note in their place says how many."""
+        if not self.dropped:
+            return self._head + list(self._tail)
+        gap = Entry(self._tail[0].t, "harness", "*",
+                    f"transcript cap: {self.dropped} entries ({self._dropped_text} characters) left out here; a test "
+                    f"keeps its first {MAX_KEPT_TEXT >> 10} KiB of transcript and its last {TAIL_ENTRIES} entries")
+        return [*self._head, gap, *self._tail]
 
     def add_secret(self, secret: str) -> None:
         if not secret or secret in self._secrets:
@@ -49,9 +69,10 @@ class Transcript:
         with self._lock:
             self._secrets.add(secret)
             # Mask it in what was recorded before we knew it was secret.
-            self.entries = [
-                Entry(e.t, e.session, e.direction, e.text.replace(secret, MASK.decode())) for e in self.entries
-            ]
+            mask = MASK.decode()
+            self._head = [Entry(e.t, e.session, e.direction, e.text.replace(secret, mask)) for e in self._head]
+            self._tail = deque((Entry(e.t, e.session, e.direction, e.text.replace(secret, mask)) for e in self._tail),
+                               maxlen=TAIL_ENTRIES)
 
     def client(self, session: str, text: str | bytes, *, literals: bool = True) -> None:
         """What the client sent: one chunk of wire data. `literals`: recognise IMAP literals (not for POP3)."""
@@ -112,7 +133,15 @@ class Transcript:
         self._add(session, direction, text)
 
     def _add(self, session: str, direction: str, text: str) -> None:
-        self.entries.append(Entry(round(time.monotonic() - self._start, 6), session, direction, text))
+        entry = Entry(round(time.monotonic() - self._start, 6), session, direction, text)
+        if not self._tail and self._head_text + len(text) <= MAX_KEPT_TEXT:
+            self._head.append(entry)
+            self._head_text += len(text)
+            return
+        if len(self._tail) == TAIL_ENTRIES:
+            self.dropped += 1
+            self._dropped_text += len(self._tail[0].text)
+        self._tail.append(entry)
 
 
 def _bytes(text: str | bytes) -> bytes:
