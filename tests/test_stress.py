@@ -167,3 +167,9 @@ def test_stress_refuses_bad_input(tmp_path):
     assert stress("--users", "0", "--run-time", "5s") == 2
     assert stress("--users", "5", "--run-time", "soon") == 2
     assert stress("--users", "5", "--run-time", "5s", "--scenario", "webmail") == 2
+
+
+def test_a_message_seen_with_deleted_may_go():
+    # \Deleted set before the run (an interrupted earlier run, another client): its EXPUNGE is expected
+    _, log = view_of(b"* 2 EXISTS", b"* 1 FETCH (UID 5 FLAGS (\\Deleted))", b"* 1 EXPUNGE")
+    assert not log.counts

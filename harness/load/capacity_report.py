@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import markupsafe
 
 from harness.known_secrets import scrub
 from harness.load.svg_charts import Series, bar_chart, line_chart
@@ -173,8 +174,10 @@ def stats_table(csvs: CsvSet) -> list[dict]:
 
 
 def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, accounting: dict | None,
-                          problems: list[str], csvs: CsvSet | None = None) -> Path:
-    """Render capacity.html into ``run_dir``; ``problems`` are the reasons the run failed (empty: passed)."""
+                          problems: list[str], csvs: CsvSet | None = None, consistency: str = "") -> Path:
+    """Render capacity.html into ``run_dir``; ``problems`` are the reasons the run failed (empty: passed).
+
+    ``consistency``: the stress mode's section (HTML, from harness.stress.report), when the run had one."""
     csvs = csvs or CsvSet.load(run_dir)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
@@ -182,6 +185,7 @@ def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, account
     html = env.get_template("capacity.html.j2").render(
         facts=facts, verdicts=verdicts, accounting=accounting, problems=problems,
         charts=build_charts(csvs), stats=stats_table(csvs), notify=notify, failures=failure_table(csvs),
+        consistency=markupsafe.Markup(consistency),
     )
     path = run_dir / "capacity.html"
     path.write_text(scrub(html), encoding="utf-8")

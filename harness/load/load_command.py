@@ -111,6 +111,8 @@ def run(args) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "ledger").exists():
         shutil.rmtree(run_dir / "ledger")  # a journal from an earlier run here would confuse the accounting
+    if (run_dir / "processes").exists():
+        shutil.rmtree(run_dir / "processes")  # likewise the stress sessions' verdicts
 
     with _target_for_run(args, users, scenario) as (target, target_file, embedded):
         check_target_fits(scenario, target)
@@ -170,12 +172,25 @@ def run(args) -> int:
                         + (f", drain errors: {'; '.join(accounting['drain_errors'])}" if accounting["drain_errors"] else ""))
     if exit_code not in (0, 1, None):
         problems.append(f"Locust exited with code {exit_code} (see locust.log)")
+    from harness.stress.command import consistency_of
+
+    consistency = consistency_of(run_dir)
+    if consistency and consistency["counts"]:
+        problems.append(f"{sum(consistency['counts'].values())} consistency violation(s): "
+                        + ", ".join(f"{k} {n}" for k, n in sorted(consistency["counts"].items())))
     facts = _facts(args, scenario, target, plan, run_dir, users, run_time, workers, seeding, started_wall)
-    report = write_capacity_report(run_dir, facts=facts, verdicts=verdicts, accounting=accounting, problems=problems, csvs=csvs)
+    section = ""
+    if consistency:
+        from harness.stress.report import section_html
+
+        section = section_html(consistency)
+    report = write_capacity_report(run_dir, facts=facts, verdicts=verdicts, accounting=accounting, problems=problems, csvs=csvs,
+                                   consistency=section)
     (run_dir / "run.json").write_text(scrub(json.dumps({
         "passed": not problems, "interrupted": interrupted, "problems": problems, "facts": facts,
         "thresholds": [{"rule": v.threshold.text, "observed": v.shown, "passed": v.passed} for v in verdicts],
         "accounting": accounting, "request_counts": csvs.request_counts(), "locust_exit_code": exit_code,
+        "consistency": consistency,
     }, indent=2)))
     _print_summary(csvs, verdicts, accounting, problems, report)
     if interrupted:
@@ -236,6 +251,7 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         "--exit-code-on-error", "0",  # failed requests are judged by thresholds, not by Locust
         "--target-file", str(target_file), "--scenario", str(scenario.source), "--ledger-dir", str(run_dir / "ledger"),
         "--think-scale", str(args.think_scale),
+        "--stress-out", str(run_dir / "processes"),  # where the stress scenario's sessions leave their verdicts
     ]
     if workers:
         command += ["--processes", str(workers)]

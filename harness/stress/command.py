@@ -126,9 +126,13 @@ def run(args) -> int:
     result["problems"] = problems
     result["passed"] = not problems
     (run_dir / "stress.json").write_text(scrub(json.dumps(result, indent=1, default=str)))
+    from harness.stress.results import results_json
+
+    (run_dir / "results.json").write_text(scrub(json.dumps(results_json(result, target, " ".join(sys.argv)), indent=1)))
     from harness.stress.report import write_report
 
     report = write_report(run_dir, result)
+    _capacity_report(args, scenario, target, run_dir, run_time, started, result)
     _print_summary(result, report)
     if interrupted:
         return interrupts.exit_code()
@@ -194,17 +198,47 @@ def _kill(proc) -> None:
     proc.wait()
 
 
+def _capacity_report(args, scenario, target, run_dir: Path, run_time: int, started: float, result: dict) -> None:
+    """capacity.html as `mailharness load` writes it (throughput, latency, errors), with the consistency section."""
+    from types import SimpleNamespace
+
+    from harness.load.accounts import AccountPlan
+    from harness.load.capacity_report import CsvSet, write_capacity_report
+    from harness.load.load_command import _facts
+    from harness.stress.report import section_html
+
+    csvs = CsvSet.load(run_dir, CSV_PREFIX)
+    if not csvs.stats:
+        return
+    plan = AccountPlan.for_scenario(target.accounts, scenario)
+    facts = _facts(SimpleNamespace(spawn_rate=max(10, args.users), think_scale=1.0), scenario, target, plan, run_dir,
+                   args.users, run_time, args.workers, "as found (stress sessions append their own mail)", started)
+    write_capacity_report(run_dir, facts=facts, verdicts=[], accounting=None, problems=result["problems"], csvs=csvs,
+                          consistency=section_html(result))
+
+
+def consistency_of(run_dir: Path) -> dict | None:
+    """For `mailharness load --scenario stress`: the merged per-process results, if stress users ran."""
+    parts = [json.loads(p.read_text()) for p in sorted((run_dir / "processes").glob("consistency-*.json"))]
+    if not parts:
+        return None
+    result = merge(parts)
+    result["classification"] = classify(result, {})
+    return result
+
+
 def merge(parts: list[dict]) -> dict:
     """One result from the per-process files: counts and timelines summed, the earliest first violation of each kind."""
     counts: dict[str, int] = {}
     timeline: dict[str, dict[str, int]] = {}
     first: dict[str, dict] = {}
     mailboxes: dict[str, dict] = {}
-    commands = 0
+    commands = pop3_visits = 0
     start = min((p["violations"]["started"] for p in parts), default=0)
     for part in parts:
         v = part["violations"]
         commands += v.get("commands", 0)
+        pop3_visits += v.get("pop3_visits", 0)
         shift = int((v["started"] - start) // 5)
         for kind, n in v["counts"].items():
             counts[kind] = counts.get(kind, 0) + n
@@ -218,7 +252,7 @@ def merge(parts: list[dict]) -> dict:
                 first[kind] = item
         mailboxes.update(part["mailboxes"])
     return {"processes": len(parts), "checking": all(p.get("checking", True) for p in parts), "commands": commands,
-            "counts": counts, "timeline": timeline, "first": first, "mailboxes": mailboxes}
+            "pop3_visits": pop3_visits, "counts": counts, "timeline": timeline, "first": first, "mailboxes": mailboxes}
 
 
 def classify(result: dict, probes: dict) -> dict:

@@ -365,6 +365,8 @@ class SessionView:
                                f"response listed ({' '.join(sorted(x.decode(errors='replace') for x in self.announced))})")
         if uid is not None and b"\\recent" in fl:
             self.mailbox.recent[uid].add(self.label)
+        if uid is not None and b"\\deleted" in fl:
+            self.mailbox.vanishing_uids.add(uid)  # set by someone (an earlier run, another client): EXPUNGE may take it
         self.flags[slot] = fl
         kw = self.keyword
         if kw is not None and uid is not None and uid not in self.storing:

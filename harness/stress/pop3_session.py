@@ -61,6 +61,7 @@ class StressPop3:
         _, list_lines = self._multiline("POP3 LIST", b"LIST")
         uidls = dict(_pairs(uidl_lines))
         sizes = {n: int(v) for n, v in _pairs(list_lines) if v.isdigit()}
+        mb.log.pop3_visits += 1
         seen: dict[bytes, int] = {}
         for number, uidl in uidls.items():
             if uidl in seen:

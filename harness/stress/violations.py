@@ -85,6 +85,7 @@ class ViolationLog:
         self.timeline: defaultdict[str, Counter[int]] = defaultdict(Counter)
         self.first: dict[str, dict] = {}
         self.commands = 0  # commands checked (for the report's rate)
+        self.pop3_visits = 0  # POP3 sessions that got as far as their listing
 
     def add(self, kind: str, detail: str, mailbox: str, session: str, transcripts: list[Transcript],
             focus: Transcript | None = None) -> None:
@@ -108,4 +109,5 @@ class ViolationLog:
             "timeline": {k: {str(b): n for b, n in sorted(v.items())} for k, v in self.timeline.items()},
             "first": self.first,
             "commands": self.commands,
+            "pop3_visits": self.pop3_visits,
         }
