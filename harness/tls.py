@@ -58,8 +58,7 @@ def failure_reason(exc: BaseException) -> str:
         return f"certificate verification failed: {exc.verify_message}" + (f" ({hint})" if hint else "")
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or str(exc)
-        if reason in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING", "RECORD_LAYER_FAILURE") \
-                or "wrong version number" in str(exc):
+        if reason == "WRONG_VERSION_NUMBER":  # a cleartext greeting where a TLS record was due
             reason += " (the port does not speak TLS from the first byte: for STARTTLS use imap:// or pop3:// with starttls: true)"
         elif "ALERT_CERTIFICATE_REQUIRED" in reason or "ALERT_HANDSHAKE_FAILURE" in reason:
             reason += " (the server may want a client certificate: client_cert in the target file)"

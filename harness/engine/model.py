@@ -22,7 +22,7 @@ from harness.yaml_source import line_of, load_schema, load_yaml, schema_problems
 STEP_KEYWORDS = {
     "expect", "untagged", "absent", "may", "only", "count", "lines", "absent_lines",
     "all_lines", "body", "fetch", "timeout", "why", "metric", "to", "continue", "level", "when", "skip_if",
-    "eventually",
+    "eventually", "pipeline",
 }
 # Requirement levels of RFC 2119: what a check that does not hold becomes (failed, warning, behaviour).
 LEVELS = ("MUST", "SHOULD", "MAY")
@@ -45,6 +45,7 @@ ALLOWED_KEYWORDS = {
     "idle_start": {"timeout", "why"},
     "idle_done": {"expect", "untagged", "absent", "may", "only", "timeout", "why", "level", "when"},
     "await": {"absent", "timeout", "why", "metric", "level", "eventually"},
+    "quiet": {"why", "level"},
     "drop": {"why"},
     "sleep": {"why"},
     "deliver": {"to", "timeout", "why"},
@@ -65,6 +66,7 @@ class SessionSpec:
     protocol: str  # "imap" | "pop3"
     account: int = 1
     login: bool = True
+    connect: str | None = None  # "cleartext" | "implicit-tls"; None: the endpoint the target's sessions use
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Step:
     session: str | None = None
     command: str | None = None
     continuations: list[str] = field(default_factory=list)  # lines answering the server's "+" requests, in order
+    pipeline: list[str] = field(default_factory=list)  # lines sent in the command's own write, never answered here
     message: MessageRef | None = None  # append / deliver
     mailbox: str = "INBOX"
     date: str | None = None  # append: internal date
@@ -159,6 +162,8 @@ class Step:
             return f"{self.session}: idle {self.kind[5:]}"
         if self.kind == "await":
             return f"{self.session}: await {', '.join(map(str, self.untagged))}"
+        if self.kind == "quiet":
+            return f"{self.session}: quiet for {self.seconds:g} s"
         if self.kind == "drop":
             return f"drop {self.session}"
         if self.kind == "sleep":
@@ -292,7 +297,7 @@ def _sessions(ctx: _Ctx, keys: list, raw: dict, accounts: int) -> dict[str, Sess
     for name, value in raw.items():
         if isinstance(value, str):
             value = {"protocol": value}
-        spec = SessionSpec(name, value["protocol"], value.get("account", 1), value.get("login", True))
+        spec = SessionSpec(name, value["protocol"], value.get("account", 1), value.get("login", True), value.get("connect"))
         if spec.account > accounts:
             ctx.fail(keys + [name], f"session {name} uses account {spec.account} but the test has accounts: {accounts}")
         out[name] = spec
@@ -361,6 +366,10 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
                              "INBOX, \"\", \"*\" and captured $variables may stay as they are")
             _check_mailbox_names(ctx, keys + [actor], mailboxes.names_in(step.command), names)
             step.continuations = [str(x) for x in _as_list(raw.get("continue"))]
+            step.pipeline = [str(x) for x in _as_list(raw.get("pipeline"))]
+            if step.pipeline and (step.continuations or "${literal:" in step.command):
+                ctx.fail(keys + ["pipeline"], "pipeline: goes with a one-line command (no continue:, no ${literal:...}): "
+                         "the lines are sent in the same write as the command")
             lines = [(keys + [actor], step.command)] + [
                 (keys + ["continue"] + ([i] if isinstance(raw["continue"], list) else []), text)
                 for i, text in enumerate(step.continuations)]
@@ -410,6 +419,9 @@ def _step(ctx: _Ctx, keys: list, raw: dict, index: int, sessions: dict[str, Sess
     step.level = raw.get("level")
     step.eventually = raw.get("eventually")
     step.when = dict(raw.get("when") or {})
+    tls_keys = sorted(set(step.when) & {"cleartext", "implicit-tls"})
+    if tls_keys:
+        ctx.fail(keys + ["when"], f"when: {tls_keys[0]} is about the target's endpoints: put it in the test's requires")
     names.update(step.when.get("special-use", []))  # so set-up looks for them
     if protocol == "imap" and step.expect and (step.untagged and step.kind != "await" or step.fetch or step.only):
         if not any(p.source.startswith("re:") or p.source.split()[0].upper() == "OK" for p in step.expect if p.source.split()):
@@ -447,13 +459,14 @@ def _check_credentials(ctx: _Ctx, keys: list, text: str, accounts: int, session:
 
 
 def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec) -> None:
-    kinds = [k for k in ("append", "idle", "await") if k in value]
+    kinds = [k for k in ("append", "idle", "await", "quiet") if k in value]
     if len(kinds) != 1:
-        ctx.fail(keys, "an action is exactly one of append, idle, await")
-    if session.protocol != "imap":
+        ctx.fail(keys, "an action is exactly one of append, idle, await, quiet")
+    if session.protocol != "imap" and kinds[0] != "quiet":
         ctx.fail(keys, f"{kinds[0]}: only for IMAP sessions; {session.name} is POP3")
     kind = kinds[0]
-    extra = set(value) - {"append": {"append", "mailbox", "flags", "subject", "date"}, "idle": {"idle"}, "await": {"await", "within"}}[kind]
+    extra = set(value) - {"append": {"append", "mailbox", "flags", "subject", "date"}, "idle": {"idle"}, "await": {"await", "within"},
+                          "quiet": {"quiet"}}[kind]
     if extra:
         ctx.fail(keys + [sorted(extra)[0]], f"{sorted(extra)[0]}: does not go with {kind}")
     if kind == "append":
@@ -463,6 +476,9 @@ def _action(ctx: _Ctx, keys: list, value: dict, step: Step, session: SessionSpec
         step.date = value.get("date")
     elif kind == "idle":
         step.kind = "idle_" + value["idle"]
+    elif kind == "quiet":
+        step.kind = "quiet"
+        step.seconds = float(value["quiet"])
     else:
         step.kind = "await"
         step.untagged = _patterns(ctx, keys + ["await"], value["await"])
@@ -575,6 +591,7 @@ def _test(ctx: _Ctx, i: int, raw: dict, defaults: dict, seen: dict) -> TestSpec:
         if step.kind == "deliver" and step.to > accounts:
             ctx.checked(ctx.fail, keys + ["steps", j], f"deliver to account {step.to} but the test has accounts: {accounts}")
     _check_capability_gates(ctx, keys, steps, sessions, dict(merged.get("requires", {})))
+    _check_connect(ctx, keys, sessions, dict(merged.get("requires", {})))
     return TestSpec(
         id=raw["id"],
         title=raw["title"],
@@ -593,6 +610,18 @@ def _test(ctx: _Ctx, i: int, raw: dict, defaults: dict, seen: dict) -> TestSpec:
         level=merged.get("level", "MUST"),
         mailbox_names=names,
     )
+
+
+def _check_connect(ctx: _Ctx, keys: list, sessions: dict[str, SessionSpec], requires: dict) -> None:
+    """A session with `connect:` needs the endpoint declared in `requires`, so a target without it skips the test
+    (with the reason) instead of failing it."""
+    for spec in sessions.values():
+        if spec.connect == "cleartext" and spec.protocol not in (requires.get("cleartext") or {}):
+            ctx.checked(ctx.fail, keys + ["sessions"], f"session {spec.name} connects to the cleartext endpoint: the test needs "
+                        f"`requires: {{cleartext: {{{spec.protocol}: [...]}}}}` (e.g. [{'STARTTLS' if spec.protocol == 'imap' else 'STLS'}])")
+        if spec.connect == "implicit-tls" and spec.protocol not in requires.get("implicit-tls", []):
+            ctx.checked(ctx.fail, keys + ["sessions"], f"session {spec.name} connects with implicit TLS: the test needs "
+                        f"`requires: {{implicit-tls: [{spec.protocol}]}}`")
 
 
 def _captures_of(raw_step) -> set[str]:

@@ -706,9 +706,33 @@ def _missing_requirements(spec, state: HarnessState) -> str | None:
         for cap in spec.requires.get(proto, []):
             if not advertises(state.probe, proto, cap):
                 return f"server does not advertise {proto.upper()} capability {cap}"
+    tls = _missing_tls(spec.requires, state)
+    if tls:
+        return tls
     if spec.requires.get("apop") and not greeting_timestamp(state.probe.get("pop3_greeting")):
         return ("the POP3 greeting has no timestamp <...@...>: the server does not offer APOP (RFC 1939 §7); "
                 f"greeting: {state.probe.get('pop3_greeting')!r}")
+    return None
+
+
+def _missing_tls(requires: dict, state: HarnessState) -> str | None:
+    """`requires: {cleartext: {imap: [STARTTLS]}, implicit-tls: [imap]}`: the TLS endpoints and what the server
+    lists before TLS (probed once, from the cleartext endpoint)."""
+    target, probe = state.target, state.probe
+    for proto, caps in (requires.get("cleartext") or {}).items():
+        endpoint = target.starttls_endpoint(proto)
+        if endpoint is None:
+            return (f"the target has no cleartext {proto} endpoint ({proto}://) for the STARTTLS tests; a target that "
+                    f"uses {proto}s:// gives it as {proto}: with tls: implicit (docs/targets.md)")
+        have = probe.get(f"{proto}_cleartext_capabilities")
+        if have is None:
+            return f"{endpoint.url} could not be probed before TLS: {probe.get(f'{proto}_cleartext_error', 'not probed')}"
+        missing = [c for c in caps if c.upper() not in {h.upper() for h in have}]
+        if missing:
+            return f"before TLS, {endpoint.url} does not list {', '.join(missing)} (it lists: {' '.join(have) or 'nothing'})"
+    for proto in requires.get("implicit-tls", []):
+        if target.implicit_tls_endpoint(proto) is None:
+            return f"the target has no implicit-TLS {proto} endpoint ({proto}s://, or {proto}s: beside {proto}:)"
     return None
 
 
@@ -768,7 +792,7 @@ def _time_budget(spec, default: float) -> float:
     from harness.engine.login_delays import LOGIN_WAIT, login_timeout, sends_credentials
 
     def step_seconds(step) -> float:
-        if step.kind == "sleep":
+        if step.kind in ("sleep", "quiet"):
             return step.seconds
         seconds = step.timeout or spec.timeout or default
         protocol = spec.sessions[step.session].protocol if step.session else ""

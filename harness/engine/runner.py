@@ -27,7 +27,7 @@ from harness.sessions import IMAPSession, POP3Session, open_session
 from harness.sessions.errors import ProtocolTimeout, ResponseTooLarge, SessionError
 from harness.sessions.imap import astring
 from harness.sessions.transcript import Transcript
-from harness.targets.target_file import Account, Target
+from harness.targets.target_file import Account, Endpoint, Target
 
 MAX_SHOWN = 15  # untagged responses or lines quoted in a failure
 
@@ -72,6 +72,16 @@ class StepSkipped(Exception):
     """The server gave an answer the step's skip_if allows: the rest of the test cannot be checked."""
 
 
+def session_endpoint(target: Target, spec) -> Endpoint | None:
+    """The endpoint a session connects to: the target's own for its protocol, or, with `connect:`, its
+    cleartext (never upgraded here: the test sends STARTTLS) or its implicit-TLS endpoint."""
+    if spec.connect == "cleartext":
+        return target.starttls_endpoint(spec.protocol)
+    if spec.connect == "implicit-tls":
+        return target.implicit_tls_endpoint(spec.protocol)
+    return getattr(target, spec.protocol)
+
+
 def _indent(text: str) -> str:
     return text.replace("\n", "\n            ")
 
@@ -93,6 +103,11 @@ def describe_bytes_difference(expected: bytes, got: bytes) -> str:
             return f"{head}; first difference at offset {i}: expected {expected[max(0, i - 20):i + 30]!r}, got {got[max(0, i - 20):i + 30]!r}"
     shorter = "got stops" if len(got) < len(expected) else "got continues"
     return f"{head}; identical up to offset {min(len(got), len(expected))}, then {shorter}: {(got or expected)[min(len(got), len(expected)):][:50]!r}"
+
+
+class _Ended(Exception):
+    """The server ended what the rest of the test would look at, in a way the RFC allows and that already
+    answers the test's question (a STARTTLS with pipelined bytes refused, or a handshake those bytes broke)."""
 
 
 class _Blocked(Exception):
@@ -130,6 +145,7 @@ class TestRun:
         # may have valid reasons), so the MUST checks after them are still made.
         self.deviations: list[StepFailure] = []
         self.not_run: str | None = None  # why the steps after a deviation could not run, if they could not
+        self.ended: str | None = None  # why the test ended early, its question answered (_Ended)
         self.owed: dict[str, Step] = {}  # session -> a late await whose responses are still due (`eventually:`)
         self._last_step_end = time.monotonic()
         # POP3: per connection, which number is which corpus message, and LIST's sizes (pop3_view.py)
@@ -154,6 +170,10 @@ class TestRun:
                     failure.transcript_entries = len(self.transcript.entries)
                     self.deviations.append(failure)
                     self.transcript.note("*", f"step {step.index}: a {failure.level} check did not hold; the test goes on")
+                except _Ended as ended:
+                    self.ended = f"step {step.index}: {ended}; the test ends here"
+                    self.transcript.note("*", self.ended)
+                    break
                 except _Blocked as blocked:
                     left = len(self.spec.steps) - step.index + 1
                     self.not_run = (f"steps {step.index}-{len(self.spec.steps)}" if left > 1 else f"step {step.index}") + \
@@ -228,12 +248,13 @@ class TestRun:
         if session is not None and not session.closed:
             return session
         spec = self.spec.sessions[name]
-        endpoint = getattr(self.target, spec.protocol)
+        endpoint = session_endpoint(self.target, spec)
         if endpoint is None:
-            raise SessionError(f"the target has no {spec.protocol} endpoint")
+            raise SessionError(f"the target has no {spec.connect + ' ' if spec.connect else ''}{spec.protocol} endpoint")
         # a session that logs in by itself is the one that may fail a login: its own address keeps the
-        # server's failed-login penalty away from everyone else's logins (login_delays.py)
-        source = None if spec.login else own_source_address(endpoint.host)
+        # server's failed-login penalty away from everyone else's logins (login_delays.py). A cleartext
+        # session needs one too: a server may count a connection from its own address as secure (Dovecot).
+        source = None if spec.login and spec.connect != "cleartext" else own_source_address(endpoint.host)
         with self.clock.phase("connect"):
             session = self._open(name, spec, endpoint, source, timeout)
         if name in self._view_users and spec.login:  # at once, before a step marks or another session removes anything
@@ -300,11 +321,12 @@ class TestRun:
         verb = line.split()[0].upper() if line.split() else ""
         # SASL lines are sent as they are: no astring quoting of $user/$password there
         replies = [substitute(self._credentials(step, text, session), self.variables) for text in step.continuations]
+        pipelined = b"".join(substitute(text, variables).encode("utf-8", "surrogateescape") + b"\r\n" for text in step.pipeline)
         if isinstance(session, POP3Session):
             if self.guard:
                 self.guard.pop3(step.session, session, line, timeout, lambda number: self._known_pop3(step.session, number),
                                 self.advertises("pop3", "TOP"))
-            response = session.command(line, timeout=timeout, continuations=replies)
+            response = session.command(line, timeout=timeout, continuations=replies, pipelined=pipelined)
             if self.guard:
                 self.guard.answered(step.session, line, response.ok)
             self._check_continued(step, response.continued, response.line)
@@ -314,17 +336,51 @@ class TestRun:
             self._check_pop3_body(step, response, variables)
             if verb == "QUIT":
                 session.drop()
+            elif verb == "STLS":
+                self._start_tls(step, session, response.ok, response.line, timeout)
         else:
             line, literals = split_literals(line)
             if self.guard:
                 self.guard.imap(step.session, session, line, literals, timeout, self.buffers[step.session])
-            response = session.command(line, timeout=timeout, literals=literals, continuations=replies)
+            response = session.command(line, timeout=timeout, literals=literals, continuations=replies, pipelined=pipelined)
             if self.guard:
                 self.guard.answered(step.session, line, response.ok)
             self._check_continued(step, response.continued, response.line)
             self._check_imap(step, response)
             if verb == "LOGOUT":
                 session.drop()
+            elif verb == "STARTTLS":
+                self._start_tls(step, session, response.ok, response.line, timeout)
+
+    def _start_tls(self, step: Step, session, ok: bool, line: str, timeout: float) -> None:
+        """After STARTTLS/STLS (its answer checked by the step): on OK the handshake starts at once (RFC 2595
+        §3.1, §4). A session already in TLS is not wrapped again: the step's checks have judged that answer.
+
+        With `pipeline:` (cleartext sent after the command in the same write) a server may refuse the command,
+        or take those bytes as the start of the TLS stream so that the handshake fails: either way nothing
+        the client pipelined runs inside TLS, which is what such a test asks, and it ends there."""
+        if session.tls_active:
+            if ok:
+                self.transcript.note(session.name, "TLS is already active: no second handshake")
+            return
+        if not ok:
+            if step.pipeline:
+                raise _Ended(f"the server refused `{step.command}` with cleartext pipelined after it ({line}): "
+                             "no TLS session, so nothing pipelined ran inside one")
+            return
+        if session.wire.unread:
+            data = session.wire.peek(0, session.wire.unread)
+            session.drop()
+            raise StepFailure(self.spec, step, "the TLS handshake right after the CRLF of the OK (RFC 3501 §6.2.1, RFC 2595 §4)",
+                              f"{len(data)} more cleartext bytes first: {data[:200].decode('utf-8', 'backslashreplace')}")
+        try:
+            session.start_tls(timeout)
+        except SessionError as exc:
+            if not step.pipeline:
+                raise
+            raise _Ended(f"the TLS handshake failed ({exc}): the server took the pipelined cleartext as the start of "
+                         "the TLS stream (RFC 3501 §6.2.1: negotiation begins right after the OK), so none of it ran "
+                         "inside TLS") from None
 
     def _credentials(self, step: Step, text: str, session) -> str:
         greeting = getattr(session, "greeting", None)
@@ -391,6 +447,15 @@ class TestRun:
         for i in sorted(used, reverse=True):
             del buffer[i]
         self._check_absent(step, [u.inline_text for u in buffer])
+
+    def _step_quiet(self, step: Step, timeout: float) -> None:
+        """Nothing may arrive unasked: after STARTTLS, bytes here are the answer to a command the server should
+        have discarded (plaintext pipelined after STARTTLS, executed inside TLS: CVE-2011-0411)."""
+        session = self._session(step.session, timeout)
+        data = session.unsolicited(step.seconds)
+        if data:
+            raise StepFailure(self.spec, step, f"nothing from the server for {step.seconds:g} s (it was asked nothing)",
+                              f"{len(data)} bytes: {data[:300].decode('utf-8', 'backslashreplace')}")
 
     def _step_drop(self, step: Step, timeout: float) -> None:
         session = self.sessions.get(step.session)

@@ -163,6 +163,32 @@ class Session:
         return (f"{self.url} ended a line with a bare LF instead of CRLF ({self.line_end_rfc}) in its {answer}: "
                 f"byte offset {offset + first} of the response {shown}{more}")
 
+    # -- TLS after STARTTLS/STLS, and what comes unasked ----------------------------------
+    @property
+    def tls_active(self) -> bool:
+        return self.wire.tls_version is not None
+
+    def start_tls(self, timeout: float | None = None) -> None:
+        """The TLS handshake, now: the server has just accepted STARTTLS (IMAP) or STLS (POP3)."""
+        self._tls_upgrade(self._deadline(timeout)[0])
+
+    def unsolicited(self, seconds: float) -> bytes:
+        """Bytes the server sends within `seconds` although nothing was asked (b"" when none came). They are
+        recorded and left unread: after them the stream is out of step, and the caller fails the test."""
+        deadline = deadline_after(seconds)
+        if not self.wire.unread:
+            self.wire.deadline = deadline
+            try:
+                self.wire.fill()
+            except WireTimeout:
+                return b""
+            except WireClosed as exc:
+                self._note(f"the server closed the connection: {exc}")
+                return b""
+        data = self.wire.peek(0, self.wire.unread)
+        self._record(data)
+        return data
+
     def _tls_upgrade(self, deadline: float) -> None:
         try:
             self.wire.start_tls(self._tls_verify, self._ca_file, deadline)

@@ -145,13 +145,15 @@ class IMAPSession(Session):
 
     # -- commands --------------------------------------------------------------------------
     def command(self, line: str, *, timeout: float | None = None, literals: Sequence[bytes] = (),
-                continuations: Sequence[str] = ()) -> IMAPResponse:
+                continuations: Sequence[str] = (), pipelined: bytes = b"") -> IMAPResponse:
         """Send ``<tag> <line>`` and read up to the tagged response.
 
         With `literals`, `line` holds one ``{N}`` marker (or ``{N+}``, ``~{N}``) per literal; we wait for the
         "+" continuation before each synchronizing one. If the server answers with a tagged response
         instead (e.g. NO [OVERQUOTA] to an APPEND), that is returned and the rest is not sent.
         `continuations`: lines to send, one per "+" request after the command (AUTHENTICATE).
+        `pipelined`: bytes sent in the same write right after the command line, whose answers are not read
+        (only without literals).
         """
         if "\r" in line or "\n" in line:
             raise ValueError("an IMAP command line cannot contain CR or LF; send data as literals")
@@ -162,6 +164,10 @@ class IMAPSession(Session):
         self._check_open(full)
         deadline, seconds = self._deadline(timeout)
         chunks = _split_at_literals(full, literals)
+        if pipelined:
+            if literals:
+                raise ValueError("pipelined bytes go with a command without literals")
+            chunks = [(chunks[0][0] + pipelined, False)]
         since = len(self._pending)
         for chunk, waits in chunks:
             self._send(chunk, deadline, full)

@@ -63,13 +63,14 @@ class POP3Session(Session):
 
     # -- the general command ---------------------------------------------------------
     def command(self, line: str, *, timeout: float | None = None, multiline: bool | None = None,
-                continuations: Sequence[str] = ()) -> POP3Response:
-        """Send `line`, read the answer. `continuations`: lines to send, one per "+ " request, during AUTH."""
+                continuations: Sequence[str] = (), pipelined: bytes = b"") -> POP3Response:
+        """Send `line`, read the answer. `continuations`: lines to send, one per "+ " request, during AUTH.
+        `pipelined`: bytes sent in the same write right after the line, whose answers are not read here."""
         if "\r" in line or "\n" in line:
             raise ValueError("a POP3 command line cannot contain CR or LF; it is ended for you")
         self._check_open(line)
         deadline, seconds = self._deadline(timeout)
-        self._send(_wire(line), deadline, line)
+        self._send(_wire(line) + pipelined, deadline, line)
         replies = list(continuations)
         while True:
             raw = self._readline(deadline, line, seconds, None)

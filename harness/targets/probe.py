@@ -37,7 +37,33 @@ def probe_target(target: Target, account_index: int = 0) -> dict:
             _probe_pop3(target.pop3, account, target, info)
         except SessionError as exc:
             info["errors"].append(f"POP3: {exc}")
+    for proto in ("imap", "pop3"):
+        _probe_cleartext(proto, target, info)
     return info
+
+
+def _probe_cleartext(proto: str, target: Target, info: dict) -> None:
+    """What the cleartext endpoint (where STARTTLS/STLS is offered) lists before TLS, for the TLS suites'
+    `requires: {cleartext: ...}`: "<proto>_cleartext_capabilities" (IMAP atoms, POP3 CAPA keywords, upper
+    case), or "<proto>_cleartext_error". Not a problem of the run: only those tests need it."""
+    from harness.engine.login_delays import own_source_address  # the engine imports targets, not the reverse
+
+    endpoint = target.starttls_endpoint(proto)
+    if endpoint is None:
+        return
+    # from an address of its own: a server may count a connection from its own address as secure (Dovecot)
+    source = own_source_address(endpoint.host)
+    try:
+        if proto == "imap":
+            with IMAPSession(endpoint.host, endpoint.port, name="probe-cleartext", timeout=target.timeout,
+                             strict_line_ends=False, source=source) as imap:
+                info["imap_cleartext_capabilities"] = imap.capabilities()
+        else:
+            with POP3Session(endpoint.host, endpoint.port, name="probe-cleartext", timeout=target.timeout,
+                             strict_line_ends=False, source=source) as pop3:
+                info["pop3_cleartext_capabilities"] = [line.split()[0].upper() for line in pop3.capa() if line.strip()]
+    except SessionError as exc:
+        info[f"{proto}_cleartext_error"] = str(exc)
 
 
 def _connect(cls, endpoint: Endpoint, target: Target, name: str):
