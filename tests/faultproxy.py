@@ -2128,3 +2128,158 @@ def proxied_target(target, pop3_fault: str | None = None, imap_fault: str | None
         proxied = dataclasses.replace(target, name=f"{target.name} via fault proxy ({faults})", **changes)
         proxied.proxies = proxies
         yield proxied
+
+
+# ---------------------------------------------------------------------------------------------------
+# STARTTLS in front of a cleartext server: the command-injection variant (CVE-2011-0411)
+#
+# The proxy above reads the protocol, so it cannot sit inside TLS. StartTlsFront answers STARTTLS/STLS itself,
+# does the TLS handshake with the client (a throwaway CA's certificate), and relays everything after it to
+# the server's cleartext port, so the TLS suites see a server that offers STARTTLS. What the client sent in
+# cleartext after STARTTLS, in the same packet, is dropped (as a correct server drops it), or, with the
+# variant, sent on to the server once TLS is up: the injected command runs and its answer comes back inside
+# TLS, which is the bug the injection tests must catch.
+
+TLS_VARIANTS: dict[str, str] = {
+    "imap-starttls-executes-injected": "plaintext pipelined after STARTTLS in the same packet is executed inside TLS (CVE-2011-0411)",
+    "pop3-stls-executes-injected": "plaintext pipelined after STLS in the same packet is executed inside TLS (CVE-2011-0411)",
+}
+
+
+class StartTlsFront:
+    """``StartTlsFront(host, port, "imap" | "pop3", cert, key, variant=None)``; ``.start()`` returns the local port.
+
+    One thread per connection, one select loop (an SSL socket must not be read and written from two threads)."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, protocol: str, cert, key, variant: str | None = None):
+        if variant is not None and (variant not in TLS_VARIANTS or not variant.startswith(protocol + "-")):
+            raise ValueError(f"unknown {protocol} STARTTLS variant {variant!r}; known: {', '.join(TLS_VARIANTS)}")
+        import ssl
+
+        self.ssl = ssl
+        self.upstream = (upstream_host, upstream_port)
+        self.protocol = protocol
+        self.variant = variant
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.fired: list[str] = []
+        self.errors: list[str] = []
+        self.host, self.port = "127.0.0.1", None
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+
+    def start(self) -> int:
+        self._listener = socket.create_server((self.host, 0))
+        self.port = self._listener.getsockname()[1]
+        t = threading.Thread(target=self._accept_loop, daemon=True, name="starttls-front-accept")
+        t.start()
+        self._threads.append(t)
+        return self.port
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            _shutdown(self._listener, socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        for s in list(self._socks):
+            _shutdown(s, socket.SHUT_RDWR)
+        for t in list(self._threads):
+            t.join(5)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(client,), daemon=True, name="starttls-front-conn")
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            client.close()
+            return
+        self._socks += [client, server]
+        try:
+            tls = self._cleartext_phase(client, server)
+            if tls is not None:
+                self._pump(tls, server)
+        except (OSError, EOFError):
+            pass
+        except Exception:  # noqa: BLE001 - a bug in the front: record it, cut the connection
+            self.errors.append(traceback.format_exc())
+        finally:
+            for s in (client, server):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _is_starttls(self, line: bytes) -> bytes | None:
+        """The answer to give, if `line` is the STARTTLS (IMAP) or STLS (POP3) command."""
+        words = line.split()
+        if self.protocol == "imap" and len(words) == 2 and words[1].upper() == b"STARTTLS":
+            return words[0] + b" OK Begin TLS negotiation now.\r\n"
+        if self.protocol == "pop3" and len(words) == 1 and words[0].upper() == b"STLS":
+            return b"+OK Begin TLS negotiation now.\r\n"
+        return None
+
+    def _cleartext_phase(self, client: socket.socket, server: socket.socket):
+        """Relay lines until the client's STARTTLS; then the handshake. The TLS socket, or None at the end."""
+        import select
+
+        pending = b""
+        while True:
+            ready, _, _ = select.select([client, server], [], [], 60)
+            if not ready:
+                return None
+            if server in ready:
+                data = server.recv(65536)
+                if not data:
+                    return None
+                client.sendall(data)
+            if client in ready:
+                data = client.recv(65536)
+                if not data:
+                    return None
+                pending += data
+                while b"\n" in pending:
+                    line, _, pending = pending.partition(b"\n")
+                    answer = self._is_starttls(line + b"\n")
+                    if answer is None:
+                        server.sendall(line + b"\n")
+                        continue
+                    client.sendall(answer)
+                    injected = pending  # cleartext the client sent after STARTTLS, before any answer
+                    client.settimeout(10)
+                    tls = self.context.wrap_socket(client, server_side=True)
+                    tls.settimeout(None)
+                    if injected and self.variant:
+                        self.fired.append(f"executed {len(injected)} bytes pipelined after STARTTLS: {injected[:60]!r}")
+                        server.sendall(injected)
+                    return tls
+
+    def _pump(self, tls, server: socket.socket) -> None:
+        import select
+
+        while True:
+            ready = [tls] if tls.pending() else select.select([tls, server], [], [], 60)[0]
+            if not ready:
+                return
+            for sock in ready:
+                try:
+                    data = sock.recv(65536)
+                except self.ssl.SSLWantReadError:
+                    continue
+                if not data:
+                    return
+                (server if sock is tls else tls).sendall(data)

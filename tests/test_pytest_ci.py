@@ -353,7 +353,7 @@ def test_validate_reports_every_schema_then_every_meaning_problem(tmp_path):
     assert problems == [
         f"{path}:4: tests[0].area: 'deleting' is not one of: deletion, leave-on-server, retrieval, lock, auth, session, "
         "folders, notification, partial-fetch, flags, search, quota, uid, copy-move, append, sent, cross-protocol, "
-        "capability, syntax",
+        "capability, syntax, tls",
         f"{path}:7: tests[0].stesp: unknown key 'stesp' (did you mean 'steps'? allowed: {TEST_KEYS})",
         f"{path}:1: a suite file has a top-level `suite:` key (its title, e.g. `suite: POP3 deletion`): "
         "pytest collects only YAML files that have one",
@@ -398,8 +398,8 @@ def test_target_file_problems_are_all_reported_and_password_is_named(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.replace("mailharness target: error: ", "").strip().splitlines()
     assert lines == [
-        f"{bad}:4: timout: unknown key 'timout' (did you mean 'timeout'? allowed: accounts, ca_file, disposable, imap, "
-        "lmtp, name, pop3, profile, smtp, timeout, tls_verify)",
+        f"{bad}:4: timout: unknown key 'timout' (did you mean 'timeout'? allowed: accounts, ca_file, client_cert, "
+        "client_key, disposable, imap, imaps, lmtp, name, pop3, pop3s, profile, smtp, timeout, tls, tls_verify)",
         f"{bad}:6: accounts[0]: 'password' is a required property (or 'password_env')",  # as docs/targets.md promises
         f"{bad}:7: accounts[1]: give one of 'password', 'password_env', not several",
         f"{bad}:8: accounts[2].usr: unknown key 'usr' (did you mean 'user'? allowed: password, password_env, user)",

@@ -7,6 +7,7 @@ listener in this process, which needs no server at all.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -196,3 +197,63 @@ def test_client_certificate_for_a_server_that_requires_one(tmp_path, good):
             assert session.greeting == "* OK ready"
     finally:
         listener.close()
+
+
+# -- the injection tests can fail ---------------------------------------------------------------------
+
+def _run(target, tmp_path: Path, keyword: str) -> dict[str, str]:
+    """`mailharness run` of the TLS suites against `target`; test id -> outcome."""
+    import json
+
+    path = tmp_path / "target.yaml"
+    target.dump(path)
+    proc = cli("run", "--target", str(path), "--suite", "suites/imap/starttls.yaml", "--suite", "suites/pop3/stls.yaml",
+               "-k", keyword, "--report-dir", str(tmp_path / "report"))
+    results = tmp_path / "report" / "results.json"
+    assert results.exists(), proc.stdout + proc.stderr
+    return {t["id"]: t["outcome"] for t in json.loads(results.read_text())["tests"]}
+
+
+@pytest.mark.parametrize("faulty", [False, True], ids=["discards-injected", "executes-injected"])
+def test_injection_tests_fail_against_a_server_that_executes_the_injected_command(tls_dovecot, tmp_path, faulty):
+    """A STARTTLS front (tests/faultproxy.py) before the TLS Dovecot's cleartext ports: it drops what the client
+    pipelined after STARTTLS/STLS, or, as the CVE-2011-0411 variant, runs it once TLS is up."""
+    import dataclasses
+
+    from tests.faultproxy import StartTlsFront
+
+    target, certs = tls_dovecot.target, tls_dovecot.certs
+    fronts = {}
+    with contextlib.ExitStack() as stack:
+        for proto, variant in (("imap", "imap-starttls-executes-injected"), ("pop3", "pop3-stls-executes-injected")):
+            upstream = target.starttls_endpoint(proto)
+            fronts[proto] = stack.enter_context(StartTlsFront(upstream.host, upstream.port, proto, certs.cert, certs.key,
+                                                              variant if faulty else None))
+        proxied = dataclasses.replace(target, cleartext={proto: dataclasses.replace(target.starttls_endpoint(proto), port=f.port)
+                                                         for proto, f in fronts.items()})
+        outcomes = _run(proxied, tmp_path, "injection")
+    expected = "failed" if faulty else "passed"
+    assert outcomes == {"imap.tls.starttls-injection": expected, "pop3.tls.stls-injection": expected}
+    for front in fronts.values():
+        assert not front.errors, front.errors
+        assert bool(front.fired) is faulty, front.fired
+
+
+def test_tls_suites_pass_against_the_embedded_tls_target(tls_dovecot, tmp_path):
+    """CI runs every TLS test against the TLS Dovecot: each one runs (none skipped) and passes."""
+    outcomes = _run(tls_dovecot.target, tmp_path, "tls")
+    assert len(outcomes) == 13 and set(outcomes.values()) == {"passed"}, outcomes
+
+
+def test_tls_suites_skip_with_the_reason_on_a_target_without_tls(target, tmp_path):
+    outcomes = _run(target, tmp_path, "tls")
+    assert set(outcomes.values()) == {"skipped"}, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+def test_whole_suite_passes_over_tls(tmp_path, mode):
+    """`mailharness run --tls`: every suite over implicit TLS, or over STARTTLS, against the embedded TLS target."""
+    proc = cli("run", "--tls", mode, "-n", "2", "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "PASS:" in proc.stdout and "with TLS" in (tmp_path / "r" / "results.json").read_text()
