@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from string import Template
 
-from harness.errors import ConfigError, TargetUnavailable
+from harness.errors import TargetUnavailable
 from harness.targets.managed_server import ManagedServer, free_ports, tail, wait_port
 from harness.targets.target_file import Account, Endpoint, Target
+from harness.tls import client_context
 
 HERE = Path(__file__).parent
 INSTALL_SCRIPT = HERE / "install-cyrus.sh"
@@ -83,8 +84,6 @@ class ManagedCyrus(ManagedServer):
     TERM_PROCESS_GROUP = False  # the master signals its children and exits
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, root: Path | None = None, tls: bool | str = False):
-        if tls:  # before the base makes a temp dir
-            raise ConfigError("--tls is not available for the managed Cyrus yet")
         super().__init__(accounts, root=root, tls=tls)
 
         self.quota_mb = quota_mb
@@ -98,11 +97,13 @@ class ManagedCyrus(ManagedServer):
         binaries = cyrus_binaries()
         if os.geteuid() != 0:
             raise TargetUnavailable("the managed Cyrus runs as root (its master switches to the cyrus user); run as root or give --target")
-        imap_port, pop3_port, lmtp_port = free_ports(3)
+        imap_port, pop3_port, lmtp_port, imaps_port, pop3s_port = free_ports(5) if self.tls else [*free_ports(3), 0, 0]
         password = secrets.token_urlsafe(12)
         self._admin_password = secrets.token_urlsafe(12)
         accounts = [Account(f"user{n}", password) for n in range(1, self.account_count + 1)]
-        self._write_files(binaries, imap_port, pop3_port, lmtp_port)
+        if self.tls:
+            self._make_certs()
+        self._write_files(binaries, imap_port, pop3_port, lmtp_port, imaps_port, pop3s_port)
         self._set_passwords([Account(ADMIN, self._admin_password), *accounts])
         with open(self.root / "master.stderr", "wb") as stderr:
             self.procs["master"] = subprocess.Popen(
@@ -112,16 +113,15 @@ class ManagedCyrus(ManagedServer):
                 start_new_session=True,  # our signals, not the terminal's
             )
         deadline = time.monotonic() + timeout
-        for port in (imap_port, pop3_port, lmtp_port):
+        for port in filter(None, (imap_port, pop3_port, lmtp_port, imaps_port, pop3s_port)):
             if not wait_port(port, deadline, lambda: self.proc.poll() is None) or self.proc.poll() is not None:
                 why = f"exited with status {self.proc.returncode}" if self.proc.poll() is not None else \
                     f"did not start listening on 127.0.0.1:{port} within {timeout:.0f}s"
                 raise TargetUnavailable(f"Cyrus master {why}\n{self._stderr_tail()}")
         self.target = Target(
-            name=f"managed Cyrus IMAP ({self.version()})",
+            name=f"managed Cyrus IMAP ({self.version()}){self._tls_label()}",
             accounts=accounts,
-            imap=Endpoint("imap", "127.0.0.1", imap_port),
-            pop3=Endpoint("pop3", "127.0.0.1", pop3_port),
+            **self._endpoints(imap_port, pop3_port, imaps_port, pop3s_port),
             lmtp=Endpoint("lmtp", "127.0.0.1", lmtp_port),
             profile=self.PROFILE,
             disposable=True,
@@ -141,7 +141,8 @@ class ManagedCyrus(ManagedServer):
     def _stderr_tail(self, lines: int = 20) -> str:
         return tail(self.root / "master.stderr", lines)
 
-    def _write_files(self, binaries: dict[str, Path], imap_port: int, pop3_port: int, lmtp_port: int) -> None:
+    def _write_files(self, binaries: dict[str, Path], imap_port: int, pop3_port: int, lmtp_port: int,
+                     imaps_port: int = 0, pop3s_port: int = 0) -> None:
         self.root.chmod(0o755)  # the cyrus user must reach into it
         config, spool = self.root / "config", self.root / "spool"
         for sub in CONFIG_DIRS:
@@ -154,11 +155,29 @@ class ManagedCyrus(ManagedServer):
             "root": self.root, "admin": ADMIN, "syslog_prefix": f"mailharness-{self.root.name}",
             "imapd_conf": self.root / "imapd.conf", "bin": binaries["imapd"].parent, "libexec": binaries["lmtpd"].parent,
             "imap_port": imap_port, "pop3_port": pop3_port, "lmtp_port": lmtp_port,
+            "tls_settings": self._tls_settings(), "tls_services": self._tls_services(binaries, imaps_port, pop3s_port),
         }
         (self.root / "imapd.conf").write_text(Template((HERE / "cyrus-imapd.conf.tmpl").read_text()).substitute(values))
         (self.root / "cyrus.conf").write_text(Template((HERE / "cyrus.conf.tmpl").read_text()).substitute(values))
         for path in (config, spool, *config.rglob("*"), *spool.rglob("*")):
             shutil.chown(path, "cyrus", "mail")
+        if self.certs:  # imapd and pop3d read the key as the cyrus user
+            for path in (self.certs.cert, self.certs.key):
+                shutil.chown(path, "cyrus", "mail")
+
+    def _tls_settings(self) -> str:
+        if not self.tls:
+            return "allowplaintext: yes"
+        # harness (TLS): as production runs it, no cleartext passwords before TLS (LOGINDISABLED; POP3 USER refused)
+        return (f"allowplaintext: no\ntls_server_cert: {self.certs.cert}\ntls_server_key: {self.certs.key}\n"
+                f"tls_client_ca_file: {self.certs.ca}\ntls_versions: tls1_2 tls1_3")
+
+    def _tls_services(self, binaries: dict[str, Path], imaps_port: int, pop3s_port: int) -> str:
+        if not self.tls:
+            return ""
+        conf, bin_dir = self.root / "imapd.conf", binaries["imapd"].parent
+        return (f'  imaps cmd="{bin_dir}/imapd -s -C {conf} -U 30" listen="127.0.0.1:{imaps_port}" prefork=0 maxchild=100\n'
+                f'  pop3s cmd="{bin_dir}/pop3d -s -C {conf} -U 30" listen="127.0.0.1:{pop3s_port}" prefork=0 maxchild=50\n')
 
     def _set_passwords(self, accounts: list[Account]) -> None:
         sasldb = self.root / "sasldb2"
@@ -171,7 +190,11 @@ class ManagedCyrus(ManagedServer):
     def _create_mailboxes(self, accounts: list[Account]) -> None:
         """The admin creates each INBOX and sets its quota (the admin's namespace names it user.NAME)."""
         kb = self.quota_mb * 1024
-        imap = imaplib.IMAP4("127.0.0.1", self.target.imap.port, timeout=30)
+        if self.tls:  # no cleartext LOGIN with TLS on, for the admin either
+            imap = imaplib.IMAP4_SSL("127.0.0.1", self.target.imaps.port, timeout=30,
+                                     ssl_context=client_context(True, str(self.certs.ca)))
+        else:
+            imap = imaplib.IMAP4("127.0.0.1", self.target.imap.port, timeout=30)
         try:
             imap.login(ADMIN, self._admin_password)
             for account in accounts:
