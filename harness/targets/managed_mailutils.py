@@ -20,9 +20,9 @@ import warnings
 from pathlib import Path
 from string import Template
 
-from harness.errors import ConfigError, TargetUnavailable
+from harness.errors import TargetUnavailable
 from harness.targets.managed_server import ManagedServer, free_ports, tail
-from harness.targets.target_file import Account, Endpoint, Target
+from harness.targets.target_file import Account, Target
 
 PACKAGES = "mailutils-imap4d mailutils-pop3d"
 INSTALL_HINT = (
@@ -89,8 +89,6 @@ class ManagedMailutils(ManagedServer):
     def __init__(self, accounts: int = 40, *, quota_mb: int | None = None, root: Path | None = None,
                  tls: bool | str = False):
         # quota_mb is accepted like every managed server's, and unused: Mailutils has no QUOTA.
-        if tls:  # before the base makes a temp dir
-            raise ConfigError("--tls is not available for the managed Mailutils yet")
         super().__init__(accounts, root=root, tls=tls)
 
 
@@ -100,9 +98,12 @@ class ManagedMailutils(ManagedServer):
         if os.geteuid() != 0:
             raise TargetUnavailable("the managed Mailutils runs as root (virtdomain sessions run as root); run as root or give --target")
         ports = dict(zip(PROGRAMS, free_ports(len(PROGRAMS))))
+        implicit_ports = dict(zip(PROGRAMS, free_ports(len(PROGRAMS)))) if self.tls else {}
         password = secrets.token_urlsafe(12)
         accounts = [Account(f"user{n}@{DOMAIN}", password) for n in range(1, self.account_count + 1)]
-        self._write_files(ports)
+        if self.tls:
+            self._make_certs()
+        self._write_files(ports, implicit_ports)
         self._write_accounts(accounts)
         for program, binary in binaries.items():
             conf = self.root / f"{program}.conf"
@@ -119,13 +120,12 @@ class ManagedMailutils(ManagedServer):
                     start_new_session=True,  # our signals, not the terminal's; killpg takes its children
                 )
         deadline = time.monotonic() + timeout
-        for program, port in ports.items():
+        for program, port in [*ports.items(), *implicit_ports.items()]:
             self._wait_listening(program, port, deadline, timeout)
         self.target = Target(
-            name=f"managed GNU Mailutils ({self.version()})",
+            name=f"managed GNU Mailutils ({self.version()}){self._tls_label()}",
             accounts=accounts,
-            imap=Endpoint("imap", "127.0.0.1", ports["imap4d"]),
-            pop3=Endpoint("pop3", "127.0.0.1", ports["pop3d"]),
+            **self._endpoints(ports["imap4d"], ports["pop3d"], implicit_ports.get("imap4d"), implicit_ports.get("pop3d")),
             profile=self.PROFILE,
             disposable=True,
         )
@@ -167,12 +167,19 @@ class ManagedMailutils(ManagedServer):
     def log_tail(self, program: str = "imap4d", lines: int = 20) -> str:
         return tail(self.root / f"{program}.log", lines)
 
-    def _write_files(self, ports: dict[str, int]) -> None:
+    def _write_files(self, ports: dict[str, int], implicit_ports: dict[str, int] | None = None) -> None:
         for sub in ("run", "passwd", "home"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         for program, port in ports.items():
-            conf = Template(TEMPLATE.read_text()).substitute(root=self.root, program=program, port=port)
+            tls = {"tls_settings": "", "tls_mode": "false", "implicit_server": ""}
+            if self.tls:
+                tls = {
+                    "tls_settings": f"tls {{\n  ssl-certificate-file {self.certs.cert};\n  ssl-key-file {self.certs.key};\n}}",
+                    "tls_mode": "required",  # STARTTLS/STLS before any authentication (LOGINDISABLED)
+                    "implicit_server": f"server 127.0.0.1:{implicit_ports[program]} {{\n  tls-mode connection;\n  backlog 512;\n}}",
+                }
+            conf = Template(TEMPLATE.read_text()).substitute(root=self.root, program=program, port=port, **tls)
             (self.root / f"{program}.conf").write_text(conf)
 
     def _write_accounts(self, accounts: list[Account], append: bool = False) -> None:
