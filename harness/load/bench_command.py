@@ -52,10 +52,18 @@ def add_arguments(p) -> None:
                    help="instead: open N IMAP connections holding IDLE (one account each) while mail arrives, "
                         "and report how many one process held and the notification latency")
     p.add_argument("--delivery-rate", type=finite_float, default=20.0, metavar="R", help="with --idle-users: messages per second delivered (default 20)")
+    p.add_argument("--tls", action="store_true",
+                   help="run the measurement twice against the embedded Dovecot, cleartext and over implicit TLS "
+                        "(throwaway CA), and print commands per CPU-second of each side by side (harness/load/bench_tls.py)")
+    p.add_argument("--server-tls", choices=["implicit", "starttls"], help=argparse.SUPPRESS)  # one side of --tls
     p.add_argument("--json", action="store_true", help="print the raw result as JSON")
 
 
 def run(args) -> int:
+    if args.tls:
+        from harness.load.bench_tls import compare
+
+        return compare(args, run)
     idle = args.idle_users > 0
     users = args.idle_users if idle else args.users
     if not 1 <= users <= (MAX_IDLE_USERS if idle else MAX_USERS):
@@ -74,7 +82,7 @@ def run(args) -> int:
         else:
             from harness.targets.managed_dovecot import ManagedDovecot
 
-            with ManagedDovecot(accounts=users) as dovecot:
+            with ManagedDovecot(accounts=users, tls=args.server_tls or False) as dovecot:
                 target_file = tmp / "target.yaml"
                 dovecot.target.dump(target_file)
                 result = _measure(args, idle, users, target_file, scenario_file, dovecot.target, dovecot)
