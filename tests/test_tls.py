@@ -257,3 +257,27 @@ def test_whole_suite_passes_over_tls(tmp_path, mode):
     proc = cli("run", "--tls", mode, "-n", "2", "--report-dir", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "PASS:" in proc.stdout and "with TLS" in (tmp_path / "r" / "results.json").read_text()
+
+
+def test_seed_over_tls(tls_dovecot, tmp_path):
+    """Seeding counts over IMAP and stores with LMTP, the counting connection over implicit TLS, verified."""
+    path = tmp_path / "t.yaml"
+    tls_dovecot.target.dump(path)
+    proc = cli("seed", "--target", str(path), "--messages", "3", "--accounts", "3-4")
+    assert proc.returncode == 0 and "6 added" in proc.stdout, proc.stdout + proc.stderr
+    again = cli("seed", "--target", str(path), "--messages", "3", "--accounts", "3-4")
+    assert again.returncode == 0 and "0 added" in again.stdout, again.stdout + again.stderr  # it counted them over TLS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["webmail", "pop3-pollers"])
+def test_load_users_over_tls(tmp_path, scenario):
+    state, path = tmp_path / "state", tmp_path / "t.yaml"
+    up = cli("target", "up", "--tls", "--accounts", "6", "--write", str(path), "--state-dir", str(state))
+    assert up.returncode == 0, up.stderr
+    try:
+        proc = cli("load", "--target", str(path), "--scenario", scenario, "--users", "4", "--spawn-rate", "4",
+                   "--run-time", "8s", "--seed", "--report-dir", str(tmp_path / "load"))
+        assert proc.returncode == 0 and "failures: 0" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    finally:
+        cli("target", "down", "--state-dir", str(state))

@@ -100,7 +100,12 @@ def _up(args) -> int:
     state_path.chmod(0o600)
     if args.write:
         target.dump(args.write)
-        endpoints = ", ".join(f"{proto.upper()} {ep.url}" for proto in ("imap", "pop3", "lmtp") if (ep := getattr(target, proto)))
+        urls: dict[str, str] = {}  # url -> protocol; with tls: implicit, imap is the imaps endpoint too
+        for proto in ("imap", "imaps", "pop3", "pop3s", "lmtp"):
+            ep = target.cleartext.get(proto) or getattr(target, proto)
+            if ep:
+                urls.setdefault(ep.url, proto)
+        endpoints = ", ".join(f"{proto.upper()} {url}" for url, proto in urls.items())
         print(f"{target.name} is up: {endpoints}")  # Mailutils has no LMTP
         print(f"target file: {args.write}   stop with: mailharness target down")
     else:
