@@ -175,9 +175,9 @@ def run(args) -> int:
     from harness.stress.command import consistency_of
 
     consistency = consistency_of(run_dir)
-    if consistency and consistency["counts"]:
-        problems.append(f"{sum(consistency['counts'].values())} consistency violation(s): "
-                        + ", ".join(f"{k} {n}" for k, n in sorted(consistency["counts"].items())))
+    if consistency and consistency["must"]:
+        problems.append(f"{sum(consistency['must'].values())} consistency violation(s): "
+                        + ", ".join(f"{k} {n}" for k, n in sorted(consistency["must"].items())))
     facts = _facts(args, scenario, target, plan, run_dir, users, run_time, workers, seeding, started_wall)
     section = ""
     if consistency:

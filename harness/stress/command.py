@@ -120,9 +120,12 @@ def run(args) -> int:
         problems.append(f"interrupted ({interrupted})")
     if not result["processes"]:
         problems.append("no generator process wrote its results (see locust.log)")
-    total = sum(result["counts"].values())
-    if total:
-        problems.append(f"{total} consistency violation(s): " + ", ".join(f"{k} {n}" for k, n in sorted(result["counts"].items())))
+    from harness.stress.violations import SHOULD_KINDS
+
+    must = {k: n for k, n in result["counts"].items() if k not in SHOULD_KINDS}
+    if must:
+        problems.append(f"{sum(must.values())} consistency violation(s): " + ", ".join(f"{k} {n}" for k, n in sorted(must.items())))
+    result["warnings"] = {k: n for k, n in result["counts"].items() if k in SHOULD_KINDS}
     result["problems"] = problems
     result["passed"] = not problems
     (run_dir / "stress.json").write_text(scrub(json.dumps(result, indent=1, default=str)))
@@ -222,8 +225,11 @@ def consistency_of(run_dir: Path) -> dict | None:
     parts = [json.loads(p.read_text()) for p in sorted((run_dir / "processes").glob("consistency-*.json"))]
     if not parts:
         return None
+    from harness.stress.violations import SHOULD_KINDS
+
     result = merge(parts)
     result["classification"] = classify(result, {})
+    result["must"] = {k: n for k, n in result["counts"].items() if k not in SHOULD_KINDS}
     return result
 
 
@@ -276,9 +282,11 @@ def classify(result: dict, probes: dict) -> dict:
 
 def _print_summary(result: dict, report: Path) -> None:
     print(f"commands checked: {result['commands']}, processes: {result['processes']}")
+    from harness.stress.violations import SHOULD_KINDS
+
     for kind, n in sorted(result["counts"].items()):
         first = result["first"].get(kind, {})
-        print(f"  VIOLATION {kind}: {n}  (first: {first.get('session', '?')}: {first.get('detail', '')[:150]})")
+        print(f"  {'WARNING' if kind in SHOULD_KINDS else 'VIOLATION'} {kind}: {n}  (first: {first.get('session', '?')}: {first.get('detail', '')[:150]})")
     for name, value in result["classification"].items():
         if not name.startswith("probe "):
             print(f"  {name}: {value}")

@@ -101,7 +101,10 @@ class StressImap:
         self.client.connect()
         self.client.login(user, password)
         self.run("CAPABILITY", b"CAPABILITY")
-        self.run("CREATE", b"CREATE " + quote(OTHER_FOLDER), allow_no=True)
+        if self.has(b"NAMESPACE"):
+            self.run("NAMESPACE", b"NAMESPACE")
+        self.other = quote(self.view.prefix.decode() + OTHER_FOLDER)
+        self.run("CREATE", b"CREATE " + self.other, allow_no=True)
         self.view.uids, self.view.flags = [], []
         self.run("SELECT", b"SELECT INBOX")
         self.sync()
@@ -310,7 +313,7 @@ class StressImap:
 
     def c_copy(self) -> None:
         lo, hi = self.seq_range()
-        self.run("COPY", b"COPY %d:%d %s" % (lo, hi, quote(OTHER_FOLDER)), allow_no=self.range_may_fail(lo, hi))
+        self.run("COPY", b"COPY %d:%d %s" % (lo, hi, self.other), allow_no=self.range_may_fail(lo, hi))
 
     def c_move(self) -> None:
         if not self.has(b"MOVE"):
@@ -321,9 +324,9 @@ class StressImap:
         seq, uid = self.rng.choice(known)
         self.mailbox.vanishing_uids.add(uid)
         if self.rng.random() < 0.5:
-            self.run("MOVE", b"UID MOVE %d %s" % (uid, quote(OTHER_FOLDER)), allow_no=True)
+            self.run("MOVE", b"UID MOVE %d %s" % (uid, self.other), allow_no=True)
         else:
-            self.run("MOVE", b"MOVE %d %s" % (seq, quote(OTHER_FOLDER)), allow_no=True)
+            self.run("MOVE", b"MOVE %d %s" % (seq, self.other), allow_no=True)
 
     def c_noop(self) -> None:
         self.run("NOOP", b"NOOP")

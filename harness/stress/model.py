@@ -18,6 +18,7 @@ differ in what they answer for them (imaptest's "Expunge fetch"/"Expunge store" 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -26,6 +27,7 @@ from harness.stress.messages import header_of
 from harness.stress.responses import Response, ResponseError, parse_fetch, parse_list, response_code, untagged_kind
 from harness.stress.violations import Transcript, ViolationLog
 
+_PERSONAL = re.compile(rb'\* NAMESPACE \(\("([^"]*)"', re.IGNORECASE)
 SKIP_ITEMS = frozenset({b"SEQ", b"UID", b"FLAGS", b"MODSEQ"})
 GUARDED = frozenset({"FETCH", "STORE", "SEARCH"})  # RFC 3501 §7.4.1: no EXPUNGE while these run (UID forms may)
 
@@ -61,6 +63,8 @@ class MailboxModel:
         self.delivered = 0
         self.appended = 0
         self.counts: Counter[str] = Counter()  # violations in this mailbox, by kind
+        self.degraded = False  # UIDVALIDITY was renewed: UIDs no longer name one message across sessions
+        self.added_octets = 0  # appended messages the server reports bigger (it added header fields: legal)
 
     # -- violations --------------------------------------------------------------------------
     def violation(self, kind: str, detail: str, session: SessionView | None = None,
@@ -79,7 +83,7 @@ class MailboxModel:
 
     # -- what may be gone --------------------------------------------------------------------
     def may_vanish(self, uid: int | None) -> bool:
-        if uid is None:
+        if uid is None or self.degraded:
             return True
         if uid in self.vanishing_uids or uid in self.gone:
             return True
@@ -99,16 +103,23 @@ class MailboxModel:
 
     # -- identity and static data ------------------------------------------------------------
     def check_uidvalidity(self, value: int, session: SessionView) -> None:
+        """Within a session UIDVALIDITY cannot change; between sessions it may (RFC 3501 §2.3.1.1: UIDs SHOULD
+        persist, and MUST come with a new UIDVALIDITY when they do not). From a renewal on, UIDs of two
+        generations are in use at once: the checks that key on a UID across sessions stop for this mailbox."""
+        if session.uidvalidity is not None and value != session.uidvalidity:
+            self.violation("uidvalidity-changed", f"UIDVALIDITY {value} within the session, was {session.uidvalidity}", session)
+        session.uidvalidity = value
         if self.uidvalidity is None:
             self.uidvalidity = value
         elif value != self.uidvalidity:
-            self.violation("uidvalidity-changed", f"UIDVALIDITY {value}, was {self.uidvalidity}", session)
+            self.violation("uidvalidity-renewed", f"a new session got UIDVALIDITY {value}, earlier ones {self.uidvalidity}: "
+                           "UIDs did not persist; checks across sessions by UID stop for this mailbox", session)
             self.uidvalidity = value
-            self.uid_msgid.clear()
-            self.msgid_uid.clear()
-            self.static.clear()
+            self.degraded = True
 
     def bind(self, uid: int, msgid: bytes, session: SessionView | None) -> None:
+        if self.degraded:
+            return
         old = self.uid_msgid.get(uid)
         if old is not None:
             if old != msgid:
@@ -124,7 +135,7 @@ class MailboxModel:
             self.msgid_uid[msgid] = uid
 
     def on_static(self, uid: int, items: dict, session: SessionView) -> None:
-        if uid in self.vanishing_uids or uid in self.gone or self.uid_msgid.get(uid) in self.vanishing_msgids:
+        if self.degraded or uid in self.vanishing_uids or uid in self.gone or self.uid_msgid.get(uid) in self.vanishing_msgids:
             return  # an expunged message may answer with anything cached, or nothing
         msgid = None
         env = items.get(b"ENVELOPE")
@@ -155,28 +166,37 @@ class MailboxModel:
             self._against_created(uid, msgid, items, session)
 
     def _against_created(self, uid: int, msgid: bytes, items: dict, session: SessionView) -> None:
+        """The appended bytes, as the server reports them. A server may add header fields (Received:, Status:,
+        X-UID: ...), so a bigger message with every appended header line and the same body is legal; fewer
+        octets, or a body that differs, is not."""
         size, regenerate, _day = self.created[msgid]
         if size is None:
             return  # delivered: the server adds trace headers
         got = items.get(b"RFC822.SIZE")
-        if got is not None and got != size:
+        if isinstance(got, int) and got < size:
             self.violation("content-differs", f"UID {uid} RFC822.SIZE {got}, but {size} octets were appended", session)
+        elif isinstance(got, int) and got > size:
+            self.added_octets += 1
         bodies = [(k, v) for k, v in items.items() if isinstance(v, bytes) and k.startswith(b"BODY[")
                   and (k.startswith(b"BODY[]") or k == b"BODY[HEADER]")]
         if not bodies:
             return
         data = regenerate()
+        reported = self.static.get(uid, {}).get(b"RFC822.SIZE")
         for key, value in bodies:
             if key == b"BODY[HEADER]":
-                want = header_of(data)
+                ok = value == header_of(data) or _headers_kept(header_of(data), value)
             elif key.startswith(b"BODY[]<"):
+                if reported != size:
+                    continue  # offsets shift with added header fields: judged only on an unchanged message
                 offset = int(key[7:].split(b">")[0])
-                want = data[offset : offset + len(value)]
+                ok = value == data[offset : offset + len(value)]
             else:
-                want = data
-            if value != want:
+                ok = value == data or (_headers_kept(header_of(data), header_of(value))
+                                       and value[len(header_of(value)):] == data[len(header_of(data)):])
+            if not ok:
                 self.violation("content-differs", f"UID {uid} {key.decode()}: {len(value)} octets that differ from the "
-                               f"{len(want)} appended", session)
+                               f"{len(data)} appended", session)
 
     def size_of(self, uid: int) -> int | None:
         msgid = self.uid_msgid.get(uid)
@@ -229,6 +249,12 @@ def _canonical(value):
     return repr(value)
 
 
+def _headers_kept(appended: bytes, served: bytes) -> bool:
+    """Every header line appended is still there (the server may have added its own)."""
+    have = set(served.split(b"\r\n"))
+    return all(line in have for line in appended.split(b"\r\n") if line)
+
+
 def _show(canon) -> str:
     if isinstance(canon, tuple) and len(canon) == 2 and isinstance(canon[0], int):
         return f"{canon[0]} octets"
@@ -251,10 +277,12 @@ class SessionView:
         self.permanent: set[bytes] = set()
         self.expunged: set[int] = set()
         self.command = ""  # the command in progress ("FETCH", "UID STORE", ...)
+        self.uidvalidity: int | None = None
         self.storing: set[int] = set()  # UIDs of this session's own keyword STORE in flight
         self.search: list[tuple] = []  # results of * SEARCH lines: (numbers, count then, UIDs known expunged then)
         self.checking = True
         self.caps: set[bytes] = set()
+        self.prefix = b""  # the personal namespace's prefix ("INBOX." on Cyrus): where our folders go
         self.fetched: dict[int, dict] = {}  # seq -> items of FETCH responses during the current command
         self.needs_sync = True  # unknown UIDs: the next command should be FETCH n:* (UID FLAGS)
 
@@ -289,10 +317,16 @@ class SessionView:
             self.on_expunge(number)
         elif word == b"SEARCH":
             self.search.append(([int(w) for w in resp.line.split()[2:] if w.isdigit()], len(self.uids), frozenset(self.expunged)))
+        elif word == b"NAMESPACE":
+            m = _PERSONAL.match(resp.line)
+            self.prefix = m.group(1) if m else b""
         elif word == b"CAPABILITY":
             self.caps = set(resp.line.upper().split()[2:])
         elif word == b"FLAGS":
             self.announced = _lower(parse_list(resp.line))
+        elif number is not None and word not in (b"RECENT",):
+            self.violation("bad-response", f"unknown message data {resp.line[:80].decode(errors='replace')!r}: RFC 3501 §7.4 "
+                           "defines only EXPUNGE and FETCH (and §7.3 EXISTS, RECENT) after a number")
         elif word in (b"OK", b"NO", b"BAD"):
             code = response_code(resp.line)
             if code and code[0] == b"UIDVALIDITY" and code[1].isdigit():

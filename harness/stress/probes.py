@@ -36,6 +36,9 @@ def _session(target, model: MailboxModel, label: str, index: int) -> StressImap:
     client.connect()
     client.login(account.user, account.password)
     s.run("CAPABILITY", b"CAPABILITY")
+    if s.has(b"NAMESPACE"):
+        s.run("NAMESPACE", b"NAMESPACE")
+    s.folder = quote(s.view.prefix.decode() + FOLDER)
     return s
 
 
@@ -58,30 +61,33 @@ def run_probes(target) -> dict:
 def _probe(target, model: MailboxModel, sessions: list[StressImap]) -> dict:
     a = _session(target, model, "probe-A", 0)
     sessions.append(a)
-    a.run("CREATE", b"CREATE " + quote(FOLDER), allow_no=True)
-    a.run("SELECT", b"SELECT " + quote(FOLDER))
+    a.run("CREATE", b"CREATE " + a.folder, allow_no=True)
+    a.run("SELECT", b"SELECT " + a.folder)
     if a.view.count:  # left over from an interrupted probe: the folder is the harness's own
         model.pop3_deleted = True  # its messages are unknown to the model: let them go unjudged
         a.run("STORE", b"STORE 1:* +FLAGS.SILENT (\\Deleted)")
         a.run("EXPUNGE", b"EXPUNGE")
-    for label, index in (("probe-B", 1), ("probe-C", 2)):
-        s = _session(target, model, label, index)
-        sessions.append(s)
-        s.run("SELECT", b"SELECT " + quote(FOLDER))
-    b, c = sessions[1], sessions[2]
     bodies = []
     for n in range(3):
         data = make_message(random.Random(n), f"<probe.{n}.{time.time():.0f}@stress.mailharness.test>", time.time())
         bodies.append(data)
-        a.run("APPEND", b"APPEND " + quote(FOLDER) + b" {%d+}\r\n" % len(data) + data if a.has(b"LITERAL+") else b"NOOP")
-        if not a.has(b"LITERAL+"):
+        if a.has(b"LITERAL+"):
+            a.run("APPEND", b"APPEND " + a.folder + b" {%d+}\r\n" % len(data) + data)
+        else:
             _append_sync(a, data)
+    a.run("NOOP", b"NOOP")
+    # B and C select after the appends: what they see does not depend on how NOOP reports other sessions' mail.
+    for label, index in (("probe-B", 1), ("probe-C", 2)):
+        s = _session(target, model, label, index)
+        sessions.append(s)
+        s.run("SELECT", b"SELECT " + s.folder)
+    b, c = sessions[1], sessions[2]
     for s in sessions:
-        s.run("NOOP", b"NOOP")
         if s.view.count:
             s.run("FETCH", b"FETCH 1:%d (UID FLAGS)" % s.view.count)
-    if min(s.view.count for s in sessions) < 3:
-        return {"\\Recent": "not measured", "Expunge fetch": "not measured (appends not seen)", "Expunge store": "not measured"}
+    if min(s.view.count for s in sessions) != 3:
+        return {"\\Recent": "not measured", "Expunge fetch": "not measured (the three appends were not all seen)",
+                "Expunge store": "not measured"}
     recent = []
     for seq in (1, 2, 3):
         recent.append(sum(1 for s in sessions if b"\\recent" in (s.view.flags[seq - 1] or ())))
@@ -120,7 +126,7 @@ def _probe(target, model: MailboxModel, sessions: list[StressImap]) -> dict:
 
 def _append_sync(s: StressImap, data: bytes) -> None:
     """APPEND with a synchronizing literal (no LITERAL+)."""
-    tag = s.send(b"APPEND " + quote(FOLDER) + b" {%d}" % len(data))
+    tag = s.send(b"APPEND " + s.folder + b" {%d}" % len(data))
     status, _ = s.finish(tag, continuation=True)
     if status == b"+":
         s.client.conn.send(data + b"\r\n")
@@ -132,7 +138,7 @@ def _clean_up(sessions: list[StressImap]) -> None:
         try:
             if s is sessions[0]:
                 s.run("CLOSE", b"CLOSE", allow_no=True)
-                s.run("DELETE", b"DELETE " + quote(FOLDER), allow_no=True)
+                s.run("DELETE", b"DELETE " + s.folder, allow_no=True)
             s.client.logout()
         except (WireError, OSError):
             s.client.close()

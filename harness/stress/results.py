@@ -11,7 +11,7 @@ from datetime import datetime
 
 from harness import __version__
 from harness.reports.results import FORMAT, summarize
-from harness.stress.violations import KINDS
+from harness.stress.violations import KINDS, SHOULD_KINDS
 
 POP3_KINDS = {"pop3-uidl-changed", "pop3-uidl-duplicate", "pop3-size-mismatch"}
 CHECKPOINT_KINDS = {"checkpoint-differs", "atomic-flags-lost"}
@@ -49,7 +49,8 @@ def results_json(result: dict, target, command: str) -> dict:
         skipped = None if count else _ran(kind, result)
         tests.append({
             "id": f"stress::{kind}", "title": meaning, "area": "stress", "protocol": "pop3" if kind in POP3_KINDS else "imap",
-            "outcome": "failed" if count else "skipped" if skipped else "passed", "rfc": RFC.get(kind, []),
+            "outcome": ("warning" if kind in SHOULD_KINDS else "failed") if count else "skipped" if skipped else "passed",
+            "level": "SHOULD" if kind in SHOULD_KINDS else "MUST", "rfc": RFC.get(kind, []),
             "message": (f"{count} violation(s); first: {first.get('session', '?')}: {first.get('detail', '')}" if count
                         else skipped or f"0 in {result.get('commands', 0)} commands"),
             "transcript": "\n".join(f"{r['t']:.3f} {r['session']} {r['dir']} {r['line']}" for r in first.get("transcript", [])),

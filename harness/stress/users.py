@@ -39,6 +39,7 @@ from harness.stress.pop3_session import StressPop3
 from harness.stress.violations import KINDS, ViolationLog
 
 AUDIT_TIMEOUT = 20.0
+AUDIT_ATTEMPTS = 4
 _MESSAGE_ID = re.compile(rb"(?im)^Message-ID:[ \t]*(\S+)")
 
 
@@ -85,7 +86,8 @@ class StressRun:
         for name, box in self.mailboxes.items():
             boxes[name] = {
                 "checkpoints": box.checkpoints.to_dict(),
-                "recent_multi": sum(1 for s in box.recent.values() if len(s) > 1),
+                "recent_multi": 0 if box.degraded else sum(1 for s in box.recent.values() if len(s) > 1),
+                "degraded": box.degraded, "added_octets": box.added_octets,
                 "recent_seen": len(box.recent),
                 "appended": box.appended, "delivered": box.delivered, "created": len(box.created),
                 "uncertain": len(box.uncertain), "audit": getattr(box, "audit", None), "violations": dict(box.counts),
@@ -232,18 +234,25 @@ def audit(run: StressRun, target) -> None:
         account = accounts.get(name)
         if account is None or target.imap is None:
             continue
-        client = ImapClient(target.imap, timeout=AUDIT_TIMEOUT)
-        try:
-            client.connect()
-            client.login(account.user, account.password)
-            count = client.select("INBOX")
-            blob = client.command("IMAP audit", b"FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", collect=True) if count else b""
-            client.logout()
-        except NETWORK_ERRORS as exc:
-            box.audit = {"error": str(exc)}
+        blob, error = b"", None
+        for attempt in range(AUDIT_ATTEMPTS):  # an mbox server may still hold the lock of a session just closed
+            client = ImapClient(target.imap, timeout=AUDIT_TIMEOUT)
+            try:
+                client.connect()
+                client.login(account.user, account.password)
+                count = client.select("INBOX")
+                blob = client.command("IMAP audit", b"FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])", collect=True) if count else b""
+                client.logout()
+                error = None
+                break
+            except NETWORK_ERRORS as exc:
+                error = str(exc)
+                gevent.sleep(1 + attempt)
+            finally:
+                client.close()
+        if error:
+            box.audit = {"error": error}
             continue
-        finally:
-            client.close()
         present: dict[bytes, int] = {}
         for msgid in _MESSAGE_ID.findall(blob):
             present[msgid] = present.get(msgid, 0) + 1
@@ -254,7 +263,9 @@ def audit(run: StressRun, target) -> None:
         duplicated = [m for m in box.created if present.get(m, 0) > 1]
         box.audit = {"present": len(present), "lost": len(lost), "duplicated": len(duplicated),
                      "unbound_deletes": unbound_deletes}
-        if lost and not unbound_deletes:
+        if box.degraded:
+            box.audit["not_judged"] = "UIDVALIDITY was renewed during the run: which message went cannot be told"
+        elif lost and not unbound_deletes:
             box.violation("mail-lost", f"{len(lost)} message(s) this run created are gone, though no one deleted them, "
                           f"e.g. {lost[0].decode(errors='replace')}")
         for m in duplicated[:1]:

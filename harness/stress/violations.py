@@ -13,16 +13,17 @@ from harness.known_secrets import scrub
 # What each kind means; the report prints this beside the counts.
 KINDS = {
     "seq-beyond-exists": "a response names a sequence number above the announced message count (RFC 3501 §7.4.1, §2.3.1.2)",
-    "exists-decreased": "EXISTS announced fewer messages than the session holds, without EXPUNGE (RFC 3501 §7.3.1)",
+    "exists-decreased": "EXISTS announced fewer messages than the session holds: only EXPUNGE removes a sequence number (RFC 3501 §2.3.1.2, §7.4.1)",
     "expunge-beyond-exists": "EXPUNGE names a sequence number the session does not have (RFC 3501 §7.4.1)",
     "expunge-during-command": "EXPUNGE sent while a FETCH, STORE or SEARCH was in progress (RFC 3501 §7.4.1 MUST NOT)",
     "expunged-undeleted": "a message vanished that no session marked \\Deleted, moved or deleted over POP3 (mail lost)",
     "uid-map-changed": "a sequence number's UID is not the one the session's map holds (RFC 3501 §2.3.1.1)",
     "uid-not-ascending": "UIDs do not ascend with sequence numbers (RFC 3501 §2.3.1.1)",
     "uid-reused": "a UID names a different message than before (RFC 3501 §2.3.1.1: never reused)",
-    "uidvalidity-changed": "UIDVALIDITY changed during the run (RFC 3501 §2.3.1.1)",
+    "uidvalidity-changed": "UIDVALIDITY changed within a session (RFC 3501 §2.3.1.1)",
+    "uidvalidity-renewed": "a later session got a new UIDVALIDITY: UIDs did not persist between sessions (RFC 3501 §2.3.1.1 SHOULD)",
     "static-changed": "a message's static data (size, ENVELOPE, BODYSTRUCTURE, INTERNALDATE, section bytes) changed",
-    "content-differs": "a message's size or bytes differ from what was appended (RFC 3501 §6.3.11)",
+    "content-differs": "an appended message comes back with fewer octets or changed bytes (added header fields are allowed) (RFC 3501 §6.3.11)",
     "keyword-not-announced": "FETCH FLAGS names a keyword the session was never told of in FLAGS (RFC 3501 §7.2.6)",
     "keyword-lost": "a keyword a session stored (and nobody removed) is missing from its FETCH FLAGS",
     "atomic-flags-lost": "two sessions' concurrent +FLAGS on one message, both answered OK: one of the flags is missing afterwards",
@@ -35,8 +36,11 @@ KINDS = {
     "pop3-uidl-duplicate": "two messages of one POP3 listing share a unique-id (RFC 1939 §7)",
     "pop3-size-mismatch": "RETR sent a different number of octets than LIST announced (RFC 1939 §5)",
     "fetch-missing": "a FETCH left out a message of its sequence set that no one deleted (RFC 3501 §6.4.5)",
-    "bad-response": "a response the model could not take apart",
+    "bad-response": "a response the model could not take apart, or one no RFC defines (\"* 1 EXPUNGED\")",
 }
+
+# Kinds that break a SHOULD: warnings, shown and counted, never a failed run. Everything else breaks a MUST.
+SHOULD_KINDS = frozenset({"uidvalidity-renewed"})
 
 TRANSCRIPT_LINES = 40  # per session, in its ring buffer
 FIRST_LINES = 80  # of the interleaved transcript kept with the first violation of a kind
