@@ -126,11 +126,14 @@ class Reader:
         self._reads += 1
         if self._yield is not None and self._reads % YIELD_EVERY == 0:
             self._yield()
-        if self.timed_reads and self.deadline:
+        if self.deadline:
+            # Also with a watchdog (timed_reads off): its shutdown() wakes a read that waits, but not one
+            # that never has to, against a server that floods without end (an endless {2000000000} literal).
             left = self.deadline - monotonic()
             if left <= 0:
                 raise self._timeout_error(False)
-            self.sock.settimeout(left)
+            if self.timed_reads:
+                self.sock.settimeout(left)
         recv = self.recv
         if self.awaiting:
             self.awaiting = False

@@ -116,6 +116,73 @@ def test_strict_pop3_session_reads_an_endless_body_into_bounded_memory(monkeypat
     assert peak < 4 * cap, peak  # the body's bytes as sent and unstuffed: not an object per line (ten times more)
 
 
+def test_lean_imap_client_under_a_watchdog_ends_a_flood_at_its_deadline():
+    """Inside Locust a watchdog ends a command by shutting its socket down, which wakes a read that waits but not
+    one that never has to: a server that floods without end kept `--run-time 10s` going for a minute."""
+    from harness.load.wire import Watchdog
+
+    with HostileServer("endless-lines") as server:
+        client = ImapClient(_endpoint("imap", server.imap_port), timeout=1, watchdog=Watchdog())  # never run here
+        client.connect()
+        client.login("u1", "secret-1")
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            client.command("IMAP NOOP", b"NOOP")  # counting mode: complete lines are passed, the buffer stays small
+        client.close()
+    assert time.monotonic() - started < 30  # ended by the command's deadline (1 s), with slack for a busy machine
+
+
+def test_lean_imap_client_refuses_a_two_gigabyte_literal_at_once():
+    from harness.load.wire import MAX_LITERAL
+
+    with HostileServer("huge-literal") as server:
+        client = ImapClient(_endpoint("imap", server.imap_port), timeout=30)
+        client.connect()
+        client.login("u1", "secret-1")
+        started = time.monotonic()
+        with pytest.raises(ResponseTooLarge, match="2000000000 bytes"):
+            client.command("IMAP FETCH", b"FETCH 1 BODY[]")  # counted, not collected: it would be read, not held
+        client.close()
+    assert MAX_LITERAL < 2_000_000_000 and time.monotonic() - started < 25  # not read for the whole timeout
+
+
+def test_lean_pop3_client_counts_an_unreadable_stat_as_a_failed_request():
+    from harness.load.wire import MalformedResponse
+
+    reported = []
+    with HostileServer("huge-literal") as server:  # answers STAT with "+OK here it comes" (and a body)
+        client = Pop3Client(_endpoint("pop3", server.pop3_port), timeout=5,
+                            report=lambda name, ms, size, exc: reported.append((name, exc)))
+        client.connect()
+        client.login("u1", "secret-1")
+        with pytest.raises(MalformedResponse):  # a WireError, which the users catch: not a ValueError traceback
+            client.stat()
+        client.close()
+    assert reported[-1][0] == "POP3 STAT" and isinstance(reported[-1][1], MalformedResponse), reported
+
+
+@pytest.mark.slow
+def test_load_against_a_server_that_never_greets_counts_its_connects_as_errors(tmp_path):
+    """The run (4 s) is shorter than a command's timeout (6 s): every connect is still waiting when it ends."""
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("description: connects only\nusers:\n  pop3_keep: {weight: 1, think_time: {min: 1, max: 2}}\n"
+                        "  imap_webmail: {weight: 1, think_time: {min: 1, max: 2}}\nmailbox: {messages: 0}\n"
+                        "timeout: 6\nmax_error_rate: 100%\n")
+    with HostileServer("silent") as server:
+        target = tmp_path / "t.yaml"
+        target.write_text(server.target_yaml())
+        proc = mailharness("load", "--target", str(target), "--scenario", str(scenario), "--users", "2",
+                           "--spawn-rate", "2", "--run-time", "4s", "--stop-timeout", "1", "--quiet",
+                           "--report-dir", str(tmp_path / "r"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    [rate] = [v for v in run["thresholds"] if "errors" in v["rule"]]
+    assert rate["observed"] == "100%", (rate, run["request_counts"])
+    assert sum(run["request_counts"].values()) == 2, run["request_counts"]  # one connect per user, each failed
+    failures = (tmp_path / "r" / "locust_failures.csv").read_text()
+    assert "still unanswered when the run ended" in failures, failures
+
+
 @pytest.mark.parametrize("mode", ["slowloris", "garbage"])
 def test_lean_client_greeting_ends_within_its_timeout(mode):
     with HostileServer(mode) as server:

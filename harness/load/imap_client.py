@@ -13,7 +13,15 @@ import re
 from time import monotonic
 
 from harness.framing import LITERAL_IN_STREAM as _LITERAL
-from harness.load.wire import CommandFailed, Step, WireClient, WireError
+from harness.load.wire import (
+    MAX_LITERAL,
+    CommandFailed,
+    ResponseTooLarge,
+    Step,
+    WireClient,
+    WireError,
+    report_if_late,
+)
 from harness.targets.target_file import Endpoint
 
 EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.MULTILINE)
@@ -103,6 +111,9 @@ class ImapClient(WireClient):
         except Exception as exc:
             self.report(name, (monotonic() - started) * 1000, conn.received - received if conn else 0, exc)
             raise
+        except BaseException as exc:  # the run ended (Locust killed the user) while it waited
+            report_if_late(self, name, (monotonic() - started) * 1000, conn.received - received if conn else 0, exc)
+            raise
         finally:
             if conn:
                 conn.deadline = 0.0
@@ -145,7 +156,10 @@ class ImapClient(WireClient):
             pos = conn.pos
             for marker in _LITERAL.finditer(buf, pos):
                 if marker.start() >= pos:  # else it lies inside a literal already counted
-                    pos = marker.end() + int(marker.group(1))
+                    size = int(marker.group(1))
+                    if size > MAX_LITERAL:
+                        raise ResponseTooLarge(f"{name}: a literal of {size} bytes (at most {MAX_LITERAL // 2**20} MB)")
+                    pos = marker.end() + size
             if pos > len(buf):  # the last literal goes on beyond what has arrived
                 conn.pos = len(buf)
                 conn.skip(pos - len(buf))

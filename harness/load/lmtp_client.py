@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from harness.load.wire import CommandFailed, Step, WireClient, WireError
+from harness.load.wire import MAX_REPLY_LINES, CommandFailed, ResponseTooLarge, Step, WireClient, WireError
 from harness.targets.target_file import Endpoint
 
 
@@ -126,6 +126,8 @@ class LmtpClient(WireClient):
         while True:
             line = self.conn.read_line()
             lines.append(line[4:])
+            if len(lines) > MAX_REPLY_LINES:
+                raise ResponseTooLarge(f"{self.proto}: a reply of more than {MAX_REPLY_LINES} lines")
             if len(line) < 4 or line[3:4] != b"-":
                 try:
                     return int(line[:3]), b"\n".join(lines)

@@ -159,6 +159,8 @@ def _on_init(environment, runner=None, **_kw) -> None:
         sys.stderr.write(f"mailharness: {exc}\n")
         raise SystemExit(exc.exit_code) from None
     environment.mailharness = run
+    if not isinstance(runner, WorkerRunner) and options.csv_prefix:
+        events.quit.add_listener(lambda **_: write_final_statistics(environment, options.csv_prefix))
     _scrub_logs()
     limit = raise_open_file_limit()
     log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d",
@@ -173,6 +175,21 @@ def _on_init(environment, runner=None, **_kw) -> None:
                 log.error("mailharness: %s", exc)
 
         runner.register_message(LAYOUT_MESSAGE, on_layout)
+
+
+def write_final_statistics(environment, prefix: str) -> None:
+    """Locust rewrites its *_stats.csv and *_failures.csv once a second while it runs, and not at the end: a
+    request that ends in the last second (a connect to a server that never greets, timing out as the run
+    stops) would be missing from them, and from the error rate. Write them once more from the final numbers."""
+    import csv
+
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (("_stats.csv", writer.requests_csv), ("_failures.csv", writer.failures_csv),
+                          ("_exceptions.csv", writer.exceptions_csv)):
+        with open(prefix + suffix, "w", newline="") as out:
+            write(csv.writer(out))
 
 
 @events.test_start.add_listener

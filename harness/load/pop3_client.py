@@ -7,7 +7,7 @@ download-and-delete poller reads X-Mailharness-Id to account for every delivery)
 
 from __future__ import annotations
 
-from harness.load.wire import CommandFailed, Step, WireClient
+from harness.load.wire import CommandFailed, MalformedResponse, Step, WireClient
 
 _TERMINATOR = b"\r\n.\r\n"
 
@@ -46,8 +46,7 @@ class Pop3Client(WireClient):
     # -- commands --------------------------------------------------------------------
     def stat(self) -> tuple[int, int]:
         """(message count, total octets)."""
-        parts = self.command("POP3 STAT", b"STAT").split()
-        return int(parts[1]), int(parts[2])
+        return self.command("POP3 STAT", b"STAT", parse=lambda line: _numbers("POP3 STAT", line.split()[1:3]))
 
     def dele(self, number: int) -> None:
         self.command("POP3 DELE", b"DELE %d" % number)
@@ -57,28 +56,31 @@ class Pop3Client(WireClient):
 
     def uidl(self) -> list[tuple[int, bytes]]:
         """[(message number, unique id)] for the whole maildrop."""
-        body = self._multiline("POP3 UIDL", b"UIDL", keep=True)
-        out = []
-        for line in body.split(b"\r\n"):
-            if line:
-                number, uid = line.split(b" ", 1)
-                out.append((int(number), uid))
-        return out
+        def parse(body: bytes) -> list[tuple[int, bytes]]:
+            out = []
+            for line in body.split(b"\r\n"):
+                if line:
+                    number, _, uid = line.partition(b" ")
+                    out.append((_numbers("POP3 UIDL", [number], 1)[0], uid))
+            return out
+
+        return self._multiline("POP3 UIDL", b"UIDL", keep=True, parse=parse)
 
     def list(self) -> list[tuple[int, int]]:
         """[(message number, size)] for the whole maildrop."""
-        body = self._multiline("POP3 LIST", b"LIST", keep=True)
-        return [(int(a), int(b)) for a, b in (line.split() for line in body.split(b"\r\n") if line)]
+        return self._multiline("POP3 LIST", b"LIST", keep=True, parse=lambda body: [
+            _numbers("POP3 LIST", line.split()) for line in body.split(b"\r\n") if line])
 
     def retr(self, number: int, header: bytes | None = None) -> bytes | None:
         """RETR a message; returns the value of ``header`` (e.g. b"X-Mailharness-Id") if asked for."""
         return self._multiline("POP3 RETR", b"RETR %d" % number, header=header)
 
-    def command(self, name: str, command: bytes) -> bytes:
-        """A single-line command; returns the +OK line. -ERR raises CommandFailed."""
-        with Step(self, name):
+    def command(self, name: str, command: bytes, parse=None):
+        """A single-line command; returns the +OK line (or what `parse` makes of it). -ERR raises CommandFailed."""
+        with Step(self, name):  # parsed inside the step: an answer it cannot read is a failed request
             self._connected(name).send(command + b"\r\n")
-            return self._status(name)
+            line = self._status(name)
+            return parse(line) if parse else line
 
     # -- reading ---------------------------------------------------------------------
     def _status(self, name: str) -> bytes:
@@ -87,11 +89,12 @@ class Pop3Client(WireClient):
             raise CommandFailed(f"{name}: {line[:300].decode(errors='replace')}")
         return line
 
-    def _multiline(self, name: str, command: bytes, *, keep: bool = False, header: bytes | None = None):
+    def _multiline(self, name: str, command: bytes, *, keep: bool = False, header: bytes | None = None, parse=None):
         with Step(self, name):
             self._connected(name).send(command + b"\r\n")
             self._status(name)
-            return self._read_body(keep, header)
+            body = self._read_body(keep, header)
+            return parse(body) if parse else body
 
     def _read_body(self, keep: bool, header: bytes | None):
         """Consume a multi-line body up to CRLF.CRLF; return it (``keep``), one header's value, or None."""
@@ -131,3 +134,10 @@ def _header_value(buf: bytearray, start: int, end: int, name: bytes) -> bytes | 
         at += 2
     eol = buf.find(b"\r\n", at, end + 2)
     return bytes(buf[at + len(prefix) : eol]).strip()
+
+
+def _numbers(name: str, words: list[bytes], count: int = 2) -> tuple[int, ...]:
+    """`count` decimal numbers, or MalformedResponse (not a ValueError: the users count it as a failed request)."""
+    if len(words) < count or not all(w.isdigit() for w in words[:count]):
+        raise MalformedResponse(f"{name}: expected {count} number(s), got {b' '.join(words)[:200]!r}")
+    return tuple(int(w) for w in words[:count])

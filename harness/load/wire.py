@@ -28,6 +28,10 @@ RECV_SIZE = 65536
 # (an endless body, a {2000000000} literal): the command fails rather than the generator's memory.
 MAX_BUFFERED = 32 * 1024 * 1024
 MAX_LINE = 1024 * 1024  # one response line without its literals (a SEARCH of 100,000 messages is ~700 KB)
+# A literal that is only counted, never held (an attachment passed over): larger ones fail at once
+# rather than be read for the command's whole timeout.
+MAX_LITERAL = 64 * 1024 * 1024
+MAX_REPLY_LINES = 1000  # lines of one SMTP/LMTP reply
 
 
 class WireError(Exception):
@@ -44,6 +48,10 @@ class ConnectionClosed(WireError):
 
 class ResponseTooLarge(WireError):
     """The server sent more than a response may hold (a line or an answer beyond the caps)."""
+
+
+class MalformedResponse(WireError):
+    """An answer the client cannot read (STAT without its numbers, a LIST line that is not `n size`)."""
 
 
 def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
@@ -221,6 +229,18 @@ def _no_report(name: str, ms: float, nbytes: int, exc: BaseException | None) -> 
     pass
 
 
+# A command still unanswered when Locust ends the run (it kills the user: GreenletExit) is a failed request
+# once it has waited this share of its timeout: else a server that never greets, or hangs after login, shows
+# 0% errors in a run no longer than the timeout. Commands merely in flight at the end are not counted.
+LATE_AT_END = 0.5
+
+
+def report_if_late(client: WireClient, name: str, ms: float, received: int, exc: BaseException) -> None:
+    if type(exc).__name__ == "GreenletExit" and ms >= LATE_AT_END * client.timeout * 1000:
+        client.report(name, ms, max(0, received), TimeoutError(
+            f"still unanswered when the run ended, after {ms / 1000:.1f}s (timeout {client.timeout:g}s)"))
+
+
 class WireClient:
     """What the POP3, IMAP and LMTP clients share: endpoint, timeouts, reporting and one Connection.
 
@@ -261,7 +281,7 @@ class Step:
 
     Used as ``with Step(client, "IMAP IDLE"):``; the client's connection (if any) is armed
     for the watchdog meanwhile. A greenlet being killed (GreenletExit, a BaseException) is
-    not a failed request and is not reported.
+    not a failed request, unless the step had waited long (see LATE_AT_END).
     """
 
     __slots__ = ("client", "name", "received", "started")
@@ -288,4 +308,6 @@ class Step:
             self.client.report(self.name, elapsed, max(0, received), None)
         elif issubclass(exc_type, Exception):
             self.client.report(self.name, elapsed, max(0, received), exc)
+        else:
+            report_if_late(self.client, self.name, elapsed, received, exc)
         return False
