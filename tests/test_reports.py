@@ -114,6 +114,9 @@ def test_summarize_counts_every_outcome_and_sets_the_verdict():
     # Expected deviations and skips do not break the verdict; an unexpected pass does.
     assert summarize([make_test("a.b.c"), make_test("a.b.d", "xfailed"), make_test("a.b.e", "skipped")])["verdict"] == "pass"
     assert summarize([make_test("a.b.c", "xpassed")])["verdict"] == "fail"
+    # A run in which every test was skipped (a server without what they need) checked nothing: never a PASS.
+    skipped = summarize([make_test("a.b.c", "skipped"), make_test("a.b.d", "skipped")])
+    assert skipped["verdict"] == "incomplete" and "Every one of the 2 tests was skipped" in skipped["verdict_reason"]
     assert summarize([])["summary"]["total"] == 0
 
 

@@ -37,7 +37,7 @@ exit codes: 0 every test ran and passed (or deviated as its profile expects); fa
               checks (warnings) and optional MAY behaviour do not fail the run unless --strict,
             1 failures (or a profile's expected failure now passes; or warnings with --strict),
             2 usage, configuration or malformed-suite errors, an unusable target, no matching test,
-              or an incomplete run (--collect-only); the reports say why,
+              or an incomplete run (--collect-only, every test skipped); the reports say why,
             130 / 143 interrupted by Ctrl-C / SIGTERM (reports are written for the part that ran).
 """.format(servers=", ".join(server_names()))
 

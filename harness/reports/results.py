@@ -134,7 +134,12 @@ def _verdict(summary: dict, run: dict) -> tuple[str, str]:
         return "incomplete", f"The run stopped early: {of}{found}."
     if bad:
         return "fail", f"{', '.join(bad)}; {of}."
+    skipped = summary.get("skipped", 0)
+    if skipped and skipped >= collected:  # a skip checks nothing: never PASS for what did not run
+        return "incomplete", f"Every one of the {plural(collected, 'test')} was skipped (see each test's reason): nothing was checked."
     soft = [_count_words(summary, o) for o in ("warning", "behaviour") if summary.get(o)]
+    if skipped:
+        soft.append(f"{skipped} skipped")
     return "pass", f"All {plural(collected, 'test')} ran; none failed" + (f" ({', '.join(soft)})" if soft else "") + "."
 
 
