@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from imapclient.exceptions import ProtocolError as ImapclientProtocolError
 from imapclient.response_parser import parse_fetch_response
 
+from harness.known_secrets import SECRETS
 from harness.sessions.base import Session
 from harness.sessions.errors import ConnectionClosed, ProtocolError, ResponseTooLarge, SessionError
 from harness.sessions.literals import MARKER_ANYWHERE, MARKER_AT_END, frame, marker_at_end
+from harness.sessions.redact import MASK
 from harness.sessions.transcript import Transcript
 from harness.sessions.wire import MAX_RESPONSE, BareLineFeed, LineTooLong, WireClosed, WireTimeout
 
@@ -360,17 +362,23 @@ class IMAPSession(Session):
         return IMAPResponse(tag, status.upper(), text, code, line, self.pending())
 
     def _too_much(self, while_: str, since: int, size: int) -> SessionError:
-        count, last = len(self._pending) - since, self._pending[-1].text[:120]
+        count, last = len(self._pending) - since, self._scrubbed(self._pending[-1].text[:120])
         self._pending = self._pending[:since]  # what the test would see is gone with the session
         return self._fail(ResponseTooLarge(
             f"{self.url} sent {count} untagged responses ({size >> 20} MiB, last `{last}`) while the harness was "
             f"{while_}; it keeps at most {MAX_UNTAGGED} or {MAX_RESPONSE >> 20} MiB"))
 
+    def _scrubbed(self, text: str) -> str:
+        """A server line for an error message: this session's and the target's passwords masked (a server may echo them)."""
+        for secret in self._secrets:
+            text = text.replace(secret, MASK.decode())
+        return SECRETS.scrub(text)
+
     def _progress(self, since: int) -> str | None:
         got = []
         new = self._pending[since:]
         if new:
-            got.append(f"{len(new)} untagged response{'s' if len(new) > 1 else ''}, last `{new[-1].text[:120]}`")
+            got.append(f"{len(new)} untagged response{'s' if len(new) > 1 else ''}, last `{self._scrubbed(new[-1].text[:120])}`")
         if self.wire.unread:
             got.append(f"{self.wire.unread} bytes of an incomplete response")
         return "; ".join(got) or None
