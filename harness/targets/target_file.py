@@ -96,8 +96,10 @@ class Target:
     def warnings(self) -> list[str]:
         """What the user must know about this target before trusting a run against it."""
         out = []
-        for proto in ("imap", "pop3", "lmtp", "smtp"):
+        for proto in ("imap", "pop3", "lmtp", "smtp", "imaps", "pop3s"):
             ep = getattr(self, proto)
+            if proto in ("imaps", "pop3s") and ep == getattr(self, proto[:-1]):
+                continue  # tls: implicit: the sessions' endpoint, already said
             if ep and (ep.tls or ep.starttls) and not ep.tls_verify:
                 out.append(f"{proto}: tls_verify is false: {ep.url}'s certificate is not checked, so anyone on the "
                            "path could pose as the server and read the passwords")
