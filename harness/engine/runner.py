@@ -146,6 +146,7 @@ class TestRun:
         self.deviations: list[StepFailure] = []
         self.not_run: str | None = None  # why the steps after a deviation could not run, if they could not
         self.ended: str | None = None  # why the test ended early, its question answered (_Ended)
+        self.unusable: dict[str, str] = {}  # session -> why its later steps cannot run (a second TLS layer is due)
         self.owed: dict[str, Step] = {}  # session -> a late await whose responses are still due (`eventually:`)
         self._last_step_end = time.monotonic()
         # POP3: per connection, which number is which corpus message, and LIST's sizes (pop3_view.py)
@@ -244,6 +245,8 @@ class TestRun:
 
     # -- sessions -------------------------------------------------------------------
     def _session(self, name: str, timeout: float):
+        if name in self.unusable:
+            raise _Blocked(self.unusable[name])
         session = self.sessions[name]
         if session is not None and not session.closed:
             return session
@@ -327,6 +330,7 @@ class TestRun:
                 self.guard.pop3(step.session, session, line, timeout, lambda number: self._known_pop3(step.session, number),
                                 self.advertises("pop3", "TOP"))
             response = session.command(line, timeout=timeout, continuations=replies, pipelined=pipelined)
+            self._second_tls(step, session, verb, response.ok)
             if self.guard:
                 self.guard.answered(step.session, line, response.ok)
             self._check_continued(step, response.continued, response.line)
@@ -343,6 +347,7 @@ class TestRun:
             if self.guard:
                 self.guard.imap(step.session, session, line, literals, timeout, self.buffers[step.session])
             response = session.command(line, timeout=timeout, literals=literals, continuations=replies, pipelined=pipelined)
+            self._second_tls(step, session, verb, response.ok)
             if self.guard:
                 self.guard.answered(step.session, line, response.ok)
             self._check_continued(step, response.continued, response.line)
@@ -352,6 +357,14 @@ class TestRun:
             elif verb == "STARTTLS":
                 self._start_tls(step, session, response.ok, response.line, timeout)
 
+    def _second_tls(self, step: Step, session, verb: str, ok: bool) -> None:
+        """A server that accepts STARTTLS/STLS inside TLS now waits for a handshake inside TLS: whatever the
+        step's checks make of that answer, nothing more can run on this session."""
+        if ok and verb in ("STARTTLS", "STLS") and session.tls_active:
+            session.drop()
+            self.unusable[step.session] = (f"session {step.session} accepted {verb} inside TLS (step {step.index}) and now "
+                                           "waits for a TLS handshake inside TLS, so its later steps cannot run")
+
     def _start_tls(self, step: Step, session, ok: bool, line: str, timeout: float) -> None:
         """After STARTTLS/STLS (its answer checked by the step): on OK the handshake starts at once (RFC 2595
         §3.1, §4). A session already in TLS is not wrapped again: the step's checks have judged that answer.
@@ -359,9 +372,7 @@ class TestRun:
         With `pipeline:` (cleartext sent after the command in the same write) a server may refuse the command,
         or take those bytes as the start of the TLS stream so that the handshake fails: either way nothing
         the client pipelined runs inside TLS, which is what such a test asks, and it ends there."""
-        if session.tls_active:
-            if ok:
-                self.transcript.note(session.name, "TLS is already active: no second handshake")
+        if session.tls_active or session.closed:  # closed: a second STARTTLS accepted (_second_tls)
             return
         if not ok:
             if step.pipeline:
