@@ -51,9 +51,10 @@ def _line(node_or_event) -> int:
     return node_or_event.start_mark.line + 1
 
 
-class _LineLoader(yaml.SafeLoader):
-    def __init__(self, stream):
-        super().__init__(stream)
+class _Located:
+    """Composing with limits, constructing with lines: shared by both loaders below."""
+
+    def _start_checks(self) -> None:
         self._depth = 0
         self._weights: dict[int, int] = {}  # id(node) -> weight with aliases expanded (node done composing)
 
@@ -63,11 +64,11 @@ class _LineLoader(yaml.SafeLoader):
             node = self.anchors.get(event.anchor)
             if node is not None and id(node) not in self._weights:
                 raise ConfigError(f"line {_line(event)}: alias *{event.anchor} refers to a node that contains it (a cycle)")
-            return super().compose_node(parent, index)
+            return yaml.composer.Composer.compose_node(self, parent, index)
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise ConfigError(f"line {_line(self.peek_event())}: nested more than {MAX_DEPTH} levels deep")
-        node = super().compose_node(parent, index)
+        node = yaml.composer.Composer.compose_node(self, parent, index)
         self._depth -= 1
         self._weigh(node)
         return node
@@ -112,14 +113,42 @@ class _LineLoader(yaml.SafeLoader):
         return seq
 
 
+class _LineLoader(_Located, yaml.SafeLoader):
+    """Pure Python: where PyYAML was built without libyaml."""
+
+    def __init__(self, stream):
+        yaml.SafeLoader.__init__(self, stream)
+        self._start_checks()
+
+
+try:
+    from yaml._yaml import CParser
+except ImportError:  # PyYAML without libyaml
+    CParser = None
+
+if CParser is not None:
+    class _FastLineLoader(_Located, yaml.composer.Composer, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml scans and parses (five times faster: suites are loaded by every worker of every run); the
+        nodes are composed in Python, so the depth, alias and size limits above hold as they do without it."""
+
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._start_checks()
+
+
 # YAML 1.1 reads NO, yes, on, off as booleans; in suites `expect: NO` is an IMAP status.
 # Only true/false are booleans here.
 _BOOL = "tag:yaml.org,2002:bool"
-_LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_LineLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_LOADERS = [_LineLoader] + ([_FastLineLoader] if CParser is not None else [])
+for _loader in _LOADERS:
+    _loader.yaml_implicit_resolvers = {
+        first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _finite_float(loader: _LineLoader, node) -> float:
@@ -131,9 +160,11 @@ def _finite_float(loader: _LineLoader, node) -> float:
     return value
 
 
-_LineLoader.add_constructor("tag:yaml.org,2002:float", _finite_float)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _LineLoader.construct_sequence)
+for _loader in _LOADERS:
+    _loader.yaml_constructors = dict(yaml.SafeLoader.yaml_constructors)
+    _loader.add_constructor("tag:yaml.org,2002:float", _finite_float)
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Located.construct_mapping)
+    _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Located.construct_sequence)
 
 
 def load_yaml(path: Path | str) -> Any:
@@ -148,12 +179,14 @@ def load_yaml(path: Path | str) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return yaml.load(text, Loader=_LineLoader)
+        return yaml.load(text, Loader=_LOADERS[-1])
     except ConfigError as exc:
         raise ConfigError(f"{path}:{str(exc).removeprefix('line ')}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
+        if "maximum nesting depth" in str(exc.problem):  # libyaml's own cap (1000) came before ours
+            raise ConfigError(f"{path}:{line}: nested more than {MAX_DEPTH} levels deep") from None
         raise ConfigError(f"{path}:{line}: YAML syntax error: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML error: {exc}") from None

@@ -9,6 +9,10 @@ messages with that header and folders that did not exist before the test.
 
 from __future__ import annotations
 
+import select
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
@@ -46,6 +50,76 @@ def admin_client(target: Target, account: Account, timeout: float = 10.0) -> IMA
     else:  # imaplib sends LOGIN arguments as ASCII; SASL PLAIN carries UTF-8
         client.plain_login(account.user, account.password)
     return client
+
+
+class AdminConnections:
+    """One kept-alive admin connection per account, for a process's set-up and clean-up.
+
+    A login costs more than all the rest of a test's set-up (Dovecot forks a process for it: about 15 ms
+    of 25), and each test used to log in three times. Between tests a connection rests in the authenticated
+    state with no mailbox selected: it holds no lock and sees no mailbox's changes. One that failed in any
+    way is closed, never reused (its state is unknown), and one the server has closed or written to since
+    (an idle-timeout BYE, a restart) is replaced before use. POP3-only targets keep none: a POP3 session
+    would hold the maildrop's lock."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self._clients: dict[str, IMAPClient] = {}
+
+    @contextmanager
+    def client(self, account: Account) -> Iterator[IMAPClient]:
+        client = self._clients.pop(account.user, None)
+        if client is not None and not _resting(client):
+            _close(client)
+            client = None
+        if client is None:
+            client = admin_client(self.target, account)
+        try:
+            yield client
+        except BaseException:
+            _close(client)
+            raise
+        self._clients[account.user] = client
+
+    def close(self) -> None:
+        while self._clients:
+            _, client = self._clients.popitem()
+            try:
+                client.logout()
+            except (IMAPClientError, OSError):
+                pass
+            _close(client)
+
+
+def _resting(client: IMAPClient) -> bool:
+    """Open, and nothing arrived since its last command (no BYE, no EOF, no stray data)."""
+    imap = client._imap
+    try:
+        sock = imap.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes select() cannot see
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return not readable
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _close(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except (IMAPClientError, OSError):
+        pass
+
+
+@contextmanager
+def _connection(target: Target, account: Account, connections: AdminConnections | None) -> Iterator[IMAPClient]:
+    """A kept-alive connection from `connections`, else a fresh one closed after use."""
+    if connections is not None:
+        with connections.client(account) as client:
+            yield client
+    else:
+        with admin_client(target, account) as client:
+            yield client
 
 
 def _is_baseline(flags, name: str) -> bool:
@@ -96,9 +170,9 @@ def inspect_account(target: Target, account: Account) -> list[str]:
         return found
 
 
-def prepare(target: Target, account: Account) -> AccountState:
+def prepare(target: Target, account: Account, connections: AdminConnections | None = None) -> AccountState:
     """Make the account empty (disposable) or check that it is (otherwise); remember its folders."""
-    with admin_client(target, account) as client:
+    with _connection(target, account, connections) as client:
         folders = _folders(client)
         counts = _message_counts(client, folders)
         extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
@@ -122,6 +196,23 @@ def prepare(target: Target, account: Account) -> AccountState:
                 held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
                 raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
         return AccountState(account, {name for _, _, name in folders}, {name for _, _, name in client.list_sub_folders()})
+
+
+def store_messages(client: IMAPClient, mailbox: str, messages: list[tuple[bytes, list[str]]]) -> None:
+    """Append (data, flags) pairs to `mailbox`, in order: in one command where the server offers MULTIAPPEND
+    (RFC 3502; imapclient sends the literals non-synchronizing where it offers LITERAL+, RFC 7888), else
+    one APPEND each. A MULTIAPPEND the server refuses stored nothing (RFC 3502 §3: all or none), which is
+    checked before the messages are appended one by one."""
+    if len(messages) > 1 and client.has_capability("MULTIAPPEND"):
+        try:
+            client.multiappend(mailbox, [{"msg": data, "flags": flags} for data, flags in messages])
+            return
+        except IMAPClientError:
+            if client.select_folder(mailbox, readonly=True)[b"EXISTS"]:
+                raise  # not all-or-none: nothing here is safe to retry
+            leave_mailbox(client)
+    for data, flags in messages:
+        client.append(mailbox, data, flags=flags)
 
 
 def special_use_folders(client: IMAPClient) -> dict[str, str]:
@@ -212,10 +303,10 @@ def leave_mailbox(client: IMAPClient) -> None:
         client.select_folder("INBOX", readonly=True)
 
 
-def cleanup(target: Target, state: AccountState) -> list[str]:
+def cleanup(target: Target, state: AccountState, connections: AdminConnections | None = None) -> list[str]:
     """Remove what the test created. Returns notes on anything left alone."""
     notes = []
-    with admin_client(target, state.account) as client:
+    with _connection(target, state.account, connections) as client:
         folders = _folders(client)
         if target.disposable:
             _wipe(client, folders, _message_counts(client, folders))

@@ -32,7 +32,7 @@ from imapclient.exceptions import IMAPClientError
 from harness import __version__
 from harness.engine import accounts, pop3_accounts
 from harness.engine.account_pool import AccountPool
-from harness.engine.accounts import admin_client
+from harness.engine.accounts import AdminConnections
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.foreign_mail import ForeignMail
 from harness.engine.mailboxes import MailboxMap, Namespace
@@ -94,6 +94,7 @@ class HarnessState:
         # Tests in a row whose step got no answer in time, per protocol: a hung server ends the run quickly.
         self.timeouts_in_a_row: dict[str, int] = {}
         self.start_seconds: float | None = None  # starting (or loading) the target and probing it, wall
+        self._admin: AdminConnections | None = None
 
     # controller: start or load the target, check the accounts are safe to use
     def start(self) -> None:
@@ -197,7 +198,20 @@ class HarnessState:
             self.pool = AccountPool(self.target.accounts, index, count)
         return self.pool
 
+    @property
+    def admin(self) -> AdminConnections:
+        """This process's kept-alive set-up connections (accounts.AdminConnections)."""
+        if self._admin is None:
+            self._admin = AdminConnections(self.target)
+        return self._admin
+
+    def close_admin(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
     def stop(self) -> None:
+        self.close_admin()
         if self.managed:
             self.managed.stop()
             self.managed = None
@@ -443,7 +457,7 @@ class SuiteItem(pytest.Item):
         self.transcript = Transcript(secrets=target.passwords)
         try:
             for account in self.accounts:
-                self.account_states.append(_store_for(target).prepare(target, account))
+                self.account_states.append(_prepare(state, account))
             if target.imap is not None:  # folders and their names are IMAP's; a POP3-only target has INBOX only
                 self._setup_special_use(target)
                 self._check_hierarchy(target)
@@ -538,7 +552,7 @@ class SuiteItem(pytest.Item):
         notes, problems = [], []
         for account_state in self.account_states:
             try:
-                notes += _store_for(state.target).cleanup(state.target, account_state)
+                notes += _cleanup(state, account_state)
             except (IMAPClientError, OSError, SessionError) as exc:
                 problems.append(f"{account_state.account.user}: {exc}")
         if notes:
@@ -553,7 +567,7 @@ class SuiteItem(pytest.Item):
         wanted = self.spec.special_uses
         if not wanted:
             return
-        with admin_client(target, self.accounts[0]) as client:
+        with state.admin.client(self.accounts[0]) as client:
             found = accounts.special_use_folders(client)
             required = self.spec.requires.get("special-use", [])
             missing = [a for a in required if a.lower() not in {f.lower() for f in found}]
@@ -578,7 +592,7 @@ class SuiteItem(pytest.Item):
             return
         if not state.hierarchy_checked:
             name = self.mailboxes.namespace.server_name("Mailharness-hierarchy-check")
-            with admin_client(target, self.accounts[0]) as client:
+            with state.admin.client(self.accounts[0]) as client:
                 if not accounts.folders_take_children(client, name):
                     state.flat_folders = f"a new folder ({name}) is listed \\NoInferiors: it cannot have subfolders"
             state.hierarchy_checked = True
@@ -590,7 +604,7 @@ class SuiteItem(pytest.Item):
         that keywords a client creates persist (RFC 3501 §7.1); without it a server may refuse or forget them."""
         if not self.spec.requires.get("keywords"):
             return
-        with admin_client(target, self.accounts[0]) as client:
+        with self.config._mailharness.admin.client(self.accounts[0]) as client:
             flags = client.select_folder("INBOX").get(b"PERMANENTFLAGS", ())
             accounts.leave_mailbox(client)
         if b"\\*" not in flags:
@@ -607,11 +621,10 @@ class SuiteItem(pytest.Item):
                 self.transcript.note("setup", f"account {entry.account} INBOX (delivered over {target.delivery.scheme.upper()}): {names}")
                 continue
             mailbox = self.mailboxes.server_name(entry.mailbox)
-            with admin_client(target, account) as client:
-                if not client.folder_exists(mailbox):
+            with self.config._mailharness.admin.client(account) as client:
+                if mailbox.upper() != "INBOX" and not client.folder_exists(mailbox):  # INBOX always exists
                     client.create_folder(mailbox)
-                for ref in entry.messages:
-                    client.append(mailbox, ref.data(), flags=ref.flags)
+                accounts.store_messages(client, mailbox, [(ref.data(), ref.flags) for ref in entry.messages])
             names = ", ".join(m.name for m in entry.messages) or "(no messages)"
             self.transcript.note("setup", f"account {entry.account} {entry.mailbox}: {names}")
 
@@ -673,6 +686,18 @@ def _located_repr(path: str, line: int, headline: str, body: str):
 
     entry = ReprEntry(body.splitlines(), None, None, None, "value")
     return ExceptionChainRepr([(ReprTraceback([entry], None, "value"), ReprFileLocation(path, line, headline), None)])
+
+
+def _prepare(state: HarnessState, account):
+    if state.target.imap is None:
+        return pop3_accounts.prepare(state.target, account)
+    return accounts.prepare(state.target, account, state.admin)
+
+
+def _cleanup(state: HarnessState, account_state) -> list[str]:
+    if state.target.imap is None:
+        return pop3_accounts.cleanup(state.target, account_state)
+    return accounts.cleanup(state.target, account_state, state.admin)
 
 
 def _store_for(target):
