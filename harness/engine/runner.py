@@ -30,6 +30,7 @@ from harness.sessions.transcript import Transcript
 from harness.targets.target_file import Account, Endpoint, Target
 
 MAX_SHOWN = 15  # untagged responses or lines quoted in a failure
+DROP_WAIT = 2.0  # seconds a `drop:` waits for the server to close its end (it has seen the drop then)
 
 
 @dataclass
@@ -470,9 +471,10 @@ class TestRun:
 
     def _step_drop(self, step: Step, timeout: float) -> None:
         session = self.sessions.get(step.session)
-        if session is not None:
-            session.drop()
         self.transcript.note(step.session, "connection dropped without QUIT/LOGOUT")
+        if session is not None:  # the next step sees what the server made of the drop, not a race with it
+            with self.clock.phase("waits"):
+                session.hang_up(min(timeout, DROP_WAIT))
 
     def _step_sleep(self, step: Step, timeout: float) -> None:
         with self.clock.phase("waits"):

@@ -81,6 +81,16 @@ class Session:
             self.wire.close()
             self._note("connection closed by the client")
 
+    def hang_up(self, wait: float) -> bool:
+        """Drop, as a lost client does, and wait (up to `wait` seconds) until the server has closed its end
+        too: what it does about a drop is then done before the next step looks. True if it closed in time."""
+        if self.closed:
+            return True
+        self.closed = True
+        closed = self.wire.hang_up(wait)
+        self._note("connection closed by the client" + ("" if closed else f"; the server kept its end open for {secs(wait)} s"))
+        return closed
+
     # -- helpers for the protocol classes --------------------------------------------
     def _deadline(self, timeout: float | None) -> tuple[float, float]:
         seconds = self.timeout if timeout is None else timeout

@@ -137,6 +137,30 @@ class Wire(Reader):
         with contextlib.suppress(OSError):
             self.sock.close()
 
+    def hang_up(self, wait: float, limit: int = 1 << 20) -> bool:
+        """Half-close (FIN) and wait up to `wait` seconds for the server to close its end, discarding what
+        it still sends (at most `limit` bytes); then close. True if the server closed in time."""
+        deadline = deadline_after(wait)
+        received = 0
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while received < limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                received += len(data)
+            return False
+        except TimeoutError:
+            return False
+        except OSError:  # reset: the server has closed too
+            return True
+        finally:
+            self.close()
+
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):

@@ -34,11 +34,17 @@ EMBEDDED_SETTINGS = {
     "mailbox_auto": "    auto = subscribe",
     "anvil_penalty": ("  # No auth penalty: failed-login tests must not slow every later login from 127.0.0.1.\n"
                       "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }"),
+    # auth_failure_delay = 0 still answers a failed login at the auth process's next 500 ms tick; a failure
+    # that carries the passdb field `nodelay` is answered at once. The same NO / -ERR [AUTH] as before.
+    "failed_login": ("  result_failure = continue\n}\n"
+                     "# a login the passwd-file refused ends here: failed, with nodelay\n"
+                     "passdb {\n  driver = static\n  args = nopassword=y nodelay=yes\n  mechanisms = plain login apop\n  result_success = return-fail"),
 }
 STOCK_SETTINGS = {
     "auth_failure_delay": "# auth_failure_delay: Debian's default, 2 s before a failed login is answered",
     "mailbox_auto": "    # no auto = ...: as in Debian's 15-mailboxes.conf, the folder exists once a client creates it",
     "anvil_penalty": "  # anvil's auth penalty as in Debian: the delay doubles per failed login from one IP, up to 15 s",
+    "failed_login": "  # a refused login is answered after auth_failure_delay, as in Debian",
 }
 
 
@@ -173,6 +179,7 @@ class ManagedDovecot(ManagedServer):
             ) if self.special_use_folders else "",
             auth_failure_delay=settings["auth_failure_delay"],
             anvil_penalty=settings["anvil_penalty"],
+            failed_login=settings["failed_login"],
         )
         (self.root / "dovecot.conf").write_text(conf)
 
