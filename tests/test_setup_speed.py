@@ -1,0 +1,152 @@
+"""What keeps a test's set-up and clean-up cheap, without changing what a test sees: one kept-alive admin
+connection per account, the corpus stored in one command, a drop that waits for the server instead of a
+sleep, an embedded Dovecot that answers failed logins at once, suites parsed by libyaml."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import yaml_source
+from harness.engine import accounts
+from harness.engine.accounts import AdminConnections, admin_client, store_messages
+from harness.engine.suite_files import suite_files
+from harness.paths import suites_dir
+from harness.sessions import IMAPSession, POP3Session, SessionError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _logins(dovecot, user: str) -> int:
+    log = (dovecot.root / "dovecot.log").read_text(errors="replace")
+    return log.count(f"imap-login: Info: Login: user=<{user}>")
+
+
+def _wait_logins(dovecot, user: str, at_least: int) -> int:
+    deadline = time.monotonic() + 5  # the log line is written by another process
+    while _logins(dovecot, user) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _logins(dovecot, user)
+
+
+def test_set_up_and_clean_up_share_one_kept_alive_connection(dovecot):
+    target, account = dovecot.target, dovecot.target.accounts[0]
+    connections = AdminConnections(target)
+    before = _logins(dovecot, account.user)
+    try:
+        for _ in range(3):
+            state = accounts.prepare(target, account, connections)
+            with connections.client(account) as client:
+                store_messages(client, "INBOX", [(b"Subject: a\r\nX-Mailharness-Corpus: a\r\n\r\nx\r\n", [])])
+            accounts.cleanup(target, state, connections)
+        assert _wait_logins(dovecot, account.user, before + 1) == before + 1, "three tests' set-up and clean-up logged in more than once"
+
+        with connections.client(account) as client:
+            client.logout()  # the server says BYE and closes: the next user must get a fresh connection
+        with connections.client(account) as client:
+            assert client.noop()
+        assert _wait_logins(dovecot, account.user, before + 2) == before + 2
+
+        with pytest.raises(RuntimeError), connections.client(account) as client:
+            broken = client
+            raise RuntimeError("a failure half-way through set-up")
+        with connections.client(account) as client:
+            assert client is not broken, "a connection whose use failed was handed out again"
+    finally:
+        connections.close()
+
+
+@pytest.mark.parametrize("multiappend", [True, False])
+def test_corpus_messages_are_stored_in_order_with_their_flags(dovecot, multiappend, monkeypatch):
+    target, account = dovecot.target, dovecot.target.accounts[1]
+    state = accounts.prepare(target, account)
+    messages = [(f"Subject: m{i}\r\nX-Mailharness-Corpus: m\r\n\r\nbody {i}\r\n".encode(), flags)
+                for i, flags in enumerate([[], ["\\Seen"], ["\\Flagged", "\\Answered"]])]
+    sent = []
+    with admin_client(target, account) as client:
+        if not multiappend:  # a server without MULTIAPPEND (RFC 3502): one APPEND each
+            caps = tuple(c for c in client.capabilities() if c != b"MULTIAPPEND")
+            monkeypatch.setattr(client, "capabilities", lambda: caps)
+        real = client._raw_command
+        monkeypatch.setattr(client, "_raw_command", lambda *a, **k: sent.append(a[0]) or real(*a, **k))
+        store_messages(client, "INBOX", messages)
+        client.select_folder("INBOX", readonly=True)
+        got = client.fetch("1:*", ["BODY.PEEK[]", "FLAGS"])
+    accounts.cleanup(target, state)
+    assert [got[uid][b"BODY[]"] for uid in sorted(got)] == [data for data, _ in messages]
+    assert [{f.decode() for f in got[uid][b"FLAGS"]} - {"\\Recent"} for uid in sorted(got)] == [set(f) for _, f in messages]
+    if multiappend:
+        assert sent == [b"APPEND"], "three messages were not stored in one MULTIAPPEND command"
+
+
+def test_a_drop_waits_until_the_server_has_closed_its_end(dovecot):
+    target, account = dovecot.target, dovecot.target.accounts[2]
+    session = POP3Session("127.0.0.1", target.pop3.port, tls=False, starttls=False, tls_verify=False, ca_file=None,
+                          name="p", transcript=None, timeout=5)
+    session.login(account.user, account.password)
+    started = time.monotonic()
+    assert session.hang_up(2.0) is True
+    assert time.monotonic() - started < 1.0
+    assert session.closed
+
+
+def test_a_drop_gives_up_waiting_on_a_server_that_keeps_its_end_open():
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.sendall(b"+OK ready\r\n")  # and never closes, whatever the client does
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        session = POP3Session("127.0.0.1", listener.getsockname()[1], tls=False, starttls=False, tls_verify=False,
+                              ca_file=None, name="p", transcript=None, timeout=5)
+        started = time.monotonic()
+        assert session.hang_up(0.3) is False
+        assert 0.25 < time.monotonic() - started < 2.0
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_the_embedded_dovecot_answers_a_failed_login_at_once_and_still_knows_who_exists(dovecot):
+    target, account = dovecot.target, dovecot.target.accounts[3]
+    for user, password in ((account.user, "wrong"), ("mailharness-no-such-user", "x")):
+        started = time.monotonic()
+        with pytest.raises(SessionError, match="AUTHENTICATIONFAILED"), \
+                IMAPSession("127.0.0.1", target.imap.port, name="a", timeout=5) as imap:
+            imap.login(user, password)
+        assert time.monotonic() - started < 0.3, "a failed login waited for the auth process's 500 ms tick"
+    with IMAPSession("127.0.0.1", target.imap.port, name="a", timeout=5) as imap:
+        imap.login(account.user, account.password)  # the right password still logs in
+    from harness.sessions.errors import ProtocolError
+    from harness.sessions.lmtp import deliver
+
+    with pytest.raises(ProtocolError, match="mailharness-no-such-user"):  # LMTP still refuses unknown users
+        deliver(target.lmtp, "mailharness-no-such-user", b"Subject: x\r\n\r\nx\r\n")
+
+
+def test_libyaml_loads_every_suite_as_the_pure_python_loader_does():
+    if len(yaml_source._LOADERS) < 2:
+        pytest.skip("PyYAML was built without libyaml")
+
+    def shape(value):
+        if isinstance(value, dict):
+            return ("map", value.line, dict(value.key_lines), {k: shape(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return ("seq", value.line, dict(value.key_lines), [shape(v) for v in value])
+        return (type(value).__name__, value)
+
+    paths = suite_files([suites_dir()]) + sorted((ROOT / "profiles").glob("*.yaml"))
+    assert len(paths) > 20
+    for path in paths:
+        text = path.read_text()
+        assert shape(yaml.load(text, Loader=yaml_source._LOADERS[-1])) == shape(yaml.load(text, Loader=yaml_source._LineLoader)), path
