@@ -49,7 +49,10 @@ def add_arguments(p) -> None:
     add_tls_argument(p, "the managed server")
     p.add_argument("--suite", type=Path, action="append", metavar="PATH", help="suite file or directory (repeatable; default: the bundled suites)")
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="only tests matching this pytest -k expression (ids, areas, file names)")
-    p.add_argument("-n", dest="workers", type=int, default=0, metavar="WORKERS", help="parallel workers (pytest-xdist); 0 runs in one process (default)")
+    p.add_argument("-n", dest="workers", type=int, metavar="WORKERS",
+                   help="parallel workers (pytest-xdist); 0 runs in one process. Default: for a run of "
+                        f"{AUTO_MIN_TESTS}+ tests without -k, twice the usable cores (at most {AUTO_MAX_WORKERS}): the tests "
+                        "mostly wait for the server; fewer where the accounts run short (a worker owns every n-th); else 0")
     p.add_argument("--profile", metavar="NAME|FILE", help="server profile of expected deviations (default: the target's)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/latest"), metavar="DIR", help="where reports go (default reports/latest)")
     p.add_argument("--timeout", type=finite_float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
@@ -59,6 +62,31 @@ def add_arguments(p) -> None:
                         "tests with theirs (0: every test, as pytest's --durations)")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per test while running")
     p.add_argument("--pytest-arg", action="append", default=[], metavar="ARG", help="pass an extra argument to pytest (repeatable)")
+
+
+AUTO_MIN_TESTS = 60  # below this, starting workers (each imports and collects everything) costs more than it saves
+AUTO_MAX_WORKERS = 4
+DEFAULT_ACCOUNTS = 40  # a managed server's, as the plugin's --mh-accounts
+ACCOUNTS_PER_TEST = 2  # the most any bundled test takes (`accounts: 2`)
+
+
+def auto_workers(args, suites: list[Path]) -> int:
+    """The default -n. A test waits on the server far more than it computes (a login, a round trip, IDLE's
+    push), so workers beyond the cores still pay; but each needs its own accounts, and a short run is faster
+    in one process."""
+    from harness.engine.suite_files import suite_files, test_ids
+
+    if args.keyword or len(test_ids(suite_files(suites))) < AUTO_MIN_TESTS:
+        return 0
+    if args.target:
+        from harness.targets.target_file import load_target
+
+        accounts = len(load_target(args.target).accounts)
+    else:
+        accounts = args.accounts or DEFAULT_ACCOUNTS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(AUTO_MAX_WORKERS, 2 * cores, accounts // ACCOUNTS_PER_TEST)
+    return workers if workers > 1 else 0
 
 
 def pytest_args(args) -> list[str]:
@@ -79,6 +107,8 @@ def pytest_args(args) -> list[str]:
         raise ConfigError("--tls sets up a managed server's TLS; a --target file says its own (imaps:, starttls:, tls:, ca_file:)")
     if args.accounts is not None and (args.target or args.accounts < 1):
         raise ConfigError("--accounts N (at least 1) sets up a managed server's accounts; a --target file lists its own")
+    if args.workers is None:
+        args.workers = auto_workers(args, suites)
     if args.workers < 0:
         raise ConfigError("-n must be 0 or more")
     if (getattr(args, "durations", None) or 0) < 0:
