@@ -150,3 +150,21 @@ def test_libyaml_loads_every_suite_as_the_pure_python_loader_does():
     for path in paths:
         text = path.read_text()
         assert shape(yaml.load(text, Loader=yaml_source._LOADERS[-1])) == shape(yaml.load(text, Loader=yaml_source._LineLoader)), path
+
+
+def test_the_default_worker_count_fits_io_bound_runs_and_the_accounts(tmp_path):
+    from argparse import Namespace
+
+    from harness.engine.run_command import AUTO_MAX_WORKERS, auto_workers
+
+    cores = len(__import__("os").sched_getaffinity(0))
+    full = [suites_dir()]
+
+    def workers(**kw):
+        return auto_workers(Namespace(**{"keyword": None, "target": None, "accounts": None, **kw}), full)
+
+    assert workers() == min(AUTO_MAX_WORKERS, 2 * cores) or cores == 1 and workers() == 0
+    assert workers(keyword="pop3") == 0  # a subset: one process is quicker
+    assert auto_workers(Namespace(keyword=None, target=None, accounts=None), [ROOT / "examples"]) == 0
+    assert workers(accounts=4) == min(2, AUTO_MAX_WORKERS, 2 * cores)  # two tests' worth of accounts each
+    assert workers(accounts=3) == 0
