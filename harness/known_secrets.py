@@ -48,6 +48,7 @@ class KnownSecrets:
         self._passwords: set[str] = set()
         self._pattern: re.Pattern | None = None
         self._encoded: list[bytes] = []
+        self._cores: list[str] | None = None  # see _base64_cores
 
     def add(self, password: str) -> None:
         # A password of one to three characters would mask that text everywhere (the test targets'
@@ -64,6 +65,7 @@ class KnownSecrets:
             forms = sorted({f for p in self._passwords for f in _forms(p)}, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(f) for f in forms))
             self._encoded = [p.encode("utf-8", "surrogateescape") for p in self._passwords]
+            self._cores = _base64_cores(self._encoded)
         return self._pattern
 
     def scrub(self, text: str) -> str:
@@ -71,7 +73,7 @@ class KnownSecrets:
         if not self._passwords or not text:
             return text
         text = self._compiled().sub(MASK, text)
-        if self._encoded:
+        if self._encoded and (self._cores is None or any(core in text for core in self._cores)):
             text = _BASE64_TOKEN.sub(self._mask_base64, text)
         return text
 
@@ -87,6 +89,21 @@ class KnownSecrets:
         except (binascii.Error, ValueError):
             return token
         return MASK if any(p in decoded for p in self._encoded) else token
+
+
+def _base64_cores(passwords: list[bytes]) -> list[str] | None:
+    """What base64 text that decodes to a password must contain, for each of the three ways the password can
+    sit in the 3-byte groups: the encoding of its whole groups. Text with none of these needs no decoding
+    (a transcript's base64 attachment lines are thousands of tokens). None: a password too short to say."""
+    cores = []
+    for password in passwords:
+        for offset in range(3):
+            start = (3 - offset) % 3
+            whole = (len(password) - start) // 3 * 3
+            if whole <= 0:
+                return None
+            cores.append(base64.b64encode(password[start:start + whole]).decode("ascii"))
+    return cores
 
 
 SECRETS = KnownSecrets()

@@ -168,3 +168,25 @@ def test_the_default_worker_count_fits_io_bound_runs_and_the_accounts(tmp_path):
     assert auto_workers(Namespace(keyword=None, target=None, accounts=None), [ROOT / "examples"]) == 0
     assert workers(accounts=4) == min(2, AUTO_MAX_WORKERS, 2 * cores)  # two tests' worth of accounts each
     assert workers(accounts=3) == 0
+
+
+@pytest.mark.parametrize("password", ["abcd", "pässwörd-1", "E5TanP_6a-SWpSa4"])
+def test_the_base64_shortcut_masks_what_decoding_every_token_masks(password):
+    import base64
+
+    from harness.known_secrets import KnownSecrets
+
+    gated, full = KnownSecrets(), KnownSecrets()
+    for secrets in (gated, full):
+        secrets.add(password)
+        secrets.scrub("x")  # compiles
+    full._cores = None  # decode every token, as before the shortcut
+    for before in range(8):
+        for after in range(3):
+            data = b"\0user1\0"[:before] + password.encode() + b"xyz"[:after]
+            text = f"C: AUTHENTICATE PLAIN {base64.b64encode(data).decode()}"
+            assert gated.scrub(text) == full.scrub(text), (before, after)
+    sasl = base64.b64encode(b"\0user1\0" + password.encode()).decode()
+    assert gated.scrub(f"A1 AUTHENTICATE PLAIN {sasl}") == "A1 AUTHENTICATE PLAIN ***"
+    attachment = base64.encodebytes(bytes(range(128, 256)) * 80).decode()  # base64 lines without the password
+    assert gated.scrub(attachment) == attachment
