@@ -260,10 +260,10 @@ def test_accounting_finds_lost_duplicated_and_settles_interrupted_sessions(tmp_p
 class CannedServer:
     """A one-connection TCP server on 127.0.0.1 that answers each command line with canned bytes."""
 
-    def __init__(self, greeting: bytes, replies: list[bytes]):
+    def __init__(self, greeting: bytes, replies: list[bytes], chunk: int = 7):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = Endpoint("imap", "127.0.0.1", self.listener.getsockname()[1])
-        self.greeting, self.replies = greeting, replies
+        self.greeting, self.replies, self.chunk = greeting, replies, chunk
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -274,8 +274,8 @@ class CannedServer:
             reader = conn.makefile("rb")
             for reply in self.replies:  # one reply per command line received
                 reader.readline()
-                for i in range(0, len(reply), 7):  # dribble it out: the reader must cope with any split
-                    conn.sendall(reply[i : i + 7])
+                for i in range(0, len(reply), self.chunk):  # dribble it out: the reader must cope with any split
+                    conn.sendall(reply[i : i + self.chunk])
             with contextlib.suppress(ConnectionResetError):  # a client giving up mid-handshake resets
                 reader.read()  # then stay silent until the client hangs up
 
@@ -300,6 +300,43 @@ def test_imap_reader_skips_literals_even_when_they_contain_the_tag():
     reported = [(name, nbytes, exc is None) for name, _, nbytes, exc in seen]
     assert reported[2] == ("IMAP FETCH all", len(fetch_a2), True)
     assert reported[-1][0] == "IMAP APPEND" and reported[-1][2] is False
+
+
+def _fetch_answer(tag: bytes, body: bytes) -> tuple[bytes, bytes]:
+    untagged = b"* 1 FETCH (BODY[] {%d}\r\n" % len(body) + body + b")\r\n"
+    return untagged, untagged + tag + b" OK Fetch completed.\r\n"
+
+
+def test_imap_reader_stops_at_its_tagged_line_when_later_answers_are_already_buffered():
+    # Pipelined answers arrive together: the reader of a2 must not jump through a3's literal (which holds
+    # a line looking like a2's tagged one) and so miss its own tagged line.
+    _, a2 = _fetch_answer(b"a2", b"plain text\r\n")
+    untagged_a3, a3 = _fetch_answer(b"a3", b"a2 OK fake\r\n{3}\r\nxyz\r\n")
+    server = CannedServer(b"* OK ready\r\n", [b"a1 OK logged in\r\n", a2 + a3, b""], chunk=1 << 16)
+    client = ImapClient(server.endpoint, timeout=2)
+    client.connect()
+    client.login("u", "p")
+    time.sleep(0.1)  # let the first answer carry both
+    assert client.command("IMAP FETCH", b"FETCH 1 BODY[]") == b""
+    assert client.command("IMAP FETCH", b"FETCH 1 BODY[]", collect=True) == untagged_a3
+
+
+def test_pipeline_sends_one_write_and_reports_each_answer_with_its_own_bytes():
+    untagged, fetched = _fetch_answer(b"a3", b"body\r\n")
+    answers = [b"* 2 EXISTS\r\na2 OK selected\r\n", fetched, b"a4 NO [CANNOT] no\r\n", b"a5 OK done\r\n"]
+    server = CannedServer(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] ready\r\n", [b"a1 OK in\r\n", b"".join(answers), b"", b"", b""],
+                          chunk=5)
+    seen = []
+    client = ImapClient(server.endpoint, timeout=2, report=lambda *r: seen.append(r))
+    client.connect()
+    client.login("u", "p")
+    assert client.literal_plus
+    with pytest.raises(CommandFailed, match="CANNOT"):
+        client.pipeline([("IMAP SELECT", b"SELECT INBOX", True), ("IMAP FETCH", b"FETCH 1 BODY[]", True),
+                         ("IMAP STORE", b"STORE 1 +FLAGS (x)", False), ("IMAP NOOP", b"NOOP", False)])
+    reported = [(name, nbytes, exc is None) for name, _, nbytes, exc in seen[2:]]
+    assert reported == [("IMAP SELECT", len(answers[0]), True), ("IMAP FETCH", len(answers[1]), True),
+                        ("IMAP STORE", len(answers[2]), False), ("IMAP NOOP", len(answers[3]), True)]
 
 
 def test_pop3_reader_finds_the_terminator_and_one_header_across_splits():

@@ -35,21 +35,6 @@ def quote(text: str) -> bytes:
     return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
 
 
-def _tagged_line(buf: bytearray, pos: int, tag: bytes, tag_line: bytes, line_start: bool) -> tuple[int, int]:
-    """(start, end) of the tagged status line at or after ``pos``, end at its CRLF; (-1, -1) until it is all there.
-
-    ``tag_line`` is CRLF + tag; ``line_start``: ``pos`` is known to begin a line, so the tag may stand right there.
-    """
-    if line_start and buf.startswith(tag, pos):
-        start = pos
-    else:
-        start = buf.find(tag_line, pos)
-        if start < 0:
-            return -1, -1
-        start += 2
-    return start, buf.find(_CRLF, start)
-
-
 class ImapClient(WireClient):
     """One IMAP session. Every command is reported as (name, ms, bytes received, exception)."""
 
@@ -58,6 +43,7 @@ class ImapClient(WireClient):
         self.exists = 0  # message count of the selected mailbox, as last announced by the server
         self._tag = 0
         self._idle_tag = b""
+        self.literal_plus = False  # the greeting's CAPABILITY has LITERAL+ (non-synchronising literals)
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> None:
@@ -67,6 +53,7 @@ class ImapClient(WireClient):
                 greeting = self._open().read_line()
                 if not greeting.startswith(b"* OK"):
                     raise CommandFailed(f"IMAP greeting: {greeting[:200].decode(errors='replace')}")
+                self.literal_plus = b" LITERAL+" in greeting.upper()
                 if self.endpoint.starttls:
                     self._read_until_tagged(self._send(b"STARTTLS"), "IMAP STARTTLS", collect=False)
                     self.conn.start_tls()
@@ -79,8 +66,14 @@ class ImapClient(WireClient):
 
     def select(self, mailbox: str = "INBOX", *, name: str = "IMAP SELECT", readonly: bool = False) -> int:
         """SELECT (or EXAMINE); returns and remembers the message count."""
-        verb = b"EXAMINE " if readonly else b"SELECT "
-        untagged = self.command(name, verb + quote(mailbox), collect=True)
+        return self.selected(self.command(name, self.select_command(mailbox, readonly), collect=True))
+
+    @staticmethod
+    def select_command(mailbox: str = "INBOX", readonly: bool = False) -> bytes:
+        return (b"EXAMINE " if readonly else b"SELECT ") + quote(mailbox)
+
+    def selected(self, untagged: bytes) -> int:
+        """Remember (and return) the message count announced in a SELECT's untagged responses."""
         match = EXISTS.search(untagged)
         self.exists = int(match.group(1)) if match else 0
         return self.exists
@@ -120,8 +113,55 @@ class ImapClient(WireClient):
         self.report(name, (monotonic() - started) * 1000, conn.received - received, None)
         return out
 
+    def pipeline(self, commands: list[tuple[str, bytes, bool]]) -> list[bytes]:
+        """Send several commands in one write, then read their answers in order: [(name, command, collect)].
+
+        RFC 3501 §5.5 lets a client send a command before the previous one completed (servers answer these
+        in order). Each command is still reported on its own, timed from the write to its own tagged line,
+        with the bytes of its own answer. A NO/BAD is reported and raised after all answers were read, so
+        the stream stays in step; a timeout or a lost connection ends the batch at once.
+        """
+        conn = self._connected(commands[0][0])
+        tags = []
+        for _ in commands:
+            self._tag += 1
+            tags.append(b"a%d " % self._tag)
+        started = monotonic()
+        conn.deadline = started + self.timeout
+        failure: CommandFailed | None = None
+        out = []
+        try:
+            conn.send(b"".join(tag + command + _CRLF for tag, (_, command, _) in zip(tags, commands)))
+            consumed = conn.received - len(conn.buf) + conn.pos
+            for tag, (name, _, collect) in zip(tags, commands):
+                exc = None
+                try:
+                    out.append(self._read_until_tagged(tag, name, collect))
+                except CommandFailed as failed:
+                    exc = failure = failure or failed
+                    out.append(b"")
+                except Exception as lost:
+                    self.report(name, (monotonic() - started) * 1000, conn.received - len(conn.buf) + conn.pos - consumed, lost)
+                    raise
+                except BaseException as killed:  # the run ended (Locust killed the user) while it waited
+                    report_if_late(self, name, (monotonic() - started) * 1000, 0, killed)
+                    raise
+                now_consumed = conn.received - len(conn.buf) + conn.pos
+                self.report(name, (monotonic() - started) * 1000, now_consumed - consumed, exc)
+                consumed = now_consumed
+                conn.deadline = monotonic() + self.timeout
+        finally:
+            conn.deadline = 0.0
+        if failure:
+            raise failure
+        return out
+
     def append(self, mailbox: str, message: bytes, *, name: str = "IMAP APPEND") -> None:
-        """APPEND with a synchronising literal (LITERAL+ is not universal): wait for "+" before the data."""
+        """APPEND: with LITERAL+ (RFC 7888, as the greeting announced) command and message go in one write;
+        otherwise a synchronising literal, waiting for "+" before the data."""
+        if self.literal_plus:
+            self.command(name, b"APPEND " + quote(mailbox) + b" {%d+}\r\n" % len(message) + message)
+            return
         with Step(self, name):
             conn = self._connected(name)
             tag = self._send(b"APPEND " + quote(mailbox) + b" {%d}" % len(message))
@@ -139,74 +179,65 @@ class ImapClient(WireClient):
         return tag
 
     # -- reading responses -----------------------------------------------------------
-    # Both readers jump from literal to literal instead of walking lines: a literal marker
-    # "{n}" CRLF can only end a line, and the tagged line ends the response, so the first
-    # tag line after the last literal is the answer.
+    # One pass over the buffer: from the first unread byte, the reader jumps from literal to literal
+    # (a "{n}" CRLF marker can only end a line, so its n bytes are passed without looking at them)
+    # up to the first line that starts with the tag outside any literal. Literals are only looked for
+    # before that line: with pipelining the buffer may already hold the next commands' answers.
 
     def _read_until_tagged(self, tag: bytes, name: str, collect: bool) -> bytes:
-        if collect:
-            return self._collect_until_tagged(tag, name)
-        # Counting: the hot path of the whole load generator. Literals are consumed as they
-        # are passed (a 300 KB attachment is never held), nothing is copied; the regex engine
-        # finds the markers, Python only adds up their sizes.
+        """Read up to the tagged line of `tag`. With `collect` the untagged part (literals included) stays
+        in the buffer until it is returned whole; otherwise it is consumed as it passes (a 300 KB
+        attachment is never held) and b"" is returned. The hot path of the whole load generator."""
         conn = self.conn
         tag_line = _CRLF + tag
+        literal = _LITERAL.search
+        done = 0  # bytes after conn.pos already passed (collect mode only; counting consumes them)
+        line_start = True  # conn.pos + done begins a line
         while True:
             buf = conn.buf
-            pos = conn.pos
-            for marker in _LITERAL.finditer(buf, pos):
-                if marker.start() >= pos:  # else it lies inside a literal already counted
-                    size = int(marker.group(1))
-                    if size > MAX_LITERAL:
-                        raise ResponseTooLarge(f"{name}: a literal of {size} bytes (at most {MAX_LITERAL // 2**20} MB)")
-                    pos = marker.end() + size
-            if pos > len(buf):  # the last literal goes on beyond what has arrived
-                conn.pos = len(buf)
-                conn.skip(pos - len(buf))
-                continue
-            conn.pos = pos
-            start, eol = _tagged_line(buf, pos, tag, tag_line, True)
-            if eol >= 0:
-                conn.pos = eol + 2
-                return self._status(buf[start + len(tag) : eol], name, b"")
-            if start < 0:
-                # Untagged lines are not kept here: pass the complete ones, so the next scan starts at the
-                # last (partial) line and a server that never stops sending costs linear time, flat memory.
-                last = buf.rfind(_CRLF, pos)
-                if last >= 0:
-                    conn.pos = last + 2
-            conn.fill()
-
-    def _collect_until_tagged(self, tag: bytes, name: str) -> bytes:
-        """Like counting, but the response stays in the buffer (at conn.pos) and is returned whole."""
-        conn = self.conn
-        tag_line = _CRLF + tag
-        offset = 0  # bytes after conn.pos already scanned
-        while True:
-            buf = conn.buf
-            pos = conn.pos + offset
-            close = buf.find(b"}\r\n", pos)
-            while close >= 0:
-                brace = buf.rfind(b"{", pos, close)
-                digits = buf[brace + 1 : close]
-                if brace >= 0 and digits.isdigit():
+            base = conn.pos
+            pos, end = base + done, len(buf)
+            tagged = -1  # where the tagged line starts (end: not in the buffer yet), valid while >= pos
+            while pos <= end:
+                if tagged < pos:
+                    if line_start and buf.startswith(tag, pos):
+                        tagged = pos
+                    else:
+                        tagged = buf.find(tag_line, pos)
+                        tagged = tagged + 2 if tagged >= 0 else end
+                marker = literal(buf, pos, tagged)
+                if marker is None:
                     break
-                close = buf.find(b"}\r\n", close + 3)
-            if close >= 0:
-                end = close + 3 + int(digits)
-                if end > len(buf):
-                    offset = brace - conn.pos  # back to this marker once more has arrived
+                size = int(marker.group(1))
+                if size > MAX_LITERAL:
+                    raise ResponseTooLarge(f"{name}: a literal of {size} bytes (at most {MAX_LITERAL // 2**20} MB)")
+                pos = marker.end() + size
+                line_start = False
+            if pos > end:  # a literal goes on beyond what has arrived
+                if collect:
+                    done = pos - base
                     conn.fill()
                 else:
-                    offset = end - conn.pos
+                    conn.pos = end
+                    conn.skip(pos - end)  # consumed as it arrives: the buffer stays small
+                    done = 0
                 continue
-            start, eol = _tagged_line(buf, pos, tag, tag_line, offset == 0)
-            if eol >= 0:
-                untagged = bytes(buf[conn.pos : start])
-                conn.pos = eol + 2
-                return self._status(buf[start + len(tag) : eol], name, untagged)
-            last = buf.rfind(_CRLF, pos)  # resume at the last line end rather than rescanning lines
-            offset = (max(pos, last - 1) if last >= 0 else pos) - conn.pos
+            if tagged < end:
+                eol = buf.find(_CRLF, tagged)
+                if eol >= 0:
+                    conn.pos = eol + 2
+                    return self._status(buf[tagged + len(tag) : eol], name, bytes(buf[base:tagged]) if collect else b"")
+                pos, line_start = tagged, True  # the tagged line is still arriving
+            else:
+                # Pass the complete lines: the next scan starts at the last (partial) one, so a server that
+                # never stops sending costs linear time (and, counting, flat memory).
+                last = buf.rfind(_CRLF, pos)
+                if last >= 0:
+                    pos, line_start = last + 2, True
+            if collect:
+                done = pos - base
+            else:
+                conn.pos = pos
             conn.fill()
 
     @staticmethod

@@ -221,6 +221,7 @@ class WebmailReader(MailUser):
         self.views = 0
         self.headers = int(self.kind.options.get("headers", 50))
         self.views_per_session = int(self.kind.options.get("actions_per_session", 10))
+        self.pipelining = bool(self.kind.options.get("pipelining", False))
 
     @task
     def view_inbox(self) -> None:
@@ -239,6 +240,9 @@ class WebmailReader(MailUser):
             self._drop()
 
     def page_view(self, client: ImapClient) -> None:
+        if self.pipelining:
+            self.page_view_pipelined(client)
+            return
         client.command("IMAP LIST", b'LIST "" "*"')
         newest = client.select("INBOX")
         if not newest:
@@ -251,6 +255,25 @@ class WebmailReader(MailUser):
         if _MULTIPART_MIXED.search(structure):
             client.command("IMAP FETCH attachment", b"FETCH %d BODY.PEEK[2]" % opened)
         client.command("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened)
+
+    def page_view_pipelined(self, client: ImapClient) -> None:
+        """The same page view as a pipelining webmail backend sends it: each batch only waits for what the
+        next one needs (the message count; the opened message's structure). Same commands, same names."""
+        _, selected = client.pipeline([("IMAP LIST", b'LIST "" "*"', False),
+                                       ("IMAP SELECT", client.select_command("INBOX"), True)])
+        newest = client.selected(selected)
+        if not newest:
+            return
+        oldest = max(1, newest - self.headers + 1)
+        opened = random.randint(oldest, newest)
+        _, structure, _ = client.pipeline([
+            ("IMAP FETCH headers",
+             b"FETCH %d:%d (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS %s])" % (oldest, newest, HEADER_FIELDS), False),
+            ("IMAP FETCH body", b"FETCH %d (BODYSTRUCTURE BODY.PEEK[1])" % opened, True),
+            ("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened, False),
+        ])
+        if _MULTIPART_MIXED.search(structure):
+            client.command("IMAP FETCH attachment", b"FETCH %d BODY.PEEK[2]" % opened)
 
 
 class IdleUser(MailUser):
