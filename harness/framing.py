@@ -18,6 +18,7 @@ hooks), so each client keeps its own exceptions and wording.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import sys
@@ -31,7 +32,7 @@ LITERAL_ANYWHERE = re.compile(rb"~?\{(\d+)(\+?)\}")  # markers inside a command 
 # It matches the "{N}" of "~{N}" too. Group 1 is the size.
 LITERAL_IN_STREAM = re.compile(rb"\{(\d+)\}\r\n")
 
-YIELD_EVERY = 4  # reads; see Reader.receive
+YIELD_EVERY = 4  # reads in a row that found data ready; see Reader.receive
 
 
 class FramingError(Exception):
@@ -60,12 +61,18 @@ def _cooperative_yield() -> Callable[[], None] | None:
     A server that floods data keeps every recv() ready, and gevent only switches greenlets when
     one would block: without this a reading user would starve Locust's own greenlets (the one
     that ends the run at --run-time included). Sessions outside gevent pay nothing."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
-        return None
-    from gevent import sleep
+    global _SLEEP_0
+    if _SLEEP_0 is None:  # found once per process (gevent patches before any connection opens)
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("socket"):
+            return None
+        from gevent import sleep
 
-    return lambda: sleep(0)
+        _SLEEP_0 = functools.partial(sleep, 0)
+    return _SLEEP_0
+
+
+_SLEEP_0: Callable[[], None] | None = None
 
 
 class Reader:
@@ -123,9 +130,6 @@ class Reader:
     # -- the one place where bytes come in ---------------------------------------------------
     def receive(self) -> bytes:
         """One recv() of up to ``recv_size`` bytes, counted; never empty (an end of stream raises)."""
-        self._reads += 1
-        if self._yield is not None and self._reads % YIELD_EVERY == 0:
-            self._yield()
         if self.deadline:
             # Also with a watchdog (timed_reads off): its shutdown() wakes a read that waits, but not one
             # that never has to, against a server that floods without end (an endless {2000000000} literal).
@@ -135,9 +139,15 @@ class Reader:
             if self.timed_reads:
                 self.sock.settimeout(left)
         recv = self.recv
-        if self.awaiting:
+        if self.awaiting:  # the first read of an answer waits for it: other greenlets run meanwhile
             self.awaiting = False
             recv = self.recv_after_send
+            self._reads = 0
+        elif self._yield is not None:  # reads that find data ready never let them run: every few, yield
+            self._reads += 1
+            if self._reads >= YIELD_EVERY:
+                self._reads = 0
+                self._yield()
         try:
             chunk = recv(self.recv_size)
         except TimeoutError:

@@ -332,11 +332,19 @@ def test_pipeline_sends_one_write_and_reports_each_answer_with_its_own_bytes():
     client.login("u", "p")
     assert client.literal_plus
     with pytest.raises(CommandFailed, match="CANNOT"):
-        client.pipeline([("IMAP SELECT", b"SELECT INBOX", True), ("IMAP FETCH", b"FETCH 1 BODY[]", True),
-                         ("IMAP STORE", b"STORE 1 +FLAGS (x)", False), ("IMAP NOOP", b"NOOP", False)])
+        client.pipeline([("IMAP SELECT", b"SELECT INBOX"), ("IMAP FETCH", b"FETCH 1 BODY[]"),
+                         ("IMAP STORE", b"STORE 1 +FLAGS (x)"), ("IMAP NOOP", b"NOOP")], collect=True)
     reported = [(name, nbytes, exc is None) for name, _, nbytes, exc in seen[2:]]
     assert reported == [("IMAP SELECT", len(answers[0]), True), ("IMAP FETCH", len(answers[1]), True),
                         ("IMAP STORE", len(answers[2]), False), ("IMAP NOOP", len(answers[3]), True)]
+    # Untagged responses belong to the batch: a server may answer a later command before an earlier one ends.
+    server = CannedServer(b"* OK ready\r\n", [b"a1 OK in\r\n", b"* 3 EXISTS\r\n" + untagged + b"a2 OK\r\na3 OK\r\n", b""],
+                          chunk=1 << 16)
+    client = ImapClient(server.endpoint, timeout=2)
+    client.connect()
+    client.login("u", "p")
+    data = client.pipeline([("IMAP SELECT", b"SELECT INBOX"), ("IMAP FETCH", b"FETCH 1 BODY[]")], collect=True)
+    assert data == b"* 3 EXISTS\r\n" + untagged and client.selected(data) == 3
 
 
 def test_pop3_reader_finds_the_terminator_and_one_header_across_splits():
@@ -378,3 +386,38 @@ def test_failed_tls_setup_leaves_no_socket_open(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         Connection(Endpoint("imaps", "127.0.0.1", bad_ca.endpoint.port, tls=True), 5.0, str(tmp_path / "missing.pem"))
     assert len(opened) >= 2 and all(sock.fileno() == -1 for sock in opened)
+
+
+def test_source_addresses_parse_ranges_and_lists_and_refuse_nonsense():
+    from harness.load.source_addresses import SourceAddresses, parse_source_addresses
+
+    assert parse_source_addresses("127.0.0.2-127.0.0.4", "x") == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert parse_source_addresses(["10.0.0.9", "10.0.0.7"], "x") == ["10.0.0.9", "10.0.0.7"]
+    for bad in ("127.0.0.9-127.0.0.2", "localhost", "127.0.0.1-::1", ""):
+        with pytest.raises(ConfigError, match="x: "):
+            parse_source_addresses(bad, "x")
+    cycle = SourceAddresses(["a", "b"])
+    assert [cycle.next() for _ in range(3)] == ["a", "b", "a"] and SourceAddresses(None).next() is None
+
+
+def test_load_connections_come_from_the_source_address_and_note_arrival_times():
+    server = CannedServer(b"* OK ready\r\n", [])
+    conn = Connection(server.endpoint, 2.0, source="127.0.0.3")
+    assert conn.sock.getsockname()[0] == "127.0.0.3"
+    assert conn.timestamp_arrivals()
+    assert conn.read_line() == b"* OK ready"  # not the first read after a send: the stamped recv
+    assert 0 < conn.arrived <= time.time()
+    conn.close()
+
+
+def test_bench_reads_imaptests_totals_and_its_user_template():
+    from harness.load.bench_command import imaptest_totals, imaptest_users
+
+    output = ("Logi List Fetc \n100% 100% 100% \n  31  139  133  20/ 20\n\nTotals:\nLogi List Fetc \n"
+              "100% 100% 100% \n 119  938  928 \n")
+    assert imaptest_totals(output) == {"Logi": 119, "List": 938, "Fetc": 928}
+    assert imaptest_totals("Fatal: Missing username\n") is None
+    assert imaptest_users([Account("user1", "pw"), Account("user2", "pw")]) == ("user%d", "pw")
+    with pytest.raises(ConfigError, match="share a password"):
+        imaptest_users([Account("user1", "pw"), Account("user2", "other")])
+    assert cli.main(["bench", "--compare-imaptest", "/nonexistent/imaptest"]) == 2

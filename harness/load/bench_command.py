@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,26 +18,38 @@ import yaml
 
 from harness.arguments import finite_float
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
+from harness.load.source_addresses import parse_source_addresses
 from harness.targets.target_file import load_target
 
-IMAPTEST_CMDS_PER_CPU_SECOND = 11_000  # Dovecot's C imaptest on a similar mix and machine (shared notes)
 MAX_USERS = 5_000
-MAX_IDLE_USERS = 20_000
+MAX_IDLE_USERS = 30_000
 MAX_DURATION = 600
+MAX_ROUNDS = 15
+# imaptest's side of the comparison: its webmail-like mix (shared/tools/imaptest/README.md). "-" zeroes every
+# state but LOGIN, SELECT and LOGOUT; then LIST, FETCH (flags and headers of a range), FETCH2 (one
+# message's body) and STORE each page view, LOGOUT in 10% of them.
+IMAPTEST_MIX = ["-", "list=100", "fetch=100", "fetch2=100,0", "store=100", "logout=10"]
 
-DESCRIPTION = f"""\
+DESCRIPTION = """\
 Measure the load generator itself: protocol commands per generator CPU-second.
 
   mailharness bench                        webmail mix, 20 users without think time, embedded Dovecot
+  mailharness bench --compare-imaptest /path/to/imaptest
+                                           the same, interleaved with Dovecot's imaptest (C) on its webmail
+                                           mix against the same server: both figures and the ratio
   mailharness bench --users 50 --duration 30 --target staging.yaml
-  mailharness bench --idle-users 2000      how many concurrent IDLE connections one process holds
+  mailharness bench --idle-users 25000 --source-address 127.0.0.2-127.0.0.9
+                                           how many IDLE connections one process holds, notification latency
 
 The webmail mix is what `imap_webmail` users do per page view: LIST, SELECT INBOX, FETCH
 headers of the newest 50, FETCH BODYSTRUCTURE + text of one message, FETCH its attachment
-part if it has one, STORE \\Seen; LOGOUT and LOGIN again every 10 views. The users run in a
-separate process that does nothing else, and its time.process_time() is the CPU figure
-(connects are not counted as commands). For scale: imaptest (C) reaches about
-{IMAPTEST_CMDS_PER_CPU_SECOND:,} commands per CPU-second on a similar mix on a 2-core machine.
+part if it has one, STORE \\Seen; LOGOUT and LOGIN again every 10 views. Pipelined (the
+default, as imaptest's default): the page's commands go in one write, using the message count
+the session last saw; the attachment fetch waits for the structure. The users run in a
+separate process that does nothing else, and its time.process_time() over the measured
+window is the CPU figure (connects are not counted as commands). imaptest's figure is its
+commands (logins included) over its user+system CPU (getrusage of the child), whole run.
+Runs alternate (ours, imaptest, ours, ...); the ratio is the median of the paired ratios.
 
 Without --target an embedded Dovecot is started on 127.0.0.1 and seeded; its CPU use is
 reported too. A --target must be disposable: true (the mix sets \\Seen flags).
@@ -48,18 +62,31 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=finite_float, default=15.0, metavar="S", help=f"measured seconds (default 15, at most {MAX_DURATION})")
     p.add_argument("--warmup", type=finite_float, default=3.0, metavar="S", help="seconds of load before measuring (default 3)")
     p.add_argument("--messages", type=int, default=100, metavar="N", help="messages seeded per account (default 100)")
+    p.add_argument("--no-pipelining", action="store_true",
+                   help="one command at a time, waiting for each answer (for imaptest too: no_pipelining)")
+    p.add_argument("--compare-imaptest", type=Path, metavar="PATH",
+                   help="an imaptest binary: run its webmail mix against the same server, interleaved with ours, "
+                        "and print both figures and the ratio")
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
+                   help=f"measured runs of each generator, interleaved; medians are printed (default 3 with "
+                        f"--compare-imaptest, else 1; at most {MAX_ROUNDS})")
     p.add_argument("--idle-users", type=int, default=0, metavar="N",
                    help="instead: open N IMAP connections holding IDLE (one account each) while mail arrives, "
-                        "and report how many one process held and the notification latency")
+                        "and report how many one process held, the notification latency and RSS per connection")
     p.add_argument("--delivery-rate", type=finite_float, default=20.0, metavar="R", help="with --idle-users: messages per second delivered (default 20)")
     p.add_argument("--tls", action="store_true",
                    help="run the measurement twice against the embedded Dovecot, cleartext and over implicit TLS "
                         "(throwaway CA), and print commands per CPU-second of each side by side (harness/load/bench_tls.py)")
     p.add_argument("--server-tls", choices=["implicit", "starttls"], help=argparse.SUPPRESS)  # one side of --tls
+    p.add_argument("--source-address", metavar="RANGE", default=None,
+                   help="local addresses to connect from, spread round-robin: 127.0.0.2-127.0.0.9 or a comma list "
+                        "(one address has about 28,000 ephemeral ports towards one server port)")
     p.add_argument("--json", action="store_true", help="print the raw result as JSON")
 
 
 def run(args) -> int:
+    if args.tls and args.compare_imaptest:
+        raise ConfigError("--compare-imaptest runs imaptest in cleartext; leave out --tls")
     if args.tls:
         from harness.load.bench_tls import compare
 
@@ -70,6 +97,16 @@ def run(args) -> int:
         raise ConfigError(f"{'--idle-users' if idle else '--users'} must be between 1 and {MAX_IDLE_USERS if idle else MAX_USERS}")
     if not 1 <= args.duration <= MAX_DURATION:
         raise ConfigError(f"--duration must be between 1 and {MAX_DURATION} seconds")
+    rounds = args.rounds if args.rounds is not None else (3 if args.compare_imaptest else 1)
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise ConfigError(f"--rounds must be between 1 and {MAX_ROUNDS}")
+    if args.compare_imaptest:
+        if idle:
+            raise ConfigError("--compare-imaptest measures the webmail mix; leave out --idle-users")
+        if not (args.compare_imaptest.is_file() and os.access(args.compare_imaptest, os.X_OK)):
+            raise ConfigError(f"--compare-imaptest {args.compare_imaptest}: not an executable file")
+    if args.source_address:
+        parse_source_addresses(args.source_address, "--source-address")  # a bad range fails before any server starts
     with tempfile.TemporaryDirectory(prefix="mailharness-bench-") as tmp:
         tmp = Path(tmp)
         scenario_file = tmp / "bench.yaml"
@@ -78,14 +115,14 @@ def run(args) -> int:
             target = load_target(args.target)
             if not target.disposable:
                 raise UnsafeAccount(f"{args.target}: the benchmark sets \\Seen flags and adds mail; it needs disposable: true")
-            result = _measure(args, idle, users, args.target, scenario_file, target, None)
+            result = _measure(args, idle, users, rounds, args.target, scenario_file, target, None, tmp)
         else:
             from harness.targets.managed_dovecot import ManagedDovecot
 
-            with ManagedDovecot(accounts=users, tls=args.server_tls or False) as dovecot:
+            with ManagedDovecot(accounts=users, tls=args.server_tls or False, **_server_options(idle, users)) as dovecot:
                 target_file = tmp / "target.yaml"
                 dovecot.target.dump(target_file)
-                result = _measure(args, idle, users, target_file, scenario_file, dovecot.target, dovecot)
+                result = _measure(args, idle, users, rounds, target_file, scenario_file, dovecot.target, dovecot, tmp)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -93,21 +130,31 @@ def run(args) -> int:
     return 0
 
 
+def _server_options(idle: bool, users: int) -> dict:
+    """The embedded Dovecot sized for the benchmark: many IDLE users need hibernation and high limits."""
+    return {"idle_clients": users} if idle else {}
+
+
 def _scenario(args, idle: bool) -> dict:
+    extra = {"source_address": args.source_address} if args.source_address else {}
     if idle:
         return {
             "users": {"imap_idle": {"weight": 1, "think_time": 1, "devices": 1, "reidle_after": 1700}},
             "mailbox": {"messages": 0},
             "delivery": {"rate": args.delivery_rate, "to": {"imap_idle": 1}, "size_mix": {"small": 100}},
             "timeout": 60,
+            **extra,
         }
     return {
-        "users": {"imap_webmail": {"weight": 1, "think_time": 0, "headers": 50, "actions_per_session": 10}},
+        "users": {"imap_webmail": {"weight": 1, "think_time": 0, "headers": 50, "actions_per_session": 10,
+                                   "pipelining": not args.no_pipelining}},
         "mailbox": {"messages": args.messages, "size_mix": {"small": 70, "medium": 25, "large": 5}},
+        **extra,
     }
 
 
-def _measure(args, idle: bool, users: int, target_file: Path, scenario_file: Path, target, dovecot) -> dict:
+def _measure(args, idle: bool, users: int, rounds: int, target_file: Path, scenario_file: Path, target, dovecot,
+             tmp: Path) -> dict:
     if not idle:
         from harness.load.seeding import seed_accounts
 
@@ -124,21 +171,138 @@ def _measure(args, idle: bool, users: int, target_file: Path, scenario_file: Pat
         "duration": args.duration,
         "ramp_timeout": max(30.0, users / 100 + 30),
     }
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(_run_generator(job, target, dovecot))
+        if args.compare_imaptest:
+            theirs.append(_run_imaptest(args, target, users, tmp, dovecot))
+    result = dict(ours[len(ours) // 2] if rounds == 1 else _median_round(ours))
+    result["server"] = target.name
+    result["pipelining"] = not args.no_pipelining
+    if args.source_address:
+        result["source_addresses"] = args.source_address
+    if idle:
+        result["server_warnings"] = idle_server_warnings(users, dovecot)
+    if rounds > 1:
+        result["rounds"] = [{"mailharness": round_figures(o), **({"imaptest": t} if theirs else {})}
+                            for o, t in zip(ours, theirs or [None] * rounds)]
+    if theirs:
+        ratios = [o["commands_per_cpu_second"] / t["commands_per_cpu_second"]
+                  for o, t in zip(ours, theirs) if t["commands_per_cpu_second"]]
+        result["imaptest"] = {
+            "binary": str(args.compare_imaptest),
+            "mix": " ".join(IMAPTEST_MIX + (["no_pipelining"] if args.no_pipelining else [])),
+            "commands_per_cpu_second": statistics.median(t["commands_per_cpu_second"] for t in theirs),
+            "commands_per_second": statistics.median(t["commands_per_second"] for t in theirs),
+            "failures": sum(t["errors"] for t in theirs),
+        }
+        result["ratio"] = statistics.median(ratios) if ratios else 0.0
+        result["ratio_range"] = [min(ratios), max(ratios)] if ratios else []
+    return result
+
+
+def idle_server_warnings(users: int, dovecot) -> list[str]:
+    """What on this machine keeps a local server from announcing new mail to `users` IDLE sessions promptly."""
+    warnings = []
+    try:
+        instances = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        instances = None
+    if instances is not None and instances < users + 200:
+        warnings.append(f"fs.inotify.max_user_instances is {instances}: Dovecot can watch (and hibernate) only that "
+                        f"many IDLE sessions; the rest poll. For {users:,}: sysctl -w fs.inotify.max_user_instances="
+                        f"{max(users * 2, 1024)}")
+    if dovecot is not None:
+        log = dovecot.log_tail(400)
+        for marker in ("process_limit", "client_limit", "Too many open files", "inotify"):
+            line = next((line for line in reversed(log.splitlines()) if marker in line), None)
+            if line:
+                warnings.append(f"Dovecot's log: {line[-300:]}")
+    return warnings
+
+
+def round_figures(r: dict) -> dict:
+    keys = ("commands", "failures", "cpu_seconds", "wall_seconds", "commands_per_cpu_second", "commands_per_second")
+    return {k: r[k] for k in keys if k in r}
+
+
+def _median_round(results: list[dict]) -> dict:
+    """The round with the median commands per CPU-second (its per-command counts come with it)."""
+    ordered = sorted(results, key=lambda r: r["commands_per_cpu_second"])
+    return ordered[len(ordered) // 2]
+
+
+def _run_generator(job: dict, target, dovecot) -> dict:
     server_cpu = ServerCpu(dovecot) if dovecot is not None else None
     started = time.monotonic()
-    timeout = job["ramp_timeout"] + args.warmup + args.duration + 120
+    timeout = job["ramp_timeout"] + job["warmup"] + job["duration"] + 120
     proc = subprocess.run([sys.executable, "-m", "harness.load.bench_generator"], input=json.dumps(job),
                           capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise HarnessError(f"the generator process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["server"] = target.name
     if server_cpu is not None:  # over the generator's whole life (warm-up included), not only the measured window
         result["server_cpu_seconds"] = server_cpu.seconds()
         result["server_wall_seconds"] = time.monotonic() - started
     result["commands_per_cpu_second"] = result["commands"] / result["cpu_seconds"] if result["cpu_seconds"] else 0.0
     result["commands_per_second"] = result["commands"] / result["wall_seconds"] if result["wall_seconds"] else 0.0
     return result
+
+
+def _run_imaptest(args, target, users: int, tmp: Path, dovecot) -> dict:
+    """One run of imaptest's webmail mix: its commands (all states, logins included) per CPU-second of its process."""
+    from harness.load.messages import seed_message
+
+    template, password = imaptest_users(target.accounts[:users])
+    mbox = tmp / "imaptest.mbox"
+    if not mbox.exists():
+        with open(mbox, "wb") as out:  # messages for APPEND, which this mix never sends, but imaptest wants the file
+            for n in range(1, 11):
+                out.write(b"From mailharness@localhost Thu Jan  1 00:00:00 2026\n"
+                          + seed_message(n, "small", 1).replace(b"\r\n", b"\n") + b"\n")
+    secs = max(1, round(args.duration))
+    command = [str(args.compare_imaptest), f"host={target.imap.host}", f"port={target.imap.port}",
+               f"user={template}", f"users={users}", f"pass={password}", f"clients={users}", f"secs={secs}", f"mbox={mbox}", *IMAPTEST_MIX]
+    if args.no_pipelining:
+        command.append("no_pipelining")
+    server_cpu = ServerCpu(dovecot) if dovecot is not None else None
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=secs + 120, check=False)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"imaptest did not finish within {secs + 120} s") from None
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
+    counts = imaptest_totals(proc.stdout)
+    if proc.returncode != 0 or counts is None:
+        raise HarnessError(f"imaptest failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    commands = sum(counts.values())
+    errors = sum(1 for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error:"))
+    result = {"commands": commands, "per_command": counts, "errors": errors, "cpu_seconds": cpu, "wall_seconds": wall,
+              "commands_per_cpu_second": commands / cpu if cpu else 0.0, "commands_per_second": commands / wall}
+    if server_cpu is not None:
+        result["server_cpu_seconds"] = server_cpu.seconds()
+    return result
+
+
+def imaptest_users(accounts) -> tuple[str, str]:
+    """imaptest's user template and password for accounts PREFIX1..PREFIXn sharing one password."""
+    prefix = accounts[0].user.rstrip("0123456789")
+    if any(a.user != f"{prefix}{n}" for n, a in enumerate(accounts, 1)) or len({a.password for a in accounts}) > 1:
+        raise ConfigError("--compare-imaptest: imaptest logs in as user%d with one password; the target's accounts "
+                          f"must be named {prefix or 'user'}1..{prefix or 'user'}{len(accounts)} and share a password")
+    return prefix.replace("%", "%%") + "%d", accounts[0].password
+
+
+def imaptest_totals(output: str) -> dict[str, int] | None:
+    """imaptest's final per-state command counts, from the lines after "Totals:" (names, weights, counts)."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "Totals:" and i + 3 < len(lines):
+            names, counts = lines[i + 1].split(), lines[i + 3].split()
+            if len(names) == len(counts) and all(c.isdigit() for c in counts):
+                return dict(zip(names, map(int, counts)))
+    return None
 
 
 class ServerCpu:
@@ -179,24 +343,48 @@ class ServerCpu:
 
 def _print(result: dict, idle: bool) -> None:
     if idle:
-        print(f"IDLE hold against {result['server']}: {result['users'] - 1} users in one generator process")
-        print(f"  connections idling: peak {result['idling_peak']}, lowest during the hold {result['idling_low']} "
+        held = result["users"] - 1
+        print(f"IDLE hold against {result['server']}: {held:,} users in one generator process"
+              + (f", from {result['source_addresses']}" if result.get("source_addresses") else ""))
+        print(f"  connections idling: peak {result['idling_peak']:,}, lowest during the hold {result['idling_low']:,} "
               f"(all were idling after {result['ramp_seconds']:.1f} s)")
         p50, p95 = result["notify_p50_ms"], result["notify_p95_ms"]
         delivered = result["per_name"].get("LMTP deliver", {}).get("requests", 0)
         print(f"  new-mail notifications: {result['notify_samples']} for {delivered} deliveries during the hold, "
               f"p50 {p50} ms, p95 {p95} ms")
+        if result.get("notify_split_samples"):
+            print(f"    server (delivery sent -> EXISTS in the generator's socket): p50 {result['notify_server_p50_ms']} ms, "
+                  f"p95 {result['notify_server_p95_ms']} ms")
+            print(f"    generator (EXISTS in the socket -> handled): p50 {result['notify_generator_p50_ms']} ms, "
+                  f"p95 {result['notify_generator_p95_ms']} ms")
         if delivered and (result["notify_samples"] < 0.9 * delivered or (p95 or 0) > 5000):
-            print("  note: many deliveries were not announced promptly. On Linux, Dovecot watches a mailbox with one\n"
-                  "  inotify instance per IMAP process and falls back to polling (mailbox_idle_check_interval, 30 s)\n"
-                  "  beyond fs.inotify.max_user_instances (default 128) per mail uid; raise that sysctl on the server.")
+            print("  note: many deliveries were not announced promptly. Dovecot hears of a change through one inotify\n"
+                  "  instance per IDLE session (imap or imap-hibernate) and falls back to polling every\n"
+                  "  mailbox_idle_check_interval beyond fs.inotify.max_user_instances (default 128) per mail uid.")
+        per_connection = result.get("rss_per_connection_kb")
+        print(f"  memory: RSS {result['rss_before_mb']:.0f} MB before the users, {result['rss_peak_mb']:.0f} MB holding them"
+              + (f" ({per_connection:.1f} KB per connection)" if per_connection else ""))
         print(f"  failures: {result['failures']}; generator CPU {result['cpu_seconds'] / result['wall_seconds']:.0%} of a core; "
-              f"max RSS {result['max_rss_mb']:.0f} MB; open-files limit {result['fd_limit']}")
+              f"open-files limit {result['fd_limit']:,}")
+        for warning in result.get("server_warnings", []):
+            print(f"  server: {warning}")
         return
-    print(f"webmail mix against {result['server']}: {result['users']} users, {result['wall_seconds']:.1f} s measured")
-    print(f"  commands: {result['commands']:,} ({result['failures']} failed)")
-    print(f"  generator: {result['cpu_seconds']:.2f} CPU-s -> {result['commands_per_cpu_second']:,.0f} commands per CPU-second "
-          f"(imaptest, C: ~{IMAPTEST_CMDS_PER_CPU_SECOND:,})")
+    rounds = result.get("rounds")
+    mode = "pipelined" if result.get("pipelining") else "one command at a time"
+    print(f"webmail mix ({mode}) against {result['server']}: {result['users']} users, "
+          f"{len(rounds) if rounds else 1} x {result['wall_seconds']:.0f} s measured")
+    if rounds:
+        for n, r in enumerate(rounds, 1):
+            ours = r["mailharness"]
+            line = f"  round {n}: mailharness {ours['commands_per_cpu_second']:>7,.0f} cmds/CPU-s ({ours['commands']:,} in {ours['cpu_seconds']:.2f} CPU-s)"
+            if "imaptest" in r:
+                theirs = r["imaptest"]
+                line += (f"   imaptest {theirs['commands_per_cpu_second']:>7,.0f} ({theirs['commands']:,} in {theirs['cpu_seconds']:.2f} CPU-s)"
+                         f"   ratio {ours['commands_per_cpu_second'] / theirs['commands_per_cpu_second']:.2f}" if theirs["commands_per_cpu_second"] else "")
+            print(line)
+    print(f"  commands: {result['commands']:,} ({result['failures']} failed)" + (" in the median round" if rounds else ""))
+    print(f"  generator: {result['cpu_seconds']:.2f} CPU-s -> {result['commands_per_cpu_second']:,.0f} commands per CPU-second"
+          f" (user {result['cpu_user_seconds']:.2f} s, system {result['cpu_system_seconds']:.2f} s)")
     print(f"  wall clock: {result['commands_per_second']:,.0f} commands/s; generator busy "
           f"{result['cpu_seconds'] / result['wall_seconds']:.0%} of one core", end="")
     if "server_cpu_seconds" in result:
@@ -205,6 +393,13 @@ def _print(result: dict, idle: bool) -> None:
         print()
     for name, counts in sorted(result["per_name"].items()):
         print(f"    {name:<24} {counts['requests']:>9,}")
+    if "imaptest" in result:
+        it = result["imaptest"]
+        low, high = result["ratio_range"] or [0, 0]
+        print(f"  imaptest ({it['mix']}): {it['commands_per_cpu_second']:,.0f} commands per CPU-second (median), "
+              f"{it['commands_per_second']:,.0f} commands/s; {it['failures']} errors")
+        print(f"  ratio mailharness / imaptest, commands per CPU-second: {result['ratio']:.2f}x "
+              f"(median of {len(rounds or [1])} paired rounds; range {low:.2f}-{high:.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:

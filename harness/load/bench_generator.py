@@ -25,17 +25,27 @@ from harness.load.accounts import AccountAllocator
 from harness.load.locust_plugin import build_run, configure_user_classes, raise_open_file_limit
 from harness.load.users import IdleUser, MailDelivery, WebmailReader
 
-NOT_COMMANDS = {"IMAP connect", "POP3 connect", "LMTP connect", "IMAP notify latency"}
+NOTIFY_NAMES = ("IMAP notify latency", "IMAP notify server", "IMAP notify generator")  # samples, not commands
+NOT_COMMANDS = {"IMAP connect", "POP3 connect", "LMTP connect", *NOTIFY_NAMES}
 
 
 def _snapshot(env: Environment) -> dict[str, tuple[int, int]]:
     return {name: (entry.num_requests, entry.num_failures) for (name, _), entry in env.stats.entries.items()}
 
 
-def _notify_times(env: Environment) -> dict[int, int]:
-    """Locust's histogram of notification latencies so far: {rounded ms: count}."""
-    entry = env.stats.entries.get(("IMAP notify latency", "IMAP"))
+def _notify_times(env: Environment, name: str = "IMAP notify latency") -> dict[int, int]:
+    """Locust's histogram of a notification figure so far: {rounded ms: count}."""
+    entry = env.stats.entries.get((name, "IMAP"))
     return dict(entry.response_times) if entry else {}
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process now (MB)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _window_percentiles(before: dict[int, int], after: dict[int, int]) -> tuple[int, int | None, int | None]:
@@ -54,7 +64,7 @@ def _rusage_mb() -> float:
 
 
 def run_job(job: dict) -> dict:
-    fd_limit = raise_open_file_limit()
+    fd_limit = raise_open_file_limit(job["users"] + 1000)
     load = build_run(job["target_file"], job["scenario_file"], None)
     user_classes = [IdleUser, MailDelivery] if job["mode"] == "idle" else [WebmailReader]
     env = Environment(user_classes=user_classes, events=events)
@@ -63,6 +73,7 @@ def run_job(job: dict) -> dict:
     load.allocator = AccountAllocator(load.plan)
     runner = env.create_local_runner()
     users, spawn_rate = job["users"], job["spawn_rate"]
+    rss_before = _rss_mb()
     runner.start(users, spawn_rate=spawn_rate)
 
     if job["mode"] == "idle":
@@ -77,15 +88,18 @@ def run_job(job: dict) -> dict:
         ramp_seconds = job["warmup"]
 
     before, cpu0, wall0, times0 = _snapshot(env), time.process_time(), time.perf_counter(), os.times()
-    notify_before = _notify_times(env)
+    notify_before = {name: _notify_times(env, name) for name in NOTIFY_NAMES}
     peak_idling = low_idling = IdleUser.idling
     end = wall0 + job["duration"]
+    rss_peak = _rss_mb()
     while (left := end - time.perf_counter()) > 0:
         gevent.sleep(min(0.5, left))
         peak_idling = max(peak_idling, IdleUser.idling)
         low_idling = min(low_idling, IdleUser.idling)
+        rss_peak = max(rss_peak, _rss_mb())
     after, cpu1, wall1, times1 = _snapshot(env), time.process_time(), time.perf_counter(), os.times()
-    notify_samples, notify_p50, notify_p95 = _window_percentiles(notify_before, _notify_times(env))
+    notify = {name: _window_percentiles(notify_before[name], _notify_times(env, name)) for name in NOTIFY_NAMES}
+    notify_samples, notify_p50, notify_p95 = notify["IMAP notify latency"]
     runner.quit()
 
     per_name = {}
@@ -109,6 +123,15 @@ def run_job(job: dict) -> dict:
         "notify_samples": notify_samples,  # seen during the measured window, like the counts above
         "notify_p50_ms": notify_p50,
         "notify_p95_ms": notify_p95,
+        # the same notifications split where the kernel received the EXISTS (SO_TIMESTAMPNS)
+        "notify_server_p50_ms": notify["IMAP notify server"][1],
+        "notify_server_p95_ms": notify["IMAP notify server"][2],
+        "notify_generator_p50_ms": notify["IMAP notify generator"][1],
+        "notify_generator_p95_ms": notify["IMAP notify generator"][2],
+        "notify_split_samples": notify["IMAP notify server"][0],
+        "rss_before_mb": rss_before,
+        "rss_peak_mb": rss_peak,
+        "rss_per_connection_kb": (rss_peak - rss_before) * 1024 / peak_idling if job["mode"] == "idle" and peak_idling else None,
         "max_rss_mb": _rusage_mb(),
         "fd_limit": fd_limit,
     }

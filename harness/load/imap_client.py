@@ -44,6 +44,7 @@ class ImapClient(WireClient):
         self._tag = 0
         self._idle_tag = b""
         self.literal_plus = False  # the greeting's CAPABILITY has LITERAL+ (non-synchronising literals)
+        self.exists_arrived = 0.0  # see wait_for_exists
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> None:
@@ -113,13 +114,16 @@ class ImapClient(WireClient):
         self.report(name, (monotonic() - started) * 1000, conn.received - received, None)
         return out
 
-    def pipeline(self, commands: list[tuple[str, bytes, bool]]) -> list[bytes]:
-        """Send several commands in one write, then read their answers in order: [(name, command, collect)].
+    def pipeline(self, commands: list[tuple[str, bytes]], *, collect: bool = False) -> bytes:
+        """Send several commands [(name, command)] in one write, then read up to each one's tagged line.
 
-        RFC 3501 §5.5 lets a client send a command before the previous one completed (servers answer these
-        in order). Each command is still reported on its own, timed from the write to its own tagged line,
-        with the bytes of its own answer. A NO/BAD is reported and raised after all answers were read, so
-        the stream stays in step; a timeout or a lost connection ends the batch at once.
+        RFC 3501 §5.5 lets a client send a command before the previous one completed, and lets the server
+        run them at once: Dovecot sends the untagged data of a later FETCH before the tagged OK of an
+        earlier one, so untagged responses belong to the batch, not to a command. With ``collect`` all of
+        the batch's come back as one bytes object (else b""). Each command is still reported on its own,
+        timed from the write to its tagged line, with the bytes that arrived since the previous one's. A
+        NO/BAD is reported and raised once all were read, so the stream stays in step; a timeout or a lost
+        connection ends the batch at once.
         """
         conn = self._connected(commands[0][0])
         tags = []
@@ -129,17 +133,16 @@ class ImapClient(WireClient):
         started = monotonic()
         conn.deadline = started + self.timeout
         failure: CommandFailed | None = None
-        out = []
+        untagged = []
         try:
-            conn.send(b"".join(tag + command + _CRLF for tag, (_, command, _) in zip(tags, commands)))
+            conn.send(b"".join(tag + command + _CRLF for tag, (_, command) in zip(tags, commands)))
             consumed = conn.received - len(conn.buf) + conn.pos
-            for tag, (name, _, collect) in zip(tags, commands):
+            for tag, (name, _) in zip(tags, commands):
                 exc = None
                 try:
-                    out.append(self._read_until_tagged(tag, name, collect))
+                    untagged.append(self._read_until_tagged(tag, name, collect))
                 except CommandFailed as failed:
                     exc = failure = failure or failed
-                    out.append(b"")
                 except Exception as lost:
                     self.report(name, (monotonic() - started) * 1000, conn.received - len(conn.buf) + conn.pos - consumed, lost)
                     raise
@@ -154,7 +157,7 @@ class ImapClient(WireClient):
             conn.deadline = 0.0
         if failure:
             raise failure
-        return out
+        return b"".join(untagged)
 
     def append(self, mailbox: str, message: bytes, *, name: str = "IMAP APPEND") -> None:
         """APPEND: with LITERAL+ (RFC 7888, as the greeting announced) command and message go in one write;
@@ -274,6 +277,7 @@ class ImapClient(WireClient):
             while True:
                 self._note_untagged(conn.read_line())
                 if self.exists > before:
+                    self.exists_arrived = conn.arrived  # kernel time of the read that brought it (0: not noted)
                     return self.exists
         except TimeoutError:
             if conn.expired:

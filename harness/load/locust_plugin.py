@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import resource
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from locust import between, constant_throughput, events
 from locust.runners import MasterRunner, WorkerRunner
@@ -27,6 +27,7 @@ from harness.known_secrets import ScrubbingFilter, ScrubbingStream
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
 from harness.load.scenario import Scenario, check_target_fits, load_scenario
+from harness.load.source_addresses import SourceAddresses
 from harness.targets.target_file import Target, load_target
 
 log = logging.getLogger("mailharness")
@@ -43,6 +44,7 @@ class LoadRun:
     ledger: Ledger | None
     timeout: float
     allocator: AccountAllocator | None = None
+    sources: SourceAddresses = field(default_factory=lambda: SourceAddresses(None))  # local addresses, per user
 
 
 def run_of(environment) -> LoadRun:
@@ -52,9 +54,16 @@ def run_of(environment) -> LoadRun:
     return run
 
 
-def raise_open_file_limit() -> int:
-    """Every user holds a socket; lift the soft fd limit to the hard one."""
+def raise_open_file_limit(needed: int = 0) -> int:
+    """Every user holds a socket; lift the soft fd limit to the hard one, and (as root) the hard one to
+    `needed` if that is higher. Returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))  # needs CAP_SYS_RESOURCE
+            return needed
+        except (ValueError, OSError):
+            pass
     if hard == resource.RLIM_INFINITY or soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -110,6 +119,7 @@ def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> L
         plan=plan,
         ledger=Ledger(ledger_dir) if ledger_dir else None,
         timeout=scenario.timeout or max(target.timeout, 10.0),
+        sources=SourceAddresses(list(scenario.source_addresses)),
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError
 from harness.load.messages import DEFAULT_SIZE_MIX
+from harness.load.source_addresses import parse_source_addresses
 from harness.load.thresholds import Threshold, parse_rate, parse_threshold
 from harness.paths import resolve_named_yaml
 from harness.yaml_source import line_of, load_document
@@ -67,6 +68,7 @@ class Scenario:
     thresholds: list[Threshold]
     max_error_rate: float | None
     timeout: float | None
+    source_addresses: tuple[str, ...] = ()  # local addresses to connect from, round-robin per user
 
 
 def available_scenarios() -> list[str]:
@@ -160,6 +162,8 @@ def _build(data: dict, path: Path) -> Scenario:
         thresholds=thresholds,
         max_error_rate=max_error_rate,
         timeout=float(data["timeout"]) if "timeout" in data else None,
+        source_addresses=tuple(parse_source_addresses(data["source_address"], where("source_address")))
+        if "source_address" in data else (),
     )
 
 

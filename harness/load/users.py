@@ -76,7 +76,7 @@ class LoadUser(User):
         # The exception's text becomes Locust's failure statistics (CSV, HTML, console): a server that
         # echoes a password in its refusal must not put it there.
         self._fire(request_type=self.request_type, name=name, response_time=response_time,
-                   response_length=response_length, exception=redacted_exception(exception), context={})
+                   response_length=response_length, exception=exception and redacted_exception(exception), context={})
 
     def _drop(self) -> None:
         """Close the kept connection (after a failure, or at the end); the next task opens a new one."""
@@ -100,6 +100,7 @@ class MailUser(LoadUser):
         if self.load.allocator is None:  # no account slice for this process (logged when the layout came)
             raise StopUser()
         self.account = self.load.allocator.next_account(self.role, self.kind.options.get("devices", self.devices))
+        self.source = self.load.sources.next()  # this user's local address (None: the system's choice)
 
     @contextmanager
     def interruptible(self):
@@ -118,11 +119,11 @@ class MailUser(LoadUser):
 
     def _pop3(self) -> Pop3Client:
         return Pop3Client(self.load.target.pop3, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
-                          report=self.report, watchdog=watchdog())
+                          report=self.report, watchdog=watchdog(), source=self.source)
 
     def _imap(self) -> ImapClient:
         return ImapClient(self.load.target.imap, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
-                          report=self.report, watchdog=watchdog())
+                          report=self.report, watchdog=watchdog(), source=self.source)
 
 
 class Pop3DeletePoller(MailUser):
@@ -257,22 +258,30 @@ class WebmailReader(MailUser):
         client.command("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened)
 
     def page_view_pipelined(self, client: ImapClient) -> None:
-        """The same page view as a pipelining webmail backend sends it: each batch only waits for what the
-        next one needs (the message count; the opened message's structure). Same commands, same names."""
-        _, selected = client.pipeline([("IMAP LIST", b'LIST "" "*"', False),
-                                       ("IMAP SELECT", client.select_command("INBOX"), True)])
-        newest = client.selected(selected)
-        if not newest:
+        """The same commands as a pipelining webmail back end sends them: each write waits only for what it
+        needs. The first view of a session learns the message count from SELECT; later views send the
+        whole page in one write, ranges from the count the session last saw (as a back end that caches
+        it does: a changed count shows on the next view). The attachment fetch waits for the structure."""
+        select, listing = ("IMAP SELECT", client.select_command("INBOX")), ("IMAP LIST", b'LIST "" "*"')
+        page = []
+        if self.views and client.exists:
+            page = [select, listing]  # ride in the page's write
+        elif not client.selected(client.pipeline([select, listing], collect=True)):
             return
-        oldest = max(1, newest - self.headers + 1)
-        opened = random.randint(oldest, newest)
-        _, structure, _ = client.pipeline([
+        known = client.exists
+        oldest = max(1, known - self.headers + 1)
+        opened = random.randint(oldest, known)
+        page += [
             ("IMAP FETCH headers",
-             b"FETCH %d:%d (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS %s])" % (oldest, newest, HEADER_FIELDS), False),
-            ("IMAP FETCH body", b"FETCH %d (BODYSTRUCTURE BODY.PEEK[1])" % opened, True),
-            ("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened, False),
-        ])
-        if _MULTIPART_MIXED.search(structure):
+             b"FETCH %d:%d (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS %s])" % (oldest, known, HEADER_FIELDS)),
+            ("IMAP FETCH body", b"FETCH %d (BODYSTRUCTURE BODY.PEEK[1])" % opened),
+            ("IMAP STORE seen", b"STORE %d +FLAGS.SILENT (\\Seen)" % opened),
+        ]
+        structure = client.pipeline(page, collect=True)
+        if page[0] is select:
+            client.selected(structure)  # the count for the next view
+        # Only the opened message's structure counts (the headers fetched beside it may say anything).
+        if _MULTIPART_MIXED.search(structure, max(0, structure.find(b"* %d FETCH (BODYSTRUCTURE" % opened))):
             client.command("IMAP FETCH attachment", b"FETCH %d BODY.PEEK[2]" % opened)
 
 
@@ -283,6 +292,10 @@ class IdleUser(MailUser):
     New-mail notification latency: the delivery user stamps X-Mailharness-Sent; the time
     from then to this client seeing EXISTS is reported as "IMAP notify latency" (one sample
     per device and message; clocks must agree when generators run on several machines).
+    Where Linux timestamps arrivals, it is split at the moment the kernel received the EXISTS:
+    "IMAP notify server" (delivery sent -> EXISTS in our socket: LMTP, the server noticing, and
+    the network) and "IMAP notify generator" (EXISTS in our socket -> this user handling it:
+    time the generator was too busy to read).
     """
 
     role = "imap_idle"
@@ -303,6 +316,7 @@ class IdleUser(MailUser):
                 self.client.connect()
                 self.client.login(self.account.user, self.account.password)
                 self.fetched = self.client.select("INBOX")
+                self.client.conn.timestamp_arrivals()
             client = self.client
             client.idle()
             IdleUser.idling += 1
@@ -326,17 +340,22 @@ class IdleUser(MailUser):
                         return
             seen_at = time.time()
             client.done()
-            self.fetch_new(client, seen_at)
+            self.fetch_new(client, seen_at, client.exists_arrived)
+            client.exists_arrived = 0.0
             client.idle()
 
-    def fetch_new(self, client: ImapClient, seen_at: float) -> None:
+    def fetch_new(self, client: ImapClient, seen_at: float, arrived: float = 0.0) -> None:
         if client.exists <= self.fetched:
             return
         data = client.command("IMAP FETCH new",
                               b"FETCH %d:%d (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT FROM " % (self.fetched + 1, client.exists)
                               + SENT_HEADER + b")])", collect=True)
         for sent in _SENT.findall(data):
-            self.report("IMAP notify latency", max(0.0, (seen_at - float(sent)) * 1000), 0, None)
+            sent_at = float(sent)
+            self.report("IMAP notify latency", max(0.0, (seen_at - sent_at) * 1000), 0, None)
+            if arrived >= sent_at:
+                self.report("IMAP notify server", (arrived - sent_at) * 1000, 0, None)
+                self.report("IMAP notify generator", max(0.0, (seen_at - arrived) * 1000), 0, None)
         numbers = [int(n) for n in _FETCHED.findall(data)]
         self.fetched = max([self.fetched, *numbers])
 

@@ -7,9 +7,12 @@ and the post-run drain they are ordinary blocking sockets.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
+import struct
+import sys
 import weakref
 from collections.abc import Callable
 from time import monotonic, perf_counter
@@ -58,15 +61,35 @@ def tls_context(endpoint: Endpoint, ca_file: str | None) -> ssl.SSLContext:
     return endpoint_context(endpoint, ca_file)  # harness/tls.py: one place for every connection
 
 
-def _open_tcp(host: str, port: int, timeout: float) -> socket.socket:
-    """TCP connect; IP literals skip getaddrinfo (under gevent a thread-pool round trip per connect)."""
+_TIMESPEC = struct.Struct("@qq")  # struct timespec of an SCM_TIMESTAMPNS message (64-bit Linux)
+# Python's socket module does not name it; SCM_TIMESTAMPNS is the same number (asm-generic/socket.h).
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35) if sys.platform.startswith("linux") and struct.calcsize("P") == 8 else None
+# Linux: bind() picks no port, connect() does, so a source address's ports are shared across destinations.
+_BIND_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24) if sys.platform.startswith("linux") else None
+
+
+@functools.lru_cache(maxsize=256)
+def _ip_family(host: str) -> int | None:
+    """AF_INET/AF_INET6 for an IP literal, None for a name."""
     try:
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     except ValueError:
-        return socket.create_connection((host, port), timeout=timeout)
+        return None
+
+
+def _open_tcp(host: str, port: int, timeout: float, source: str | None = None) -> socket.socket:
+    """TCP connect, from `source` if given; IP literals skip getaddrinfo (under gevent a thread-pool round
+    trip per connect)."""
+    family = _ip_family(host)
+    if family is None:
+        return socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
+        if source:
+            if _BIND_NO_PORT is not None:
+                sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)
+            sock.bind((source, 0))
         sock.connect((host, port))
     except BaseException:
         sock.close()
@@ -138,14 +161,17 @@ class Connection(Reader):
     around each command.
     """
 
-    __slots__ = ("__weakref__", "ca_file", "endpoint", "expired", "read_timeout", "timeout")
+    __slots__ = ("__weakref__", "_raw_send", "arrived", "ca_file", "endpoint", "expired", "read_timeout", "timeout")
 
-    def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None, watchdog: Watchdog | None = None):
+    def __init__(self, endpoint: Endpoint, timeout: float, ca_file: str | None = None, watchdog: Watchdog | None = None,
+                 source: str | None = None):
+        """`source`: the local address to connect from (harness/load/source_addresses.py)."""
         self.endpoint = endpoint
         self.ca_file = ca_file
         self.timeout = timeout
         self.expired = False
-        raw = sock = _open_tcp(endpoint.host, endpoint.port, timeout)
+        self.arrived = 0.0  # see timestamp_arrivals()
+        raw = sock = _open_tcp(endpoint.host, endpoint.port, timeout, *((source,) if source else ()))
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if endpoint.tls:
@@ -163,8 +189,36 @@ class Connection(Reader):
         super().__init__(sock, max_line=MAX_LINE, max_buffered=MAX_BUFFERED, recv_size=RECV_SIZE,
                          timed_reads=watchdog is None)
         self.recv_after_send = _gevent_wait_then_recv(sock) or sock.recv
+        # gevent's send() wrapper costs more than the send itself; its raw non-blocking socket takes a command
+        # whole (a full buffer falls back to the wrapper). Not over TLS.
+        raw_sock = getattr(sock, "_sock", None)
+        self._raw_send = raw_sock.send if raw_sock is not None and not isinstance(sock, ssl.SSLSocket) else None
         if watchdog:
             watchdog.connections.add(self)
+
+    def timestamp_arrivals(self) -> bool:
+        """From now on, note in ``arrived`` when the kernel received the data of each read (time.time()
+        clock; SO_TIMESTAMPNS): how long data waited in the socket before the generator read it. Plain
+        TCP on Linux only; False if unavailable."""
+        option = _SO_TIMESTAMPNS
+        if option is None or isinstance(self.sock, ssl.SSLSocket):
+            return False
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        except OSError:
+            return False
+        sock, space = self.sock, socket.CMSG_SPACE(16)
+
+        def recv_stamped(size: int) -> bytes:
+            data, ancillary, _, _ = sock.recvmsg(size, space)
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == option and len(value) >= 16:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    self.arrived = seconds + nanoseconds / 1e9
+            return data
+
+        self.recv = recv_stamped
+        return True
 
     def arm(self) -> None:
         """A command starts: it must be answered within ``timeout`` (enforced by the watchdog)."""
@@ -185,11 +239,18 @@ class Connection(Reader):
         sock = tls_context(self.endpoint, self.ca_file).wrap_socket(self.sock, server_hostname=self.endpoint.host)
         sock.settimeout(self.read_timeout)
         self.use_socket(sock)  # TLS buffers decrypted data: readiness of the fd says nothing, so plain recv()
+        self._raw_send = None
 
     def send(self, data: bytes) -> None:
         # A command fits the socket buffer: one send() does it. gevent's sendall() would also
         # query SO_SNDBUF (a syscall) and slice memoryviews on every call.
-        sent = self.sock.send(data)
+        if self._raw_send is not None:
+            try:
+                sent = self._raw_send(data)
+            except BlockingIOError:
+                sent = 0
+        else:
+            sent = self.sock.send(data)
         if sent < len(data):
             self.sock.sendall(data[sent:])
         self.awaiting = True
@@ -251,17 +312,18 @@ class WireClient:
     default_timeout = 10.0
 
     def __init__(self, endpoint: Endpoint, *, timeout: float | None = None, ca_file: str | None = None,
-                 report: Reporter | None = None, watchdog: Watchdog | None = None):
+                 report: Reporter | None = None, watchdog: Watchdog | None = None, source: str | None = None):
         self.endpoint = endpoint
         self.timeout = self.default_timeout if timeout is None else timeout
         self.ca_file = ca_file
         self.report = report or _no_report
         self.watchdog = watchdog
+        self.source = source  # local address to connect from; None: the system's choice
         self.conn: Connection | None = None
 
     def _open(self) -> Connection:
         """TCP (and TLS) connect; the connection is armed for the greeting. Call inside the connect Step."""
-        self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog)
+        self.conn = Connection(self.endpoint, self.timeout, self.ca_file, self.watchdog, self.source)
         self.conn.arm()
         return self.conn
 

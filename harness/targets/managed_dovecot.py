@@ -55,6 +55,26 @@ STOCK_SETTINGS = {
 }
 
 
+# For `idle_clients` (mailharness bench --idle-users): an IMAP session idling longer than imap_hibernate_timeout
+# moves to an imap-hibernate process (thousands per process, a few KB each) and its imap process exits, so the
+# server holds tens of thousands of IDLE connections instead of one process each. Hibernating needs one inotify
+# instance per session: fs.inotify.max_user_instances (Linux default 128) must exceed the IDLE connections.
+IDLE_SETTINGS = """\
+# Sized for {clients} IDLE connections (mailharness bench --idle-users).
+imap_hibernate_timeout = 2 secs
+service imap-hibernate {{
+  client_limit = 5000
+  process_limit = 50
+}}
+service imap {{
+  # imap-hibernate (the internal user) hands a woken session back through this socket
+  unix_listener imap-master {{
+    user = $default_internal_user
+  }}
+}}
+"""
+
+
 def dovecot_binary() -> str:
     path = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
     if not path:
@@ -71,15 +91,18 @@ class ManagedDovecot(ManagedServer):
 
     def __init__(self, accounts: int = 40, *, quota_mb: int = 50, pop3_lock: bool = False, root: Path | None = None,
                  namespace_prefix: str = "", separator: str = "/", special_use_folders: bool = True, stock: bool = False,
-                 tls: bool | str = False):
+                 tls: bool | str = False, idle_clients: int = 0):
         """`namespace_prefix`, `separator` and `special_use_folders` shape the personal namespace: the
         default is "" with "/" and auto-subscribed Sent/Drafts/Trash/Junk; ``"INBOX.", ".", False``
         plays a Cyrus-like server with no special-use folders (the tests run the suites against it).
         `stock`: Debian's defaults for failed-login delays (auth_failure_delay, anvil's penalty) and for
         special-use folders (declared, not auto-created); everything else as the embedded target.
         `tls`: imaps and pop3s besides STARTTLS/STLS on imap and pop3, `disable_plaintext_auth = yes` (so
-        LOGINDISABLED before TLS), a throwaway CA in the target's ca_file (ManagedServer)."""
+        LOGINDISABLED before TLS), a throwaway CA in the target's ca_file (ManagedServer).
+        `idle_clients`: size the server for that many concurrent IDLE connections (`mailharness bench
+        --idle-users`): idling sessions hibernate, and the master gets file descriptors for them."""
         super().__init__(accounts, root=root, tls=tls)
+        self.idle_clients = idle_clients
         self.stock = stock
         self.quota_mb = quota_mb
         self.pop3_lock = pop3_lock
@@ -108,6 +131,7 @@ class ManagedDovecot(ManagedServer):
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 start_new_session=True,  # our signals, not the terminal's
+                preexec_fn=self._raise_fd_limit if self.idle_clients else None,
             )
         deadline = time.monotonic() + timeout
         for port in filter(None, (imap_port, pop3_port, lmtp_port, imaps_port, pop3s_port)):
@@ -188,8 +212,19 @@ class ManagedDovecot(ManagedServer):
             anvil_penalty=settings["anvil_penalty"],
             failed_login=settings["failed_login"],
             processes=settings["processes"],
+            idle_settings=IDLE_SETTINGS.format(clients=self.idle_clients) if self.idle_clients else "",
         )
         (self.root / "dovecot.conf").write_text(conf)
+
+    def _raise_fd_limit(self) -> None:
+        """In the child, before exec: file descriptors for every IDLE client (a socket and an inotify
+        instance each in imap-hibernate), as root may set them."""
+        import resource
+
+        needed = 2 * self.idle_clients + 10_000
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
 
     def _ssl_settings(self) -> str:
         if not self.tls:
