@@ -62,7 +62,7 @@ def test_lean_imap_client_caps_an_endless_response(mode):
         client.close()
     assert isinstance(info.value, ResponseTooLarge), info.value
     assert time.monotonic() - started < 30  # the cap ended it, not the timeout
-    assert f"{MAX_BUFFERED // 2**20} MB" in str(info.value) or "line longer" in str(info.value)
+    assert any(cap in str(info.value) for cap in (f"{MAX_BUFFERED // 2**20} MB", "line longer", "a literal of"))
 
 
 def test_lean_pop3_client_caps_an_endless_body():
