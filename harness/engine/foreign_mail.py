@@ -6,9 +6,9 @@ an account every command that removes or changes messages first confirms it hits
 harness's X-Mailharness-Corpus field:
 
   POP3  DELE n                        TOP n 0 (RETR n where TOP is refused), or the session's view
-  IMAP  STORE, UID STORE, MOVE, UID MOVE    FETCH of the set: that field of each message
+  IMAP  STORE, MOVE, COPY (UID too)  FETCH of the set: that field of each message
         EXPUNGE, CLOSE, UID EXPUNGE   FETCH of the messages flagged \\Deleted (in the UID set)
-        DELETE mailbox                the folder's messages, over the set-up client
+        DELETE, RENAME (its source)   the folder's messages, over the set-up client
 
 If any would not, the command is not sent and the test ends as an error (ForeignMail); the runner then
 drops its connections without QUIT, so POP3 commits no mark either. The checks run in the test's own
@@ -29,6 +29,9 @@ from harness.sessions import IMAPSession, POP3Session
 
 HARNESS_FIELD = "X-Mailharness-Corpus"
 _SEQUENCE_SET = re.compile(r"[0-9*:,]+")
+# Commands on a message set that remove or change messages; COPY too: a copy of the owner's mail in a folder
+# the harness made would outlive the clean-up (which leaves folders holding mail it did not create).
+_SET_VERBS = {"STORE", "UID STORE", "MOVE", "UID MOVE", "COPY", "UID COPY"}
 
 
 class ForeignMail(HarnessError):
@@ -94,9 +97,9 @@ class MailGuard:
         uid = bool(words) and words[0].upper() == "UID"
         verb = " ".join(words[:2] if uid else words[:1]).upper()
         args = words[2:] if uid else words[1:]
-        if not self._authenticated.get(name) or (verb != "DELETE" and not self._selected.get(name)):
+        if not self._authenticated.get(name) or (verb not in ("DELETE", "RENAME") and not self._selected.get(name)):
             return  # no message to hit: the server refuses the command
-        if verb in ("STORE", "UID STORE", "MOVE", "UID MOVE") and args and _SEQUENCE_SET.fullmatch(args[0]):
+        if verb in _SET_VERBS and args and _SEQUENCE_SET.fullmatch(args[0]):
             self._check_set(name, session, line, uid, args[0], False, timeout, keep)
         elif verb in ("EXPUNGE", "CLOSE"):
             self._check_set(name, session, line, False, "1:*", True, timeout, keep)
@@ -104,6 +107,8 @@ class MailGuard:
             self._check_set(name, session, line, True, args[0], True, timeout, keep)
         elif verb == "DELETE" and args:
             self._check_folder(name, line, _mailbox(line.split(None, 1)[1].strip(), literals))
+        elif verb == "RENAME" and args:  # moves every message of the source (RENAME INBOX: RFC 3501 §6.3.5)
+            self._check_folder(name, line, _mailbox(_first_astring(line.split(None, 1)[1].strip()), literals))
 
     def _check_set(self, name, session, line, uid, msgset, only_deleted, timeout, keep) -> None:
         items = f"{'FLAGS ' if only_deleted else ''}BODY.PEEK[HEADER.FIELDS ({HARNESS_FIELD})]"
@@ -156,6 +161,16 @@ class MailGuard:
                 "and nothing was deleted.")
         self._note(name, text)
         return ForeignMail(text)
+
+
+def _first_astring(arguments: str) -> str:
+    """The first of several astring arguments: a quoted string (escapes honoured), a literal marker or an atom."""
+    if arguments.startswith('"'):
+        i = 1
+        while i < len(arguments) and arguments[i] != '"':
+            i += 2 if arguments[i] == "\\" else 1
+        return arguments[:i + 1]
+    return arguments.split(" ", 1)[0]
 
 
 def _mailbox(argument: str, literals: Sequence[bytes]) -> bytes | None:
