@@ -94,6 +94,26 @@ def test_strict_imap_session_caps_endless_untagged_responses_and_its_transcript(
     assert "session abandoned" in entries[-1].text  # the end, where it failed, is kept
 
 
+@pytest.mark.parametrize("mode, said", [("endless-lines", "no complete answer within 2 s"),
+                                        ("huge-literal", "a literal of 2000000000 bytes")])
+def test_the_set_up_client_gives_up_on_a_flood(tmp_path, mode, said):
+    """imaplib alone waits while lines keep coming and reads any literal into memory (1.6 GB in 20 s)."""
+    from imapclient.exceptions import IMAPClientError
+
+    from harness.engine.accounts import admin_client
+    from harness.targets.target_file import load_target
+
+    with HostileServer(mode) as server:
+        path = tmp_path / "t.yaml"
+        path.write_text(server.target_yaml())
+        target = load_target(path)
+        with admin_client(target, target.accounts[0], timeout=2) as client:
+            started = time.monotonic()
+            with pytest.raises(IMAPClientError, match=said):
+                client.list_folders()
+    assert time.monotonic() - started < 30
+
+
 def test_strict_pop3_session_reads_an_endless_body_into_bounded_memory(monkeypatch):
     import tracemalloc
 

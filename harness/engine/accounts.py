@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
+from harness.engine.client_limits import bound
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.targets.target_file import Account, Target
 from harness.tls import endpoint_context
@@ -49,6 +50,7 @@ def admin_client(target: Target, account: Account, timeout: float = 10.0) -> IMA
         client.login(account.user, account.password)
     else:  # imaplib sends LOGIN arguments as ASCII; SASL PLAIN carries UTF-8
         client.plain_login(account.user, account.password)
+    bound(client, timeout)  # a server that floods a set-up command cannot hold the test or fill memory
     return client
 
 
