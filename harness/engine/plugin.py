@@ -757,7 +757,8 @@ def _missing_tls(requires: dict, state: HarnessState) -> str | None:
             return f"{endpoint.url} could not be probed before TLS: {probe.get(f'{proto}_cleartext_error', 'not probed')}"
         missing = [c for c in caps if c.upper() not in {h.upper() for h in have}]
         if missing:
-            return f"before TLS, {endpoint.url} does not list {', '.join(missing)} (it lists: {' '.join(have) or 'nothing'})"
+            return (f"before TLS, {endpoint.url} does not advertise {proto.upper()} capability {', '.join(missing)} "
+                    f"(it lists: {' '.join(have) or 'nothing'})")
     for proto in requires.get("implicit-tls", []):
         if target.implicit_tls_endpoint(proto) is None:
             return f"the target has no implicit-TLS {proto} endpoint ({proto}s://, or {proto}s: beside {proto}:)"
