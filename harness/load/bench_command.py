@@ -81,6 +81,9 @@ def add_arguments(p) -> None:
     p.add_argument("--source-address", metavar="RANGE", default=None,
                    help="local addresses to connect from, spread round-robin: 127.0.0.2-127.0.0.9 or a comma list "
                         "(one address has about 28,000 ephemeral ports towards one server port)")
+    p.add_argument("--stress", action="store_true",
+                   help="instead: the stress mode's sessions (5 per mailbox, random commands), measured with the model's "
+                        "checking on and then off, side by side")
     p.add_argument("--json", action="store_true", help="print the raw result as JSON")
 
 
@@ -91,6 +94,10 @@ def run(args) -> int:
         from harness.load.bench_tls import compare
 
         return compare(args, run)
+    if args.stress:
+        if args.compare_imaptest or args.idle_users:
+            raise ConfigError("--stress measures the stress sessions; leave out --compare-imaptest and --idle-users")
+        return _stress(args)
     idle = args.idle_users > 0
     users = args.idle_users if idle else args.users
     if not 1 <= users <= (MAX_IDLE_USERS if idle else MAX_USERS):
@@ -135,6 +142,58 @@ def _server_options(idle: bool, users: int) -> dict:
     return {"idle_clients": users} if idle else {}
 
 
+STRESS_SCENARIO = {
+    "users": {"stress": {"weight": 1, "think_time": 0, "sessions_per_mailbox": 5, "pop3_sessions": 0, "lmtp_rate": 0,
+                         "checkpoint_interval": 10}},
+    "mailbox": {"messages": 0},
+    "timeout": 30,
+}
+
+
+def _stress(args) -> int:
+    """Commands per generator CPU-second of the stress sessions, with checking on and off, on one embedded Dovecot."""
+    if not 1 <= args.users <= MAX_USERS:
+        raise ConfigError(f"--users must be between 1 and {MAX_USERS}")
+    if not 1 <= args.duration <= MAX_DURATION:
+        raise ConfigError(f"--duration must be between 1 and {MAX_DURATION} seconds")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mailharness-bench-") as tmp:
+        tmp = Path(tmp)
+        scenario_file = tmp / "stress.yaml"
+        scenario_file.write_text(yaml.safe_dump(STRESS_SCENARIO))
+        if args.target:
+            target = load_target(args.target)
+            if not target.disposable:
+                raise UnsafeAccount(f"{args.target}: stress sessions delete and flag mail; the target needs disposable: true")
+            for checking in (True, False):
+                results["on" if checking else "off"] = _measure(args, "stress", args.users, 1, args.target, scenario_file,
+                                                                target, None, tmp, checking=checking)
+        else:
+            from harness.targets.managed_dovecot import ManagedDovecot
+
+            with ManagedDovecot(accounts=max(2, args.users // 5 + 1)) as dovecot:
+                target_file = tmp / "target.yaml"
+                dovecot.target.dump(target_file)
+                for checking in (True, False):
+                    results["on" if checking else "off"] = _measure(args, "stress", args.users, 1, target_file, scenario_file,
+                                                                    dovecot.target, dovecot, tmp, checking=checking)
+    on, off = results["on"], results["off"]
+    ratio = on["commands_per_cpu_second"] / off["commands_per_cpu_second"] if off["commands_per_cpu_second"] else 0.0
+    results["ratio"] = ratio
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"stress sessions against {on['server']}: {args.users} sessions (5 per mailbox), {args.duration:g} s measured each")
+    for label, r in (("checking on ", on), ("checking off", off)):
+        print(f"  {label}: {r['commands']:,} commands, {r['cpu_seconds']:.2f} generator CPU-s -> "
+              f"{r['commands_per_cpu_second']:,.0f} commands per CPU-second ({r['commands_per_second']:,.0f}/s wall, "
+              f"generator busy {r['cpu_seconds'] / r['wall_seconds']:.0%}; {r['failures']} failed)")
+    print(f"  checking costs {1 - ratio:.0%} of the rate (on/off = {ratio:.2f}; the goal is at least 0.5)")
+    if on.get("violations"):
+        print(f"  violations while measuring: {on['violations']}")
+    return 0
+
+
 def _scenario(args, idle: bool) -> dict:
     extra = {"source_address": args.source_address} if args.source_address else {}
     if idle:
@@ -153,16 +212,21 @@ def _scenario(args, idle: bool) -> dict:
     }
 
 
-def _measure(args, idle: bool, users: int, rounds: int, target_file: Path, scenario_file: Path, target, dovecot,
-             tmp: Path) -> dict:
-    if not idle:
+def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path, scenario_file: Path, target, dovecot,
+             tmp: Path, checking: bool = True) -> dict:
+    """``idle``: True (IDLE hold), False (webmail commands) or "stress" (the stress sessions, ``checking`` on or off)."""
+    stress = idle == "stress"
+    if stress:
+        idle = False
+    elif not idle:
         from harness.load.seeding import seed_accounts
 
         seeded = seed_accounts(target, target.accounts[:users], args.messages, {"small": 70, "medium": 25, "large": 5})
         if seeded.failed:
             raise HarnessError(f"seeding failed: {seeded.failed[0]}")
     job = {
-        "mode": "idle" if idle else "commands",
+        "mode": "stress" if stress else "idle" if idle else "commands",
+        "checking": checking,
         "target_file": str(target_file),
         "scenario_file": str(scenario_file),
         "users": users + (1 if idle else 0),  # + the delivery user

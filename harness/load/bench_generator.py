@@ -7,6 +7,7 @@ is the generator's alone: not the embedded server's, not the seeding's, not the 
 Modes:
   commands  users run the scenario's user kinds with no think time; counts commands per CPU-second
   idle      users hold IDLE while mail arrives; reports the peak number of connections idling
+  stress    the stress mode's sessions (harness/stress), with the model's checking on or off (job "checking")
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ NOT_COMMANDS = {"IMAP connect", "POP3 connect", "LMTP connect", *NOTIFY_NAMES}
 
 
 def _snapshot(env: Environment) -> dict[str, tuple[int, int]]:
-    return {name: (entry.num_requests, entry.num_failures) for (name, _), entry in env.stats.entries.items()}
+    # STRESS entries are violations the model reported, not commands
+    return {name: (entry.num_requests, entry.num_failures) for (name, method), entry in env.stats.entries.items()
+            if method != "STRESS"}
 
 
 def _notify_times(env: Environment, name: str = "IMAP notify latency") -> dict[int, int]:
@@ -66,9 +69,17 @@ def _rusage_mb() -> float:
 def run_job(job: dict) -> dict:
     fd_limit = raise_open_file_limit(job["users"] + 1000)
     load = build_run(job["target_file"], job["scenario_file"], None)
-    user_classes = [IdleUser, MailDelivery] if job["mode"] == "idle" else [WebmailReader]
+    if job["mode"] == "stress":
+        from harness.stress.users import StressRun, StressUser
+
+        user_classes = [StressUser]
+    else:
+        user_classes = [IdleUser, MailDelivery] if job["mode"] == "idle" else [WebmailReader]
     env = Environment(user_classes=user_classes, events=events)
     env.mailharness = load
+    if job["mode"] == "stress":
+        env.mailharness_stress = StressRun(env)
+        env.mailharness_stress.checking = job.get("checking", True)
     configure_user_classes(env, load.scenario)
     load.allocator = AccountAllocator(load.plan)
     runner = env.create_local_runner()
@@ -134,6 +145,7 @@ def run_job(job: dict) -> dict:
         "rss_per_connection_kb": (rss_peak - rss_before) * 1024 / peak_idling if job["mode"] == "idle" and peak_idling else None,
         "max_rss_mb": _rusage_mb(),
         "fd_limit": fd_limit,
+        "violations": dict(env.mailharness_stress.log.counts) if job["mode"] == "stress" else {},
     }
 
 

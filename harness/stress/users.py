@@ -73,7 +73,8 @@ class StressRun:
         box = self.mailboxes.get(name)
         if box is None:
             box = MailboxModel(name, self.log)
-            box.checkpoints = Checkpoints(box, float(options.get("checkpoint_interval", 10)))
+            interval = float(options.get("checkpoint_interval", 10)) if self.checking else 0.0  # off: no model, no checkpoints
+            box.checkpoints = Checkpoints(box, interval)
             box.indexes = 0
             self.mailboxes[name] = box
         return box
