@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from harness import cli
+from harness.reports.results import load_results
 from harness.stress.model import MailboxModel, SessionView
 from harness.stress.responses import Response
 from harness.stress.violations import ViolationLog
@@ -143,6 +144,10 @@ def test_stress_finds_each_concurrency_fault_and_nothing_in_a_clean_mailbox(stre
         assert seen[user] & FAULT_KINDS[name], f"{name}: fired {len(fired[user])}x, violations {seen[user] or 'none'}"
     html = (tmp_path / "run" / "consistency.html").read_text()
     assert "First expunge-during-command" in html and "<svg" in html
+    results = load_results(tmp_path / "run" / "results.json")  # what compare and matrix read
+    assert results["verdict"] == "fail"
+    outcomes = {t["id"]: t["outcome"] for t in results["tests"]}
+    assert outcomes["stress::expunge-during-command"] == "failed"
 
 
 @pytest.mark.slow
@@ -156,6 +161,12 @@ def test_stress_against_dovecot_with_two_workers_reports_no_violation(stress_dov
     assert sum(b["checkpoints"]["completed"] for b in result["mailboxes"].values()) > 0
     assert result["classification"]["Expunge fetch"] == "Cached"  # Dovecot 2.3, as imaptest lists it
     assert result["classification"]["Checkpoint"] == "Yes"
+    results = load_results(tmp_path / "run" / "results.json")
+    assert results["verdict"] == "pass", results["verdict_reason"]
+    outcomes = {t["id"]: t["outcome"] for t in results["tests"]}
+    assert outcomes["stress::pop3-size-mismatch"] == "passed"  # POP3 sessions ran, so their checks count
+    assert outcomes["stress-class::Expunge fetch"] == "behaviour"  # Cached: reported, not failed
+    assert "capacity" in (tmp_path / "run" / "capacity.html").read_text().lower()
 
 
 def _disposable(target, tmp_path):

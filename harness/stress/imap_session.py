@@ -298,6 +298,7 @@ class StressImap:
             return self.c_fetch_envelope()
         _, uid = self.rng.choice(known)
         self.mailbox.vanishing_uids.add(uid)  # before sending: another session may expunge it as soon as it is set
+        self.mailbox.removals += 1
         self.run("STORE deleted", b"UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid, allow_no=True)
 
     def c_expunge(self) -> None:
@@ -323,6 +324,7 @@ class StressImap:
             return self.c_fetch_envelope()
         seq, uid = self.rng.choice(known)
         self.mailbox.vanishing_uids.add(uid)
+        self.mailbox.removals += 1
         if self.rng.random() < 0.5:
             self.run("MOVE", b"UID MOVE %d %s" % (uid, self.other), allow_no=True)
         else:

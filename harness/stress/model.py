@@ -65,6 +65,7 @@ class MailboxModel:
         self.counts: Counter[str] = Counter()  # violations in this mailbox, by kind
         self.degraded = False  # UIDVALIDITY was renewed: UIDs no longer name one message across sessions
         self.added_octets = 0  # appended messages the server reports bigger (it added header fields: legal)
+        self.removals = 0  # \Deleted stores, MOVEs and POP3 DELEs sent: an upper bound of the messages removed
 
     # -- violations --------------------------------------------------------------------------
     def violation(self, kind: str, detail: str, session: SessionView | None = None,

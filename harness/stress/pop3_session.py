@@ -98,6 +98,7 @@ class StressPop3:
         try:
             if doomed:
                 mb.vanishing_msgids.update(doomed)  # before QUIT commits them: IMAP sessions may see EXPUNGE at once
+                mb.removals += len(doomed)
                 mb.pop3_deleted = True
             self.tr.sent(b"QUIT")
             client.quit()

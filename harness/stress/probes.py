@@ -67,6 +67,9 @@ def _probe(target, model: MailboxModel, sessions: list[StressImap]) -> dict:
         model.pop3_deleted = True  # its messages are unknown to the model: let them go unjudged
         a.run("STORE", b"STORE 1:* +FLAGS.SILENT (\\Deleted)")
         a.run("EXPUNGE", b"EXPUNGE")
+    a.run("CLOSE", b"CLOSE")
+    # Appended while no session has the folder selected (GNU Mailutils 3.15 loses appends to the mailbox
+    # the appending session has selected); then A, B and C select it, in that order.
     bodies = []
     for n in range(3):
         data = make_message(random.Random(n), f"<probe.{n}.{time.time():.0f}@stress.mailharness.test>", time.time())
@@ -75,8 +78,8 @@ def _probe(target, model: MailboxModel, sessions: list[StressImap]) -> dict:
             a.run("APPEND", b"APPEND " + a.folder + b" {%d+}\r\n" % len(data) + data)
         else:
             _append_sync(a, data)
-    a.run("NOOP", b"NOOP")
-    # B and C select after the appends: what they see does not depend on how NOOP reports other sessions' mail.
+    a.view.uids, a.view.flags = [], []
+    a.run("SELECT", b"SELECT " + a.folder)
     for label, index in (("probe-B", 1), ("probe-C", 2)):
         s = _session(target, model, label, index)
         sessions.append(s)

@@ -265,7 +265,15 @@ def audit(run: StressRun, target) -> None:
         box.audit = {"present": len(present), "lost": len(lost), "duplicated": len(duplicated),
                      "unbound_deletes": unbound_deletes}
         if box.degraded:
-            box.audit["not_judged"] = "UIDVALIDITY was renewed during the run: which message went cannot be told"
+            # Which message went cannot be told any more; how many can: each removal sent takes one at most.
+            missing = [m for m in box.created if m not in present and m not in box.uncertain]
+            beyond = len(missing) - box.removals
+            box.audit["not_judged"] = "UIDVALIDITY was renewed: only counted (missing vs removals sent)"
+            box.audit.update(missing=len(missing), removals=box.removals)
+            if beyond > 0:
+                box.violation("mail-lost", f"{len(missing)} message(s) this run created are gone, but sessions sent only "
+                              f"{box.removals} removal(s) (\\Deleted, MOVE, POP3 DELE): at least {beyond} lost, "
+                              f"e.g. one of {missing[0].decode(errors='replace')}")
         elif lost and not unbound_deletes:
             box.violation("mail-lost", f"{len(lost)} message(s) this run created are gone, though no one deleted them, "
                           f"e.g. {lost[0].decode(errors='replace')}")
