@@ -120,6 +120,11 @@ def run(args) -> int:
         problems.append(f"interrupted ({interrupted})")
     if not result["processes"]:
         problems.append("no generator process wrote its results (see locust.log)")
+    elif not result["commands"]:
+        problems.append("no IMAP command was checked (see locust.log and locust_failures.csv)")
+    crashes = _generator_errors(run_dir)
+    if crashes:  # a session that died of a bug in the harness checked nothing: never a pass
+        problems.append(f"{crashes} error(s) inside the generator's sessions (locust_exceptions.csv)")
     from harness.stress.violations import SHOULD_KINDS
 
     must = {k: n for k, n in result["counts"].items() if k not in SHOULD_KINDS}
@@ -140,6 +145,12 @@ def run(args) -> int:
     if interrupted:
         return interrupts.exit_code()
     return 1 if problems else 0
+
+
+def _generator_errors(run_dir: Path) -> int:
+    from harness.load.capacity_report import read_csv
+
+    return sum(int(row.get("Count") or 0) for row in read_csv(run_dir / f"{CSV_PREFIX}_exceptions.csv"))
 
 
 @contextmanager

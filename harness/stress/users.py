@@ -26,11 +26,11 @@ from pathlib import Path
 
 import gevent
 from locust import events, task
-from locust.exception import StopUser
 
 from harness.load.imap_client import ImapClient
 from harness.load.lmtp_client import LmtpClient, dot_stuff
-from harness.load.users import NETWORK_ERRORS, LoadUser, MailUser, watchdog
+from harness.load.locust_plugin import run_of
+from harness.load.users import NETWORK_ERRORS, MailUser, watchdog
 from harness.stress.checkpoint import Checkpoints
 from harness.stress.imap_session import StressImap
 from harness.stress.messages import make_message, message_id
@@ -119,13 +119,11 @@ class StressUser(MailUser):
     client = None
 
     def on_start(self) -> None:
-        LoadUser.on_start(self)
-        self.kind = self.load.scenario.users[self.role]
+        # MailUser hands out accounts `devices` users at a time: all sessions of a mailbox come from one process.
+        per_mailbox = int(run_of(self.environment).scenario.users[self.role].options.get("sessions_per_mailbox", 5))
+        self.devices = per_mailbox
+        super().on_start()
         opts = self.kind.options
-        if self.load.allocator is None:
-            raise StopUser()
-        per_mailbox = int(opts.get("sessions_per_mailbox", 5))
-        self.account = self.load.allocator.next_account(self.role, per_mailbox)
         self.stress = stress_run(self.environment)
         self.box = self.stress.mailbox(self.account.user, opts)
         self.index = self.box.indexes
@@ -147,8 +145,7 @@ class StressUser(MailUser):
     # -- IMAP --------------------------------------------------------------------------------
     def _open(self) -> StressImap:
         self.visits += 1
-        client = ImapClient(self.load.target.imap, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
-                            report=self.report, watchdog=watchdog())
+        client = self._imap()
         self.client = client
         session = StressImap(client, self.box, f"{self.label}.{self.visits}", self.index, self.rng, self.kind.options,
                              self.stress.run_id, checking=self.stress.checking)
