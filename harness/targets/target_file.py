@@ -121,16 +121,14 @@ class Target:
             if proto in self.cleartext and self.tls_mode == "implicit":
                 ep = dataclasses.replace(self.cleartext[proto], starttls=True)  # `tls: implicit` picks imaps/pop3s again
             if ep:
-                out[proto] = ep.url if not ep.starttls else {"url": ep.url, "starttls": True}
+                out[proto] = _written(ep)
             if proto in ("imap", "pop3") and getattr(self, proto + "s"):
-                out[proto + "s"] = getattr(self, proto + "s").url
+                out[proto + "s"] = _written(getattr(self, proto + "s"))
         if self.tls_mode:
             out["tls"] = self.tls_mode
         if self.ca_file:
             out["ca_file"] = self.ca_file
         endpoints = [ep for ep in (self.imap, self.pop3, self.lmtp, self.smtp, self.imaps, self.pop3s) if ep]
-        if endpoints and not all(ep.tls_verify for ep in endpoints):
-            out["tls_verify"] = False
         cert = next((ep.client_certificate for ep in endpoints if ep.client_certificate), None)
         if cert:
             out["client_cert"] = cert[0]
@@ -150,6 +148,14 @@ class Target:
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as out:
             out.write(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _written(ep: Endpoint):
+    """An endpoint as a target file gives it: the URL, or a mapping when it has options."""
+    options = {"starttls": True} if ep.starttls else {}
+    if not ep.tls_verify:
+        options["tls_verify"] = False
+    return {"url": ep.url, **options} if options else ep.url
 
 
 def _endpoint(proto: str, value, source, line: int, verify_default: bool, client_cert: tuple) -> Endpoint:
