@@ -78,6 +78,7 @@ def test_model_accepts_a_consistent_session():
     ([b"* FLAGS (\\Seen)", b"* 1 EXISTS", b"* 1 FETCH (UID 5 FLAGS ($Other))"], "keyword-not-announced"),
     ([b"* OK [UIDVALIDITY 5] x", b"* OK [UIDVALIDITY 6] x"], "uidvalidity-changed"),
     ([b"* 2 EXISTS", b"* 1 EXPUNGED"], "bad-response"),  # GNU Mailutils 3.15
+    ([b"* 1 EXISTS", b"* 1 FETCH (UID 5 MODSEQ (9) FLAGS ())", b"* 1 FETCH (UID 5 MODSEQ (8) FLAGS ())"], "modseq-decreased"),
     ([b"* 1 EXISTS", b"* 1 FETCH (UID 5 RFC822.SIZE 100)", b"* 1 FETCH (UID 5 RFC822.SIZE 101)"], "static-changed"),
 ])
 def test_model_catches(lines, kind):

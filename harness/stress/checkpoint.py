@@ -102,10 +102,13 @@ class Checkpoints:
         try:
             for s in sessions:
                 s.run("NOOP checkpoint", b"NOOP")
+            # With CONDSTORE, MODSEQ too (RFC 7162: FETCH MODSEQ enables it for the session).
+            condstore = all(s.has(b"CONDSTORE") for s in sessions)
+            items = b"(UID FLAGS MODSEQ)" if condstore else b"(UID FLAGS)"
             for s in sessions:
                 s.view.needs_sync = False
                 if s.view.count:
-                    s.run("FETCH checkpoint", b"FETCH 1:%d (UID FLAGS)" % s.view.count)
+                    s.run("FETCH checkpoint", b"FETCH 1:%d %s" % (s.view.count, items))
         except Exception:  # noqa: BLE001 - a failed command is already a Locust failure; its session reconnects
             self.abandoned += 1
             for s in sessions:
@@ -138,6 +141,13 @@ class Checkpoints:
                 if a != b and a is not None and b is not None:
                     differs = (f"UID {uids[i]}: {s.view.label} sees FLAGS ({' '.join(sorted(x.decode() for x in a))}), "
                                f"{base.view.label} ({' '.join(sorted(x.decode() for x in b))})")
+                    break
+            if differs:
+                break
+            for uid in uids:
+                a, b = s.view.modseq.get(uid), base.view.modseq.get(uid)
+                if a is not None and b is not None and a != b:
+                    differs = f"UID {uid}: {s.view.label} sees MODSEQ {a}, {base.view.label} {b}"
                     break
             if differs:
                 break

@@ -279,6 +279,7 @@ class SessionView:
         self.expunged: set[int] = set()
         self.command = ""  # the command in progress ("FETCH", "UID STORE", ...)
         self.uidvalidity: int | None = None
+        self.modseq: dict[int, int] = {}  # UID -> last MODSEQ seen (CONDSTORE, once a checkpoint enabled it)
         self.storing: set[int] = set()  # UIDs of this session's own keyword STORE in flight
         self.search: list[tuple] = []  # results of * SEARCH lines: (numbers, count then, UIDs known expunged then)
         self.checking = True
@@ -388,6 +389,12 @@ class SessionView:
         flags = items.get(b"FLAGS")
         if flags is not None:
             self.on_flags(slot, uid, flags)
+        modseq = items.get(b"MODSEQ")
+        if uid is not None and isinstance(modseq, tuple) and modseq and isinstance(modseq[0], int):
+            old = self.modseq.get(uid)
+            if old is not None and modseq[0] < old:
+                self.violation("modseq-decreased", f"UID {uid} MODSEQ {modseq[0]}, was {old} (RFC 7162 §3.1.1)")
+            self.modseq[uid] = modseq[0]
         if uid is not None and any(k not in SKIP_ITEMS for k in items):
             self.mailbox.on_static(uid, items, self)
 

@@ -29,6 +29,7 @@ KINDS = {
     "atomic-flags-lost": "two sessions' concurrent +FLAGS on one message, both answered OK: one of the flags is missing afterwards",
     "store-not-applied": "the FETCH answering a non-silent STORE +FLAGS/-FLAGS does not show the change",
     "search-mismatch": "SEARCH results disagree with the model (sequence sets, keywords, sizes, dates)",
+    "modseq-decreased": "a message's MODSEQ went down (RFC 7162 §3.1.1: mod-sequences only grow)",
     "checkpoint-differs": "after all sessions of a mailbox quiesced and ran NOOP, their views differ",
     "mail-duplicated": "one delivered or appended message (Message-ID) appears twice in the mailbox",
     "mail-lost": "a delivered or appended message nobody deleted is gone at the end of the run",
