@@ -1567,9 +1567,21 @@ class FaultsByUser(Fault):
         self.conn_users: dict[int, bytes] = {}
 
     def _fault(self, conn) -> Fault:
-        if conn.user is not None:
-            self.conn_users[conn.id] = conn.user
-        return self.faults.get(conn.user, self.plain) if conn.user is not None else self.plain
+        user = getattr(conn, "user", None) or conn.state.get("by_user")
+        if user is not None:
+            self.conn_users[conn.id] = user
+        return self.faults.get(user, self.plain) if user is not None else self.plain
+
+    def pop3_command(self, conn, cmd):
+        if cmd.verb == "USER" and cmd.args:
+            conn.state["by_user"] = cmd.args[0].encode()
+        return self._fault(conn).pop3_command(conn, cmd)
+
+    def pop3_response(self, conn, cmd, status, body):
+        return self._fault(conn).pop3_response(conn, cmd, status, body)
+
+    def pop3_client_dropped(self, conn):
+        return self._fault(conn).pop3_client_dropped(conn)
 
     def imap_command(self, conn, cmd):
         return self._fault(conn).imap_command(conn, cmd)

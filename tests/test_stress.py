@@ -32,12 +32,15 @@ FAULT_KINDS = {
     "imap-idle-no-exists": {"checkpoint-differs", "seq-beyond-exists", "expunge-beyond-exists", "search-mismatch"},
     "imap-size-changes": {"static-changed", "content-differs"},
     "imap-rfc822size-off": {"content-differs"},
+    "pop3-uidl-unstable": {"pop3-uidl-changed"},
+    "pop3-uidl-duplicate": {"pop3-uidl-duplicate"},
+    "pop3-list-size-off": {"pop3-size-mismatch"},
 }
-SESSIONS = 3
+SESSIONS = 4  # per mailbox: 3 IMAP, 1 POP3
 
 
 def scenario(tmp_path, **overrides) -> str:
-    spec = {"weight": 1, "think_time": 0, "sessions_per_mailbox": SESSIONS, "pop3_sessions": 0, "lmtp_rate": 2,
+    spec = {"weight": 1, "think_time": 0, "sessions_per_mailbox": SESSIONS, "pop3_sessions": 1, "pop3_pause": 0.3, "lmtp_rate": 2,
             "checkpoint_interval": 1.5, "idle_seconds": 0.8, "min_messages": 6, "max_messages": 25,
             "commands": {"idle": 12, "store_keyword": 14, "delete": 6, "expunge": 4}}
     spec.update(overrides)
@@ -126,17 +129,18 @@ def test_stress_finds_each_concurrency_fault_and_nothing_in_a_clean_mailbox(stre
     users = [a.user for a in target.accounts]
     by_user = dict(zip(users, FAULT_KINDS))  # the last account has no fault: the control
     clean = users[len(FAULT_KINDS)]
-    fault = FaultsByUser(by_user)
-    with FaultProxy(target.imap.host, target.imap.port, "imap") as proxy:
-        proxy.fault = fault
-        proxied = dataclasses.replace(target, imap=dataclasses.replace(target.imap, host=proxy.host, port=proxy.port))
+    faults = {proto: FaultsByUser({u: f for u, f in by_user.items() if f.startswith(proto)}) for proto in ("imap", "pop3")}
+    with FaultProxy(target.imap.host, target.imap.port, "imap") as imap, FaultProxy(target.pop3.host, target.pop3.port, "pop3") as pop3:
+        imap.fault, pop3.fault = faults["imap"], faults["pop3"]
+        proxied = dataclasses.replace(target, imap=dataclasses.replace(target.imap, host=imap.host, port=imap.port),
+                                      pop3=dataclasses.replace(target.pop3, host=pop3.host, port=pop3.port))
         path = tmp_path / "target.yaml"
         proxied.dump(path)
         code = stress("--target", str(path), "--users", str(SESSIONS * len(users)), "--run-time", "10s", "--seed", "5",
                       "--scenario", scenario(tmp_path), "--report-dir", str(tmp_path / "run"), "--no-probes")
-    assert not proxy.errors, proxy.errors
+    assert not imap.errors and not pop3.errors, imap.errors + pop3.errors
     result = json.loads((tmp_path / "run" / "stress.json").read_text())
-    fired = fault.fired_by_user(proxy.fired)
+    fired = faults["imap"].fired_by_user(imap.fired) | faults["pop3"].fired_by_user(pop3.fired)
     seen = {user: set(box["violations"]) for user, box in result["mailboxes"].items()}
     assert code == 1
     assert not seen[clean], f"violations in the mailbox without a fault: {result['mailboxes'][clean]}"
@@ -167,7 +171,7 @@ def test_stress_against_dovecot_with_two_workers_reports_no_violation(stress_dov
     outcomes = {t["id"]: t["outcome"] for t in results["tests"]}
     assert outcomes["stress::pop3-size-mismatch"] == "passed"  # POP3 sessions ran, so their checks count
     assert outcomes["stress-class::Expunge fetch"] == "behaviour"  # Cached: reported, not failed
-    assert "capacity" in (tmp_path / "run" / "capacity.html").read_text().lower()
+    assert "Consistency (state-tracking stress)" in (tmp_path / "run" / "capacity.html").read_text()
 
 
 def _disposable(target, tmp_path):
