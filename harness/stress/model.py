@@ -200,17 +200,21 @@ class MailboxModel:
                                f"{len(data)} appended", session)
 
     def size_of(self, uid: int) -> int | None:
-        msgid = self.uid_msgid.get(uid)
-        created = self.created.get(msgid) if msgid else None
-        if created and created[0] is not None:
-            return created[0]
+        """RFC822.SIZE as the server reported it (SEARCH LARGER/SMALLER go by the server's size, which may
+        count header fields it added)."""
         value = self.static.get(uid, {}).get(b"RFC822.SIZE")
         return value if isinstance(value, int) else None
 
     def day_of(self, uid: int) -> int | None:
-        msgid = self.uid_msgid.get(uid)
-        created = self.created.get(msgid) if msgid else None
-        return created[2] if created else None
+        """The day of INTERNALDATE as the server reported it (a server that ignores APPEND's date-time breaks
+        only a SHOULD, RFC 3501 §6.3.11, so SEARCH SINCE/BEFORE go by the reported date)."""
+        value = self.static.get(uid, {}).get(b"INTERNALDATE")
+        if not isinstance(value, str):
+            return None
+        try:
+            return datetime.fromisoformat(value).date().toordinal()
+        except ValueError:
+            return None
 
     # -- POP3 --------------------------------------------------------------------------------
     def pop3_bind(self, uidl: bytes, msgid: bytes, transcript: Transcript) -> None:
