@@ -114,6 +114,42 @@ def test_the_set_up_client_gives_up_on_a_flood(tmp_path, mode, said):
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("line", [b"250-x\r\n", b"250-" + b"x" * 8000 + b"\r\n"], ids=["many-lines", "long-lines"])
+def test_delivery_gives_up_on_an_endless_lmtp_reply(line):
+    """smtplib reads a reply's lines as long as they come: a set-up delivery (POP3-only targets) or a `deliver:`
+    step against such a server never ended."""
+    import socket
+    import threading
+
+    from harness.sessions.errors import SessionError
+    from harness.sessions.lmtp import deliver
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 hostile LMTP\r\n")
+            conn.recv(1024)  # LHLO
+            try:
+                while not stop.is_set():
+                    conn.sendall(line * 64)
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = Endpoint("lmtp", "127.0.0.1", listener.getsockname()[1])
+    started = time.monotonic()
+    try:
+        with pytest.raises(SessionError, match="more than 1000 lines|no complete reply within"):
+            deliver(endpoint, "u1@localhost", b"Subject: x\r\n\r\nx\r\n", timeout=2)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 30
+
+
 def test_strict_pop3_session_reads_an_endless_body_into_bounded_memory(monkeypatch):
     import tracemalloc
 
