@@ -190,3 +190,32 @@ def test_the_base64_shortcut_masks_what_decoding_every_token_masks(password):
     assert gated.scrub(f"A1 AUTHENTICATE PLAIN {sasl}") == "A1 AUTHENTICATE PLAIN ***"
     attachment = base64.encodebytes(bytes(range(128, 256)) * 80).decode()  # base64 lines without the password
     assert gated.scrub(attachment) == attachment
+
+
+@pytest.mark.parametrize("linger, waited", [(0.3, (0.25, 0.9)), (None, (0.9, 1.6))])
+def test_closing_a_session_waits_for_the_server_to_finish_it(linger, waited):
+    """After QUIT's +OK the server may still be unlocking the maildrop: clean-up must not race it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.sendall(b"+OK ready\r\n")
+        conn.recv(100)  # QUIT
+        conn.sendall(b"+OK bye\r\n")
+        if linger is not None:  # finishes the session a little later, then closes
+            time.sleep(linger)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        session = POP3Session("127.0.0.1", listener.getsockname()[1], tls=False, starttls=False, tls_verify=False,
+                              ca_file=None, name="p", transcript=None, timeout=5)
+        started = time.monotonic()
+        session.close()
+        assert waited[0] < time.monotonic() - started < waited[1]
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()

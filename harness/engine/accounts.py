@@ -81,6 +81,9 @@ class AdminConnections:
         except BaseException:
             _close(client)
             raise
+        if not client.has_capability("UNSELECT"):  # leave_mailbox left INBOX examined: do not keep it open
+            _close(client)
+            return
         self._clients[account.user] = client
 
     def close(self) -> None:

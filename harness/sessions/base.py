@@ -59,15 +59,24 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        """Say goodbye (QUIT, LOGOUT) as far as the server lets us, then close. Never raises."""
+        """Say goodbye (QUIT, LOGOUT) as far as the server lets us, then close. Never raises.
+
+        After a goodbye the server closes its end; that is waited for (at most a second), so that whatever
+        the server does when a session ends (unlocking the mailbox, committing) is done before anything
+        that comes next, such as the test's clean-up."""
         if self.closed:
             return
+        said = False
         try:
             self._goodbye(min(self.timeout, 2.0))
+            said = True
         except Exception as exc:  # noqa: BLE001 - closing must not fail a test that already has its result
             self._note(f"no clean {self.goodbye_command}: {exc}")
         finally:
-            self.drop()
+            if said:
+                self.hang_up(min(self.timeout, 1.0))
+            else:
+                self.drop()
 
     goodbye_command = "QUIT"
 
