@@ -52,6 +52,16 @@ def test_set_up_and_clean_up_share_one_kept_alive_connection(dovecot):
             assert client.noop()
         assert _wait_logins(dovecot, account.user, before + 2) == before + 2
 
+        with connections.client(account) as client:  # a kept connection that fails its work: a fresh one redoes it
+            from imapclient.exceptions import IMAPClientError
+
+            def stale(*args, **kwargs):
+                raise IMAPClientError("select failed: EXAMINE Could not open INBOX.lock: No such file or directory")
+
+            client.list_folders = stale
+        state = accounts.prepare(target, account, connections)
+        assert state.folders and _wait_logins(dovecot, account.user, before + 3) == before + 3
+
         with pytest.raises(RuntimeError), connections.client(account) as client:
             broken = client
             raise RuntimeError("a failure half-way through set-up")

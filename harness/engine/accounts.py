@@ -86,6 +86,9 @@ class AdminConnections:
             return
         self._clients[account.user] = client
 
+    def holds(self, account: Account) -> bool:
+        return account.user in self._clients
+
     def close(self) -> None:
         while self._clients:
             _, client = self._clients.popitem()
@@ -114,17 +117,6 @@ def _close(client: IMAPClient) -> None:
         client.shutdown()
     except (IMAPClientError, OSError):
         pass
-
-
-@contextmanager
-def _connection(target: Target, account: Account, connections: AdminConnections | None) -> Iterator[IMAPClient]:
-    """A kept-alive connection from `connections`, else a fresh one closed after use."""
-    if connections is not None:
-        with connections.client(account) as client:
-            yield client
-    else:
-        with admin_client(target, account) as client:
-            yield client
 
 
 def _is_baseline(flags, name: str) -> bool:
@@ -175,32 +167,55 @@ def inspect_account(target: Target, account: Account) -> list[str]:
         return found
 
 
+def _with_connection(target: Target, account: Account, connections: AdminConnections | None, work):
+    """work(client) over the account's kept-alive connection (a fresh one without `connections`). If a kept
+    connection fails it, a fresh one does it again: a connection that sat through a test may see state a
+    fresh one would not (Mailutils: EXAMINE "Could not open ...: No such file or directory" after the test
+    rewrote the mbox), and a kept connection must never change what set-up or clean-up does. Preparing
+    and cleaning up are safe to run twice."""
+    if connections is None:
+        with admin_client(target, account) as client:
+            return work(client)
+    kept = connections.holds(account)
+    try:
+        with connections.client(account) as client:
+            return work(client)
+    except (IMAPClientError, OSError):
+        if not kept:
+            raise
+    with connections.client(account) as client:  # the failed one was closed: this one is fresh
+        return work(client)
+
+
 def prepare(target: Target, account: Account, connections: AdminConnections | None = None) -> AccountState:
     """Make the account empty (disposable) or check that it is (otherwise); remember its folders."""
-    with _connection(target, account, connections) as client:
+    return _with_connection(target, account, connections, lambda client: _prepare(target, account, client))
+
+
+def _prepare(target: Target, account: Account, client: IMAPClient) -> AccountState:
+    folders = _folders(client)
+    counts = _message_counts(client, folders)
+    extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
+    if not target.disposable and any(counts.values()):
+        # leftovers of an interrupted earlier run are ours to remove; then count what is not
+        notes: list[str] = []
+        counts = {name: _remove_harness_mail(client, name, notes, account.user) for name in counts}
+    if any(counts.values()) or extra:
+        if not target.disposable:
+            held = [f"{c} message(s) in {n}" for n, c in counts.items() if c] + [f"folder {n}" for n in extra]
+            raise UnsafeAccount(
+                f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
+                "refusing to touch it. Use empty accounts, or set `disposable: true` in the target file "
+                "if everything in these accounts may be deleted."
+            )
+        _wipe(client, folders, counts)
         folders = _folders(client)
-        counts = _message_counts(client, folders)
+        left = {n: c for n, c in _message_counts(client, folders).items() if c}
         extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
-        if not target.disposable and any(counts.values()):
-            # leftovers of an interrupted earlier run are ours to remove; then count what is not
-            notes: list[str] = []
-            counts = {name: _remove_harness_mail(client, name, notes, account.user) for name in counts}
-        if any(counts.values()) or extra:
-            if not target.disposable:
-                held = [f"{c} message(s) in {n}" for n, c in counts.items() if c] + [f"folder {n}" for n in extra]
-                raise UnsafeAccount(
-                    f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
-                    "refusing to touch it. Use empty accounts, or set `disposable: true` in the target file "
-                    "if everything in these accounts may be deleted."
-                )
-            _wipe(client, folders, counts)
-            folders = _folders(client)
-            left = {n: c for n, c in _message_counts(client, folders).items() if c}
-            extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
-            if left or extra:  # the server acknowledged EXPUNGE/DELETE but kept things
-                held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
-                raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
-        return AccountState(account, {name for _, _, name in folders}, {name for _, _, name in client.list_sub_folders()})
+        if left or extra:  # the server acknowledged EXPUNGE/DELETE but kept things
+            held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
+            raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
+    return AccountState(account, {name for _, _, name in folders}, {name for _, _, name in client.list_sub_folders()})
 
 
 def store_messages(client: IMAPClient, mailbox: str, messages: list[tuple[bytes, list[str]]]) -> None:
@@ -310,24 +325,27 @@ def leave_mailbox(client: IMAPClient) -> None:
 
 def cleanup(target: Target, state: AccountState, connections: AdminConnections | None = None) -> list[str]:
     """Remove what the test created. Returns notes on anything left alone."""
-    notes = []
-    with _connection(target, state.account, connections) as client:
-        folders = _folders(client)
-        if target.disposable:
-            _wipe(client, folders, _message_counts(client, folders))
-            return notes
-        for flags, delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
-            if b"\\noselect" in _attributes(flags):
-                if name not in state.folders and not _has_children(client, name, delim):
-                    _try(client.delete_folder, name)  # a hierarchy parent the test created
-                continue
-            left = _remove_harness_mail(client, name, notes, state.account.user)
-            if name not in state.folders:
-                if left:
-                    notes.append(f"left folder {name} of {state.account.user}: it holds {left} message(s) the harness did not create")
-                else:
-                    client.delete_folder(name)
-        for _, _, name in client.list_sub_folders():
-            if name not in state.subscriptions:  # only what the test subscribed to
-                _try(client.unsubscribe_folder, name)
+    return _with_connection(target, state.account, connections, lambda client: _cleanup(target, state, client))
+
+
+def _cleanup(target: Target, state: AccountState, client: IMAPClient) -> list[str]:
+    notes: list[str] = []
+    folders = _folders(client)
+    if target.disposable:
+        _wipe(client, folders, _message_counts(client, folders))
+        return notes
+    for flags, delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
+        if b"\\noselect" in _attributes(flags):
+            if name not in state.folders and not _has_children(client, name, delim):
+                _try(client.delete_folder, name)  # a hierarchy parent the test created
+            continue
+        left = _remove_harness_mail(client, name, notes, state.account.user)
+        if name not in state.folders:
+            if left:
+                notes.append(f"left folder {name} of {state.account.user}: it holds {left} message(s) the harness did not create")
+            else:
+                client.delete_folder(name)
+    for _, _, name in client.list_sub_folders():
+        if name not in state.subscriptions:  # only what the test subscribed to
+            _try(client.unsubscribe_folder, name)
     return notes

@@ -134,7 +134,8 @@ class Pattern:
 
     def match(self, text: str, variables: dict[str, str], *, allow_tail: bool = False) -> dict[str, str] | None:
         """New captures (possibly empty) if ``text`` matches, else None. ``variables`` is not modified."""
-        regex, names = _compile(self.source, tuple(sorted(variables.items())), allow_tail)
+        keys = _bound_keys(self.source)  # the cache key holds only the values this pattern reads
+        regex, names = _compile(self.source, tuple(sorted((k, variables[k]) for k in keys if k in variables)), allow_tail)
         deadline = _DEADLINE.get()
         try:
             if deadline is not None and MATCH_TIMEOUTS:
@@ -169,6 +170,26 @@ class Pattern:
                 return m.group(0)
 
         return _TOKEN.sub(lambda m: resolved(m) if m.group("fn") else m.group(0), self.source)
+
+
+@lru_cache(maxsize=4096)
+def _bound_keys(source: str) -> frozenset[str]:
+    """The variables _compile may look up for `source`: its $names, ${astring:$name}s and the "fn:arg" keys
+    a session binds (${msg:plain}); an re: pattern uses none. Keying the compiled pattern on these alone,
+    not on every variable of the test, compiles each pattern once per value it depends on, not per test."""
+    if source.startswith("re:"):
+        return frozenset()
+    keys = set()
+    for m in _TOKEN.finditer(source):
+        if m.group("var") or m.group("bvar"):
+            keys.add(m.group("var") or m.group("bvar"))
+        elif m.group("fn") == "astring":
+            name = _astring_variable(m.group("arg"))
+            if name:
+                keys.add(name)
+        elif m.group("fn"):
+            keys.add(f"{m.group('fn')}:{m.group('arg')}")
+    return frozenset(keys)
 
 
 @lru_cache(maxsize=4096)
