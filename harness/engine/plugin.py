@@ -213,9 +213,7 @@ class HarnessState:
     def stop(self) -> None:
         self.close_admin()
         if self.managed:
-            # A throwaway server: what it would do in a graceful shutdown (Dovecot's master takes a second) is
-            # of no use once the run is over; its whole process group is killed after a short grace.
-            self.managed.stop(timeout=STOP_GRACE)
+            self.managed.stop()  # after a short grace (ManagedServer.STOP_GRACE): a throwaway server
             self.managed = None
 
 
@@ -405,7 +403,6 @@ class SetupError(HarnessError):
     """The harness could not bring the accounts into the test's starting state (or back)."""
 
 
-STOP_GRACE = 0.25  # seconds a managed server gets to exit on SIGTERM at the end of a run
 HUNG_AFTER = 3  # tests in a row without an answer in time, before the rest of that protocol's fail at once
 
 

@@ -115,7 +115,12 @@ class ManagedServer:
             self.stop()  # no temp dir or half-started server left behind
             raise
 
-    def stop(self, timeout: float = 10.0) -> None:
+    # Seconds the masters get to exit on SIGTERM before their process groups are killed. A throwaway server
+    # loses nothing it needs in a hard stop (its temp dir goes next); Dovecot's master takes a second to exit.
+    STOP_GRACE = 0.25
+
+    def stop(self, timeout: float | None = None) -> None:
+        timeout = self.STOP_GRACE if timeout is None else timeout
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # each master takes its children with it
