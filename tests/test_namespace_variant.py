@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 def test_inbox_prefixed_namespace_without_special_use_folders(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "-n", "0", "--server", "dovecot-inbox-ns", "--accounts", "6",
+        [sys.executable, "-m", "harness.cli", "run", "-n", "2", "--server", "dovecot-inbox-ns", "--accounts", "6",
          "-k", AREAS, "--report-dir", str(tmp_path / "r")],
         capture_output=True, text=True, cwd=ROOT, timeout=540,
     )

@@ -32,7 +32,7 @@ def test_every_pop3_suite_runs_on_a_pop3_only_target(target, tmp_path):
     pop_only.dump(tmp_path / "target.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
     proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--target", str(tmp_path / "target.yaml"),
-                           "-n", "0", "--report-dir", str(tmp_path / "report")],
+                           "-n", "2", "--report-dir", str(tmp_path / "report")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     output = f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, output
