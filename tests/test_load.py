@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -25,6 +26,7 @@ from harness.errors import ConfigError
 from harness.load import wire
 from harness.load.accounting import DrainResult, settle
 from harness.load.accounts import AccountAllocator, AccountPlan
+from harness.load.cpu_sampler import CpuSampler, read_cpu_csv, summarize
 from harness.load.imap_client import ImapClient
 from harness.load.ledger import Ledger
 from harness.load.load_command import LOCUSTFILE
@@ -103,7 +105,13 @@ max_error_rate: 0%
     assert len(list((run_dir / "ledger").glob("*.jsonl"))) >= 2
     assert result["facts"]["generator"].startswith("2 worker processes")
     assert int(stats_rows(run_dir)["POP3 RETR"]["Request Count"]) > 0
-    assert "exactly once, every message" in (run_dir / "capacity.html").read_text()
+    report = (run_dir / "capacity.html").read_text()
+    assert "exactly once, every message" in report
+    # generator CPU beside throughput: Locust's master and its 2 workers, and the embedded server, were sampled
+    cpu = result["facts"]["generator_cpu"]
+    assert cpu["generator_cores_mean"] > 0 and cpu["server_cores_mean"] > 0 and cpu["verdict"]
+    assert max(int(r["generator_processes"]) for r in read_cpu_csv(run_dir)) >= 3
+    assert "CPU: generator and server" in report and "Generator CPU" in report
 
 
 @pytest.mark.slow
@@ -421,3 +429,19 @@ def test_bench_reads_imaptests_totals_and_its_user_template():
     with pytest.raises(ConfigError, match="share a password"):
         imaptest_users([Account("user1", "pw"), Account("user2", "other")])
     assert cli.main(["bench", "--compare-imaptest", "/nonexistent/imaptest"]) == 2
+
+
+def test_cpu_sampler_sums_a_sessions_processes_and_names_the_busier_side(tmp_path):
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
+                              start_new_session=True)
+    with CpuSampler(tmp_path, burner.pid, interval=0.3):
+        burner.wait()
+    rows = read_cpu_csv(tmp_path)
+    assert rows and all(int(r["generator_processes"]) <= 1 for r in rows)
+    assert max(float(r["generator_busiest_core"]) for r in rows) > 0.05  # it burnt CPU (a busy machine gives it less)
+    assert all(r["server_cores"] == "" for r in rows)
+    saturated = summarize([{"generator_cores": "1.9", "generator_busiest_core": "0.97", "server_cores": "0.4"}] * 3)
+    assert saturated.verdict().startswith("the generator was saturated")
+    all_cores = str(os.cpu_count())
+    server_bound = summarize([{"generator_cores": "0.2", "generator_busiest_core": "0.1", "server_cores": all_cores}] * 3)
+    assert server_bound.verdict().startswith("the server was the bottleneck")

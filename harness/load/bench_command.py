@@ -74,6 +74,9 @@ def add_arguments(p) -> None:
                    help="instead: open N IMAP connections holding IDLE (one account each) while mail arrives, "
                         "and report how many one process held, the notification latency and RSS per connection")
     p.add_argument("--delivery-rate", type=finite_float, default=20.0, metavar="R", help="with --idle-users: messages per second delivered (default 20)")
+    p.add_argument("--spawn-rate", type=finite_float, default=None, metavar="R",
+                   help="with --idle-users: new connections per second while ramping up (default 100; each is a login "
+                        "the server must keep up with)")
     p.add_argument("--tls", action="store_true",
                    help="run the measurement twice against the embedded Dovecot, cleartext and over implicit TLS "
                         "(throwaway CA), and print commands per CPU-second of each side by side (harness/load/bench_tls.py)")
@@ -104,6 +107,8 @@ def run(args) -> int:
         raise ConfigError(f"{'--idle-users' if idle else '--users'} must be between 1 and {MAX_IDLE_USERS if idle else MAX_USERS}")
     if not 1 <= args.duration <= MAX_DURATION:
         raise ConfigError(f"--duration must be between 1 and {MAX_DURATION} seconds")
+    if args.spawn_rate is not None and not 0 < args.spawn_rate <= 1000:
+        raise ConfigError("--spawn-rate must be above 0 and at most 1000 per second")
     rounds = args.rounds if args.rounds is not None else (3 if args.compare_imaptest else 1)
     if not 1 <= rounds <= MAX_ROUNDS:
         raise ConfigError(f"--rounds must be between 1 and {MAX_ROUNDS}")
@@ -114,6 +119,8 @@ def run(args) -> int:
             raise ConfigError(f"--compare-imaptest {args.compare_imaptest}: not an executable file")
     if args.source_address:
         parse_source_addresses(args.source_address, "--source-address")  # a bad range fails before any server starts
+    if idle:
+        check_fd_limit(users + FD_MARGIN)
     with tempfile.TemporaryDirectory(prefix="mailharness-bench-") as tmp:
         tmp = Path(tmp)
         scenario_file = tmp / "bench.yaml"
@@ -206,7 +213,7 @@ def _scenario(args, idle: bool) -> dict:
         }
     return {
         "users": {"imap_webmail": {"weight": 1, "think_time": 0, "headers": 50, "actions_per_session": 10,
-                                   "pipelining": not args.no_pipelining}},
+                                   **({} if args.no_pipelining else {"pipelining": True})}},
         "mailbox": {"messages": args.messages, "size_mix": {"small": 70, "medium": 25, "large": 5}},
         **extra,
     }
@@ -224,16 +231,17 @@ def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path,
         seeded = seed_accounts(target, target.accounts[:users], args.messages, {"small": 70, "medium": 25, "large": 5})
         if seeded.failed:
             raise HarnessError(f"seeding failed: {seeded.failed[0]}")
+    spawn_rate = min(args.spawn_rate or 100.0, float(users)) if idle else float(users)
     job = {
         "mode": "stress" if stress else "idle" if idle else "commands",
         "checking": checking,
         "target_file": str(target_file),
         "scenario_file": str(scenario_file),
         "users": users + (1 if idle else 0),  # + the delivery user
-        "spawn_rate": min(200.0, float(users)) if idle else float(users),
+        "spawn_rate": spawn_rate,
         "warmup": args.warmup,
         "duration": args.duration,
-        "ramp_timeout": max(30.0, users / 100 + 30),
+        "ramp_timeout": max(30.0, users / spawn_rate * 1.5 + 30),
     }
     ours, theirs = [], []
     for _ in range(rounds):
@@ -263,6 +271,23 @@ def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path,
         result["ratio"] = statistics.median(ratios) if ratios else 0.0
         result["ratio_range"] = [min(ratios), max(ratios)] if ratios else []
     return result
+
+
+FD_MARGIN = 256  # file descriptors the generator needs besides one per connection (Locust, logs, delivery)
+
+
+def check_fd_limit(needed: int) -> None:
+    """One process holds every connection: it needs a file descriptor each. Refuse a run the limit would cut short."""
+    from harness.load.open_files import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    got = raise_open_file_limit(needed)  # in this process too: it shows what the generator will get
+    if got != resource.RLIM_INFINITY and got < needed:
+        raise ConfigError(
+            f"--idle-users {needed - FD_MARGIN:,} needs about {needed:,} open files in one process, but this machine "
+            f"allows {max(got, hard):,} (ulimit -Hn) and raising the hard limit needs root with CAP_SYS_RESOURCE: "
+            f"raise it (ulimit -n {needed}, or LimitNOFILE= for a service) or ask for at most "
+            f"{max(got, hard) - FD_MARGIN:,} users")
 
 
 def idle_server_warnings(users: int, dovecot) -> list[str]:

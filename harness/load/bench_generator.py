@@ -23,7 +23,8 @@ from locust.env import Environment
 from locust.stats import calculate_response_time_percentile
 
 from harness.load.accounts import AccountAllocator
-from harness.load.locust_plugin import build_run, configure_user_classes, raise_open_file_limit
+from harness.load.locust_plugin import build_run, configure_user_classes
+from harness.load.open_files import raise_open_file_limit
 from harness.load.users import IdleUser, MailDelivery, WebmailReader
 
 NOTIFY_NAMES = ("IMAP notify latency", "IMAP notify server", "IMAP notify generator")  # samples, not commands

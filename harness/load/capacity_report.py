@@ -18,6 +18,7 @@ import jinja2
 import markupsafe
 
 from harness.known_secrets import scrub
+from harness.load.cpu_sampler import read_cpu_csv
 from harness.load.svg_charts import Series, bar_chart, line_chart
 
 NOTIFY = "IMAP notify latency"
@@ -110,7 +111,19 @@ def _latency_chart(name: str, rows: list[dict], start: float, width: int = 430) 
     return line_chart(series, title=name, y_label="ms", width=width, height=210)
 
 
-def build_charts(csvs: CsvSet) -> dict:
+def cpu_chart(rows: list[dict]) -> str:
+    """Generator and server CPU over the run, in cores, to set beside the throughput."""
+    def points(column: str) -> list[tuple[float, float]]:
+        return [(float(r["seconds"]), float(r[column])) for r in rows if r.get(column) not in (None, "")]
+
+    series = [Series("generator, all processes", points("generator_cores"), "#1f77b4"),
+              Series("busiest generator process (saturates at 1)", points("generator_busiest_core"), "#ff7f0e")]
+    if any(r.get("server_cores") not in (None, "") for r in rows):
+        series.append(Series("server (embedded Dovecot)", points("server_cores"), "#2ca02c"))
+    return line_chart(series, title="CPU: generator and server", y_label="cores")
+
+
+def build_charts(csvs: CsvSet, cpu: list[dict] | None = None) -> dict:
     by_name, start = _history_by_name(csvs.history)
     total = by_name.pop("Aggregated", [])
     commands = sorted(n for n in by_name if n != NOTIFY)
@@ -122,6 +135,7 @@ def build_charts(csvs: CsvSet) -> dict:
         [Series("all commands", _throughput(total, start), "#1f77b4"),
          Series("failures", _throughput(total, start, "Total Failure Count"), "#d62728", True)],
         title="Throughput, all commands", y_label="commands/s")
+    charts["cpu"] = cpu_chart(cpu) if cpu else ""
     by_protocol: dict[str, list[str]] = defaultdict(list)
     for name in commands:
         by_protocol[name.split(" ", 1)[0]].append(name)
@@ -184,7 +198,7 @@ def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, account
     notify = next((r for r in stats_table(csvs) if r["name"] == NOTIFY), None)
     html = env.get_template("capacity.html.j2").render(
         facts=facts, verdicts=verdicts, accounting=accounting, problems=problems,
-        charts=build_charts(csvs), stats=stats_table(csvs), notify=notify, failures=failure_table(csvs),
+        charts=build_charts(csvs, read_cpu_csv(run_dir)), stats=stats_table(csvs), notify=notify, failures=failure_table(csvs),
         consistency=markupsafe.Markup(consistency),
     )
     path = run_dir / "capacity.html"

@@ -21,6 +21,7 @@ from harness.arguments import finite_float
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.known_secrets import scrub, scrub_bytes
 from harness.load.accounts import AccountPlan
+from harness.load.cpu_sampler import CpuSampler, read_cpu_csv, summarize
 from harness.load.scenario import LOADTESTS_DIR, Scenario, available_scenarios, check_target_fits, load_scenario
 from harness.load.thresholds import error_rate_verdict, evaluate, parse_rate, parse_threshold
 from harness.targets.target_file import Target, load_target
@@ -114,7 +115,7 @@ def run(args) -> int:
     if (run_dir / "processes").exists():
         shutil.rmtree(run_dir / "processes")  # likewise the stress sessions' verdicts
 
-    with _target_for_run(args, users, scenario) as (target, target_file, embedded):
+    with _target_for_run(args, users, scenario) as (target, target_file, embedded, server_session):
         check_target_fits(scenario, target)
         plan = AccountPlan.for_scenario(target.accounts, scenario)
         if "pop3_delete" in plan.pools and len(plan.pools["pop3_delete"]) < max(1, workers):
@@ -133,7 +134,7 @@ def run(args) -> int:
               f"{f'{workers} workers' if workers else 'one process'}; accounts {plan.describe()}", file=sys.stderr)
         interrupted = None
         try:
-            exit_code = _run_locust(args, target_file, scenario, run_dir, users, run_time, workers)
+            exit_code = _run_locust(args, target_file, scenario, run_dir, users, run_time, workers, server_session)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Locust is stopped; report the part that ran
             interrupted, exit_code = interrupts.describe(), None
         finally:
@@ -228,7 +229,7 @@ def _target_for_run(args, users: int, scenario: Scenario):
             )
         if args.accounts:
             raise ConfigError("--accounts only applies to the embedded server; with --target the target file lists the accounts")
-        yield target, args.target, False
+        yield target, args.target, False, None
         return
     from harness.targets.managed_dovecot import ManagedDovecot
 
@@ -238,10 +239,11 @@ def _target_for_run(args, users: int, scenario: Scenario):
     with tempfile.TemporaryDirectory(prefix="mailharness-load-") as private, ManagedDovecot(accounts=accounts) as dovecot:
         target_file = Path(private) / "target.yaml"  # holds passwords: not in the report dir
         dovecot.target.dump(target_file)
-        yield dovecot.target, target_file, True
+        yield dovecot.target, target_file, True, dovecot.proc.pid  # its session: the master and its children
 
 
-def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, users: int, run_time: int, workers: int) -> int:
+def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, users: int, run_time: int, workers: int,
+                server_session: int | None = None) -> int:
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--users", str(users), "--spawn-rate", str(args.spawn_rate), "--run-time", f"{run_time}s",
@@ -260,7 +262,8 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
     with open(run_dir / "locust.out", "wb") if args.quiet else nullcontext() as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
         try:
-            return proc.wait(timeout=deadline)
+            with CpuSampler(run_dir, proc.pid, server_session):  # cpu.csv: generator vs server, for the report
+                return proc.wait(timeout=deadline)
         except subprocess.TimeoutExpired:
             _kill_session(proc)
             raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})") from None
@@ -319,10 +322,23 @@ def _facts(args, scenario, target: Target, plan, run_dir, users, run_time, worke
                   + (f" in {shape.steps} steps" if shape.steps else "") + ", then hold") if shape else "",
         "started": datetime.fromtimestamp(started_wall).isoformat(timespec="seconds"),
         "wall_seconds": round(time.time() - started_wall, 1),
+        "generator_cpu": _cpu_facts(run_dir),
         "files": [("locust.html", "locust.html"), ("stats", f"{CSV_PREFIX}_stats.csv"),
                   ("history", f"{CSV_PREFIX}_stats_history.csv"), ("failures", f"{CSV_PREFIX}_failures.csv"),
                   ("exceptions", f"{CSV_PREFIX}_exceptions.csv"), ("log", "locust.log")],
     }
+
+
+def _cpu_facts(run_dir: Path) -> dict | None:
+    summary = summarize(read_cpu_csv(run_dir))
+    if summary is None:
+        return None
+    return {"generator_cores_mean": round(summary.generator_cores_mean, 2),
+            "generator_cores_peak": round(summary.generator_cores_peak, 2),
+            "generator_busiest_process": round(summary.generator_busiest_core_peak, 2),
+            "server_cores_mean": None if summary.server_cores_mean is None else round(summary.server_cores_mean, 2),
+            "server_cores_peak": None if summary.server_cores_peak is None else round(summary.server_cores_peak, 2),
+            "cpus": summary.cpus, "verdict": summary.verdict()}
 
 
 def _print_summary(csvs, verdicts, accounting, problems, report: Path) -> None:

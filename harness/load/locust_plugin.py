@@ -15,7 +15,6 @@ event; a worker learns its slice of the accounts from the master when the test s
 from __future__ import annotations
 
 import logging
-import resource
 import sys
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.known_secrets import ScrubbingFilter, ScrubbingStream
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
+from harness.load.open_files import raise_open_file_limit
 from harness.load.scenario import Scenario, check_target_fits, load_scenario
 from harness.load.source_addresses import SourceAddresses
 from harness.targets.target_file import Target, load_target
@@ -52,25 +52,6 @@ def run_of(environment) -> LoadRun:
     if run is None:
         raise HarnessError("the mailharness users need the locust_plugin init hook (import loadtests/locustfile.py)")
     return run
-
-
-def raise_open_file_limit(needed: int = 0) -> int:
-    """Every user holds a socket; lift the soft fd limit to the hard one, and (as root) the hard one to
-    `needed` if that is higher. Returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))  # needs CAP_SYS_RESOURCE
-            return needed
-        except (ValueError, OSError):
-            pass
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 def configure_user_classes(environment, scenario: Scenario, think_scale: float = 1.0) -> None:

@@ -223,8 +223,13 @@ class ManagedDovecot(ManagedServer):
 
         needed = 2 * self.idle_clients + 10_000
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+        try:
+            if hard != resource.RLIM_INFINITY and hard < needed:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))  # needs CAP_SYS_RESOURCE
+            else:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # Dovecot then warns in its log about the limit it got
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def _ssl_settings(self) -> str:
         if not self.tls:
