@@ -21,6 +21,7 @@ _UNTAGGED_NUM = re.compile(rb"\* (\d+) ([A-Za-z]+)")
 _FLAGS_ONLY = re.compile(rb"\* (\d+) FETCH \((?:UID (\d+) )?FLAGS \(([^()]*)\)(?: UID (\d+))?\)$", re.IGNORECASE)
 _CODE = re.compile(rb"\[([A-Za-z-]+)(?: ([^\]]*))?\]")
 MAX_LITERAL = 8 * 1024 * 1024  # a stress message is ~30 KB; more is a hostile server
+MAX_RESPONSE = 32 * 1024 * 1024  # all literals of one response together
 
 
 class ResponseError(WireError):
@@ -46,10 +47,12 @@ class Response:
 def read_response(conn: Connection) -> Response:
     """The next whole response (its literals included) from the connection."""
     segments = [conn.read_line()]
+    total = 0
     while (m := _LITERAL_AT_END.search(segments[-1])) is not None:
         size = int(m.group(1))
-        if size > MAX_LITERAL:
-            raise ResponseError(f"a literal of {size} octets")
+        total += size
+        if size > MAX_LITERAL or total > MAX_RESPONSE:
+            raise ResponseError(f"a literal of {size} octets ({total} in this response)")
         segments.append(conn.take(size))
         segments.append(conn.read_line())
     return Response(segments)
