@@ -445,3 +445,6 @@ def test_cpu_sampler_sums_a_sessions_processes_and_names_the_busier_side(tmp_pat
     all_cores = str(os.cpu_count())
     server_bound = summarize([{"generator_cores": "0.2", "generator_busiest_core": "0.1", "server_cores": all_cores}] * 3)
     assert server_bound.verdict().startswith("the server was the bottleneck")
+    crowded = summarize([{"generator_cores": "0.2", "generator_busiest_core": "0.2", "server_cores": "0.4",
+                          "machine_cores": all_cores}] * 3)
+    assert crowded.verdict().startswith("the machine was") and "other processes" in crowded.verdict()

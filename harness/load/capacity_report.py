@@ -120,6 +120,8 @@ def cpu_chart(rows: list[dict]) -> str:
               Series("busiest generator process (saturates at 1)", points("generator_busiest_core"), "#ff7f0e")]
     if any(r.get("server_cores") not in (None, "") for r in rows):
         series.append(Series("server (embedded Dovecot)", points("server_cores"), "#2ca02c"))
+    if any(r.get("machine_cores") not in (None, "") for r in rows):
+        series.append(Series("whole machine", points("machine_cores"), "#7f7f7f", True))
     return line_chart(series, title="CPU: generator and server", y_label="cores")
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-FIELDS = ["seconds", "generator_cores", "generator_busiest_core", "generator_processes", "server_cores"]
+FIELDS = ["seconds", "generator_cores", "generator_busiest_core", "generator_processes", "server_cores", "machine_cores"]
 CSV_NAME = "cpu.csv"
 
 
@@ -38,6 +38,16 @@ def session_ticks(session: int) -> dict[int, int]:
     return out
 
 
+def machine_ticks() -> int:
+    """Busy clock ticks of all CPUs together since boot (/proc/stat: everything but idle and iowait)."""
+    try:
+        with open("/proc/stat", "rb") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
 @dataclass
 class CpuSummary:
     generator_cores_mean: float
@@ -47,6 +57,7 @@ class CpuSummary:
     server_cores_peak: float | None
     cpus: int
     samples: int
+    machine_cores_mean: float | None = None  # every process on the machine, ours and others'
 
     def verdict(self) -> str:
         """Which side bounded the run, in words for the report."""
@@ -56,6 +67,11 @@ class CpuSummary:
         if self.server_cores_peak is not None and self.server_cores_peak >= 0.8 * self.cpus:
             return (f"the server was the bottleneck: it used up to {self.server_cores_peak:.1f} of this machine's "
                     f"{self.cpus} cores while the busiest generator process stayed at {self.generator_busiest_core_peak:.0%}")
+        if self.machine_cores_mean is not None and self.machine_cores_mean >= 0.85 * self.cpus:
+            return (f"the machine was: its {self.cpus} cores were {self.machine_cores_mean / self.cpus:.0%} busy on average, "
+                    f"the generator using {self.generator_cores_mean:.2f} and "
+                    + (f"the server {self.server_cores_mean:.2f} of them" if self.server_cores_mean is not None else "the rest other work")
+                    + "; other processes took the CPU the server could have used")
         return (f"neither side was saturated: busiest generator process {self.generator_busiest_core_peak:.0%} of a core"
                 + (f", server up to {self.server_cores_peak:.1f} of {self.cpus} cores" if self.server_cores_peak is not None else ""))
 
@@ -88,12 +104,13 @@ class CpuSampler:
     def _run(self) -> None:
         tick = os.sysconf("SC_CLK_TCK")
         started = time.monotonic()
-        before_at, generator_before = started, session_ticks(self.generator_session)
+        before_at, generator_before, machine_before = started, session_ticks(self.generator_session), machine_ticks()
         server_before = session_ticks(self.server_session) if self.server_session else {}
         while not self._stop.wait(self.interval):
             now = time.monotonic()
             generator = session_ticks(self.generator_session)
             server = session_ticks(self.server_session) if self.server_session else {}
+            machine = machine_ticks()
             elapsed = (now - before_at) * tick
             deltas = [ticks - generator_before.get(pid, ticks) for pid, ticks in generator.items()]
             row = {
@@ -103,9 +120,10 @@ class CpuSampler:
                 "generator_processes": len(generator),
                 "server_cores": round(sum(t - server_before.get(p, t) for p, t in server.items()) / elapsed, 3)
                 if self.server_session else "",
+                "machine_cores": round((machine - machine_before) / elapsed, 3),
             }
             self.rows.append(row)
-            before_at, generator_before, server_before = now, generator, server
+            before_at, generator_before, server_before, machine_before = now, generator, server, machine
 
 
 def read_cpu_csv(run_dir: Path) -> list[dict]:
@@ -125,8 +143,9 @@ def summarize(rows: list[dict]) -> CpuSummary | None:
     generator = [float(r["generator_cores"]) for r in rows]
     busiest = sorted(float(r["generator_busiest_core"]) for r in rows)
     server = [float(r["server_cores"]) for r in rows if r.get("server_cores") not in (None, "")]
+    machine = [float(r["machine_cores"]) for r in rows if r.get("machine_cores") not in (None, "")]
     return CpuSummary(
         generator_cores_mean=sum(generator) / len(generator), generator_cores_peak=max(generator),
         generator_busiest_core_peak=busiest[min(len(busiest) - 1, int(0.9 * len(busiest)))],
         server_cores_mean=sum(server) / len(server) if server else None, server_cores_peak=max(server) if server else None,
-        cpus=os.cpu_count() or 1, samples=len(rows))
+        cpus=os.cpu_count() or 1, samples=len(rows), machine_cores_mean=sum(machine) / len(machine) if machine else None)

@@ -338,6 +338,7 @@ def _cpu_facts(run_dir: Path) -> dict | None:
             "generator_busiest_process": round(summary.generator_busiest_core_peak, 2),
             "server_cores_mean": None if summary.server_cores_mean is None else round(summary.server_cores_mean, 2),
             "server_cores_peak": None if summary.server_cores_peak is None else round(summary.server_cores_peak, 2),
+            "machine_cores_mean": None if summary.machine_cores_mean is None else round(summary.machine_cores_mean, 2),
             "cpus": summary.cpus, "verdict": summary.verdict()}
 
 
