@@ -256,7 +256,7 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         "--stress-out", str(run_dir / "processes"),  # where the stress scenario's sessions leave their verdicts
     ]
     if workers:
-        command += ["--processes", str(workers)]
+        command += ["--processes", str(workers), *master_on_loopback()]
     # Hard stop well after --run-time: a wedged run must not hold the machine (or CI) forever.
     deadline = run_time + args.stop_timeout + 120
     with open(run_dir / "locust.out", "wb") if args.quiet else nullcontext() as out:
@@ -275,6 +275,16 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
                 pass
             _kill_session(proc)  # its --processes workers too, whatever Locust managed
             raise
+
+
+def master_on_loopback() -> list[str]:
+    """Locust options for --processes: master and workers talk over 127.0.0.1 on a free port. Locust's default
+    (every interface, port 5557) lets two runs on one machine cross: the second master cannot bind, and its
+    workers join the first run's master."""
+    from harness.targets.managed_server import free_ports
+
+    port = str(free_ports(1)[0])
+    return ["--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-host", "127.0.0.1", "--master-port", port]
 
 
 def scrub_files(run_dir: Path) -> None:

@@ -17,7 +17,15 @@ from pathlib import Path
 from harness import interrupts
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.known_secrets import scrub
-from harness.load.load_command import CSV_PREFIX, LOCUSTFILE, MAX_RUN_TIME, MAX_WORKERS, parse_duration, scrub_files
+from harness.load.load_command import (
+    CSV_PREFIX,
+    LOCUSTFILE,
+    MAX_RUN_TIME,
+    MAX_WORKERS,
+    master_on_loopback,
+    parse_duration,
+    scrub_files,
+)
 from harness.load.scenario import load_scenario
 from harness.targets.target_file import load_target
 
@@ -185,7 +193,7 @@ def _run_locust(args, target_file: Path, scenario, run_dir: Path, out_dir: Path,
     if args.seed is not None:
         command += ["--stress-seed", str(args.seed)]
     if args.workers:
-        command += ["--processes", str(args.workers)]
+        command += ["--processes", str(args.workers), *master_on_loopback()]
     deadline = run_time + STOP_TIMEOUT + 120
     with open(run_dir / "locust.out", "wb") if args.quiet else nullcontext() as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
