@@ -345,6 +345,9 @@ class TestRun:
                 self._start_tls(step, session, response.ok, response.line, timeout)
         else:
             line, literals = split_literals(line)
+            if pipelined and literals:  # e.g. a password that must go as a literal
+                raise StepFailure(self.spec, step, "a command without literals (pipeline: sends it and the lines in one write)",
+                                  f"`{self.transcript.redact(line)}` needs {len(literals)} literal(s)", broken=True)
             if self.guard:
                 self.guard.imap(step.session, session, line, literals, timeout, self.buffers[step.session])
             response = session.command(line, timeout=timeout, literals=literals, continuations=replies, pipelined=pipelined)
