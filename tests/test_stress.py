@@ -32,6 +32,10 @@ FAULT_KINDS = {
     "imap-idle-no-exists": {"checkpoint-differs", "seq-beyond-exists", "expunge-beyond-exists", "search-mismatch"},
     "imap-size-changes": {"static-changed", "content-differs"},
     "imap-rfc822size-off": {"content-differs"},
+    "imap-search-misses": {"search-mismatch"},
+    # mail-lost too: the end-of-run audit reads Message-IDs from a FETCH literal, corrupted as well
+    "imap-fetch-corrupt": {"content-differs", "static-changed", "mail-lost"},
+    "imap-uidvalidity-changes": {"uidvalidity-renewed"},  # a warning: UIDs SHOULD persist between sessions
     "pop3-uidl-unstable": {"pop3-uidl-changed"},
     "pop3-uidl-duplicate": {"pop3-uidl-duplicate"},
     "pop3-list-size-off": {"pop3-size-mismatch"},
@@ -42,7 +46,7 @@ SESSIONS = 4  # per mailbox: 3 IMAP, 1 POP3
 def scenario(tmp_path, **overrides) -> str:
     spec = {"weight": 1, "think_time": 0, "sessions_per_mailbox": SESSIONS, "pop3_sessions": 1, "pop3_pause": 0.3, "lmtp_rate": 2,
             "checkpoint_interval": 1.5, "idle_seconds": 0.8, "min_messages": 6, "max_messages": 25,
-            "commands": {"idle": 12, "store_keyword": 14, "delete": 6, "expunge": 4}}
+            "commands": {"idle": 12, "store_keyword": 14, "delete": 6, "expunge": 4, "search": 12, "uid_search": 8}}
     spec.update(overrides)
     path = tmp_path / "stress-test.yaml"
     path.write_text(yaml.safe_dump({"users": {"stress": spec}, "timeout": 10}))

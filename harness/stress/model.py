@@ -179,7 +179,7 @@ class MailboxModel:
         elif isinstance(got, int) and got > size:
             self.added_octets += 1
         bodies = [(k, v) for k, v in items.items() if isinstance(v, bytes) and k.startswith(b"BODY[")
-                  and (k.startswith(b"BODY[]") or k == b"BODY[HEADER]")]
+                  and (k.startswith(b"BODY[]") or k in (b"BODY[HEADER]", b"BODY[TEXT]"))]
         if not bodies:
             return
         data = regenerate()
@@ -187,6 +187,8 @@ class MailboxModel:
         for key, value in bodies:
             if key == b"BODY[HEADER]":
                 ok = value == header_of(data) or _headers_kept(header_of(data), value)
+            elif key == b"BODY[TEXT]":
+                ok = value == data[len(header_of(data)):]  # the body: header fields a server adds do not touch it
             elif key.startswith(b"BODY[]<"):
                 if reported != size:
                     continue  # offsets shift with added header fields: judged only on an unchanged message
