@@ -200,7 +200,7 @@ class StressImap:
                 if status != b"OK":
                     mb.created.pop(msgid, None)
                     raise CommandFailed(f"IMAP APPEND: {(status + b' ' + rest)[:300].decode(errors='replace')}")
-        except WireError:
+        except BaseException:  # a failed command, or the run ending (the greenlet killed) with the APPEND in flight
             if msgid in mb.created:
                 mb.uncertain.add(msgid)
             raise

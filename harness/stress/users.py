@@ -219,6 +219,9 @@ class StressUser(MailUser):
                 if client:
                     client.close()
                 client = None
+            except BaseException:  # killed at the end of the run with the delivery in flight: it may or may not be there
+                box.uncertain.add(msgid)
+                raise
             finally:
                 box.checkpoints.writer_exit()
 
