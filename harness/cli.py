@@ -87,5 +87,13 @@ def _main(argv: list[str]) -> int:
         return interrupts.exit_code()
 
 
+def entry() -> None:
+    """The program (`mailharness`, `python -m harness.cli`); tests call main() in-process instead."""
+    code = main()
+    if code in (130, 143):  # interrupted (Ctrl-C, SIGTERM): leave without the interpreter's slow teardown
+        interrupts.leave(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -7,7 +7,10 @@ has its own handler in the pytest plugin, which also marks the reports.
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 
 received: str | None = None  # "SIGTERM" once one arrived; None for Ctrl-C (or nothing)
 
@@ -34,3 +37,19 @@ def exit_code() -> int:
 
 def describe() -> str:
     return received or "Ctrl-C"
+
+
+def leave(code: int) -> None:
+    """Exit at once after an interrupt, without the interpreter's teardown.
+
+    Freeing every module's objects (pytest's, Locust's, jinja's) took 0.4-1.3 s on a busy machine, and a
+    command should be gone within 2 s of Ctrl-C or SIGTERM. Nothing is lost: the atexit handlers (logging,
+    temp dirs' finalizers) still run, the terminal streams are flushed, and every report and temp dir of
+    the command was closed or removed by its own `with`/`finally` before this."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -1,7 +1,9 @@
 """Ctrl-C and SIGTERM (issue 10 item 6): the command stops promptly and leaves nothing behind.
 
-"Promptly" is asserted with slack for a busy CI machine (the goal, 2 s, is a benchmark figure);
-what must hold exactly: no Dovecot, no Locust process, no temp dir of the command survives it.
+"Promptly" is asserted with slack for a busy CI machine (the goal, 2 s, is a benchmark figure: each
+test prints the seconds from the signal to the exit, and records them as the junit property
+`stop_seconds`); what must hold exactly: no Dovecot, no Locust process, no temp dir of the command
+survives it, and Locust finishes its own shutdown (final statistics, locust.html) rather than being killed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from hostile_server import HostileServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SLACK = 15  # seconds; the measured figure is about 1-2 s
+SLACK = 15  # seconds; the measured figure is about 1 s (load 30 on 2 cores)
 
 
 @pytest.fixture
@@ -62,15 +64,21 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120, str
     raise AssertionError(f"never saw {needle!r}")
 
 
-def stop_and_time(proc: subprocess.Popen, signum: int) -> tuple[float, str, str]:
+def stop_and_time(proc: subprocess.Popen, signum: int, record=None) -> tuple[float, str, str]:
+    """Seconds from the signal to the process's exit (printed, and recorded when given record_property)."""
     started = time.monotonic()
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    return time.monotonic() - started, out, err
+    took = time.monotonic() - started
+    print(f"{signal.Signals(signum).name} to exit: {took:.2f} s (goal 2 s; load average {os.getloadavg()[0]:.1f})")
+    if record:
+        record("stop_seconds", round(took, 2))
+    return took, out, err
 
 
 @pytest.mark.slow
-def test_sigterm_during_load_writes_the_reports_and_leaves_nothing(tmp_path, private_tmp):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_load_writes_the_reports_and_leaves_nothing(tmp_path, private_tmp, signum, record_property):
     scenario = tmp_path / "quick.yaml"
     scenario.write_text("description: pollers\nmailbox: {messages: 2}\n"
                         "users:\n  pop3_keep: {weight: 1, think_time: {min: 0.2, max: 0.5}}\n")
@@ -82,35 +90,40 @@ def test_sigterm_during_load_writes_the_reports_and_leaves_nothing(tmp_path, pri
     while not (report_dir / "locust_stats_history.csv").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # users are running once Locust writes its first statistics
     time.sleep(2)
-    took, out, err = stop_and_time(proc, signal.SIGTERM)
-    assert proc.returncode == 143, err[-3000:]
+    took, out, err = stop_and_time(proc, signum, record_property)
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert proc.returncode == (143 if signum == signal.SIGTERM else 130), err[-3000:]
     assert took < SLACK, took
     assert not processes_mentioning(str(report_dir)), "a Locust process outlived the run"
     assert not processes_mentioning(str(private_tmp)), "the Dovecot outlived the run"
     assert not list(private_tmp.iterdir())  # the Dovecot's and the target file's temp dirs are gone
     run = json.loads((report_dir / "run.json").read_text())
-    assert run["interrupted"] == "SIGTERM" and not run["passed"]
-    assert "interrupted (SIGTERM)" in (report_dir / "capacity.html").read_text()
+    assert run["interrupted"] == name and not run["passed"]
+    assert f"interrupted ({name})" in (report_dir / "capacity.html").read_text()
+    # Locust shut down by itself within its grace (killed, it would leave the last second out of its files)
+    assert "Shutting down (exit code" in (report_dir / "locust.log").read_text()
+    assert (report_dir / "locust.html").stat().st_size > 0
+    assert run["request_counts"] and all(n > 0 for n in run["request_counts"].values())
 
 
 @pytest.mark.slow
-def test_sigterm_during_run_stops_its_dovecot(tmp_path, private_tmp):
+def test_sigterm_during_run_stops_its_dovecot(tmp_path, private_tmp, record_property):
     proc = start("run", "-v", "-k", "pop3", "--report-dir", str(tmp_path / "r"), cwd=ROOT, tmp=private_tmp)
     wait_for_line(proc, " PASSED", stream=proc.stdout)  # Dovecot started, tests running (-k pop3: ~100 more to go)
-    took, out, err = stop_and_time(proc, signal.SIGTERM)
+    took, out, err = stop_and_time(proc, signal.SIGTERM, record_property)
     assert proc.returncode in (2, 143), err[-3000:]
     assert took < SLACK, took
     assert not processes_mentioning(str(private_tmp)), "the Dovecot outlived the run"
     assert not list(private_tmp.iterdir())
 
 
-def test_ctrl_c_during_seed_against_a_slow_server_stops_promptly(tmp_path):
+def test_ctrl_c_during_seed_against_a_slow_server_stops_promptly(tmp_path, record_property):
     with HostileServer("slowloris") as server:
         path = tmp_path / "t.yaml"
         path.write_text(server.target_yaml(timeout=60, pop3=False))
         proc = start("seed", "--target", str(path), "--messages", "5", cwd=tmp_path)
         time.sleep(3)
-        took, out, err = stop_and_time(proc, signal.SIGINT)
+        took, out, err = stop_and_time(proc, signal.SIGINT, record_property)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert took < SLACK, took  # was 87 s: every connection's timeout waited out

@@ -213,7 +213,9 @@ class HarnessState:
     def stop(self) -> None:
         self.close_admin()
         if self.managed:
-            self.managed.stop()  # after a short grace (ManagedServer.STOP_GRACE): a throwaway server
+            # A throwaway server: its graceful shutdown is of no use once the run is over; after a short grace
+            # (ManagedServer.STOP_GRACE), or at once after Ctrl-C/SIGTERM (the command should be gone within 2 s).
+            self.managed.stop(timeout=0 if self.interrupted or self.signal else None)
             self.managed = None
 
 
@@ -914,12 +916,17 @@ class ResultsCollector:
     def pytest_xdist_node_collection_finished(self, node, ids):
         self.state.collected = max(self.state.collected or 0, len(ids))
 
-    @pytest.hookimpl
+    @pytest.hookimpl(tryfirst=True)  # before the terminal reporter formats the traceback
     def pytest_keyboard_interrupt(self, excinfo):
         # pytest stops on collection errors and -x with Session.Interrupted, a KeyboardInterrupt too:
         # only a real one (Ctrl-C, or SIGTERM through the handler) is an interrupt.
         if self.state.signal or type(excinfo.value) is KeyboardInterrupt:
             self.state.interrupted = self.state.signal or "Ctrl-C"
+            if not self.state.config.option.fulltrace:
+                # The terminal shows only where the interrupt hit, yet formats the whole traceback first,
+                # parsing each frame's source file: about a second on a busy machine, after Ctrl-C/SIGTERM.
+                excinfo.traceback = excinfo.traceback[-1:]
+                excinfo.value.__context__ = excinfo.value.__cause__ = None  # nor the exception it interrupted
 
     @pytest.hookimpl(trylast=True)  # after junitxml has written its file
     def pytest_sessionfinish(self, session, exitstatus):

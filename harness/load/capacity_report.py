@@ -9,6 +9,7 @@ new-mail notification latency, delivered-vs-retrieved, thresholds. Charts are in
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -189,16 +190,23 @@ def stats_table(csvs: CsvSet) -> list[dict]:
     return rows
 
 
+@functools.cache
+def template() -> jinja2.Template:
+    """The compiled page template. `mailharness load` calls this before the run starts: after a Ctrl-C
+    or SIGTERM, compiling it (a few hundred ms on a busy machine) would delay the exit."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("capacity.html.j2")
+
+
 def write_capacity_report(run_dir: Path, *, facts: dict, verdicts: list, accounting: dict | None,
                           problems: list[str], csvs: CsvSet | None = None, consistency: str = "") -> Path:
     """Render capacity.html into ``run_dir``; ``problems`` are the reasons the run failed (empty: passed).
 
     ``consistency``: the stress mode's section (HTML, from harness.stress.report), when the run had one."""
     csvs = csvs or CsvSet.load(run_dir)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     notify = next((r for r in stats_table(csvs) if r["name"] == NOTIFY), None)
-    html = env.get_template("capacity.html.j2").render(
+    html = template().render(
         facts=facts, verdicts=verdicts, accounting=accounting, problems=problems,
         charts=build_charts(csvs, read_cpu_csv(run_dir)), stats=stats_table(csvs), notify=notify, failures=failure_table(csvs),
         consistency=markupsafe.Markup(consistency),

@@ -31,7 +31,10 @@ MAX_USERS = 20_000
 MAX_RUN_TIME = 4 * 3600
 MAX_WORKERS = 64
 MAX_STOP_TIMEOUT = 600
-STOP_GRACE = 1.0  # seconds Locust gets to write its files after Ctrl-C/SIGTERM (the CSV history is written as it runs)
+STOP_GRACE = 1.5  # seconds Locust gets to write its files after Ctrl-C/SIGTERM (the CSV history is written as it runs)
+# The embedded Dovecot's graceful shutdown is of no use (its master takes a second over it, its files are
+# deleted anyway): its process group is killed at once, at the end of a run and after Ctrl-C/SIGTERM alike.
+SERVER_STOP_GRACE = 0.0
 SEED_DEADLINE = 1800  # seconds for topping the mailboxes up before the run
 MAX_EMBEDDED_ACCOUNTS = 5_000
 CSV_PREFIX = "locust"
@@ -130,6 +133,7 @@ def run(args) -> int:
             if result.failed:
                 raise HarnessError(f"seeding failed for {len(result.failed)} deliveries, e.g. {result.failed[0]}")
             seeding = f"seeded to {scenario.messages} messages each ({result.added} added, {result.present} already there)"
+        _prepare_reports()
         print(f"mailharness load: {scenario.name} on {target.name}: {users} users, {run_time}s, "
               f"{f'{workers} workers' if workers else 'one process'}; accounts {plan.describe()}", file=sys.stderr)
         interrupted = None
@@ -236,10 +240,25 @@ def _target_for_run(args, users: int, scenario: Scenario):
     accounts = args.accounts or min(MAX_EMBEDDED_ACCOUNTS, max(users, 8))
     if not 1 <= accounts <= MAX_EMBEDDED_ACCOUNTS:
         raise ConfigError(f"--accounts must be between 1 and {MAX_EMBEDDED_ACCOUNTS}")
-    with tempfile.TemporaryDirectory(prefix="mailharness-load-") as private, ManagedDovecot(accounts=accounts) as dovecot:
-        target_file = Path(private) / "target.yaml"  # holds passwords: not in the report dir
-        dovecot.target.dump(target_file)
-        yield dovecot.target, target_file, True, dovecot.proc.pid  # its session: the master and its children
+    with tempfile.TemporaryDirectory(prefix="mailharness-load-") as private:
+        dovecot = ManagedDovecot(accounts=accounts)
+        dovecot.start()
+        try:
+            target_file = Path(private) / "target.yaml"  # holds passwords: not in the report dir
+            dovecot.target.dump(target_file)
+            yield dovecot.target, target_file, True, dovecot.proc.pid  # its session: the master and its children
+        finally:
+            dovecot.stop(timeout=SERVER_STOP_GRACE)
+
+
+def _prepare_reports() -> None:
+    """Import the report code and compile capacity.html's template before the run: after Ctrl-C or
+    SIGTERM that work (about half a second on a busy machine) would delay the exit."""
+    from harness.load.capacity_report import template
+    from harness.stress.command import consistency_of  # noqa: F401
+    from harness.stress.report import section_html  # noqa: F401
+
+    template()
 
 
 def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, users: int, run_time: int, workers: int,
@@ -263,7 +282,7 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
         try:
             with CpuSampler(run_dir, proc.pid, server_session):  # cpu.csv: generator vs server, for the report
-                return proc.wait(timeout=deadline)
+                return wait_interruptibly(proc, deadline)
         except subprocess.TimeoutExpired:
             _kill_session(proc)
             raise HarnessError(f"Locust did not stop within {deadline}s of starting; killed it (see {run_dir / 'locust.log'})") from None
@@ -285,6 +304,18 @@ def master_on_loopback() -> list[str]:
 
     port = str(free_ports(1)[0])
     return ["--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-host", "127.0.0.1", "--master-port", port]
+
+
+def wait_interruptibly(proc: subprocess.Popen, timeout: float) -> int:
+    """proc.wait(timeout), but a Ctrl-C or SIGTERM reaches the caller at once: Popen.wait, interrupted, first
+    waits another 0.25 s for the child to exit (assuming the terminal's SIGINT reached it too; Locust runs in
+    its own session and gets the signal only from us)."""
+    deadline = time.monotonic() + timeout
+    while (code := proc.poll()) is None:
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.1)
+    return code
 
 
 def scrub_files(run_dir: Path) -> None:

@@ -25,6 +25,7 @@ from harness.load.load_command import (
     master_on_loopback,
     parse_duration,
     scrub_files,
+    wait_interruptibly,
 )
 from harness.load.scenario import load_scenario
 from harness.targets.target_file import load_target
@@ -198,7 +199,7 @@ def _run_locust(args, target_file: Path, scenario, run_dir: Path, out_dir: Path,
     with open(run_dir / "locust.out", "wb") if args.quiet else nullcontext() as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
         try:
-            return proc.wait(timeout=deadline)
+            return wait_interruptibly(proc, deadline)
         except subprocess.TimeoutExpired:
             _kill(proc)
             raise HarnessError(f"Locust did not stop within {deadline}s; killed it (see {run_dir / 'locust.log'})") from None
