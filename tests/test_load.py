@@ -268,16 +268,19 @@ def test_accounting_finds_lost_duplicated_and_settles_interrupted_sessions(tmp_p
 class CannedServer:
     """A one-connection TCP server on 127.0.0.1 that answers each command line with canned bytes."""
 
-    def __init__(self, greeting: bytes, replies: list[bytes], chunk: int = 7):
+    def __init__(self, greeting: bytes, replies: list[bytes], chunk: int = 7, greet_when: threading.Event | None = None):
+        """`greet_when`: send the greeting only once this is set (else at once on accept)."""
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = Endpoint("imap", "127.0.0.1", self.listener.getsockname()[1])
-        self.greeting, self.replies, self.chunk = greeting, replies, chunk
+        self.greeting, self.replies, self.chunk, self.greet_when = greeting, replies, chunk, greet_when
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self):
         conn, _ = self.listener.accept()
         with conn:
+            if self.greet_when:
+                self.greet_when.wait(10)
             conn.sendall(self.greeting)
             reader = conn.makefile("rb")
             for reply in self.replies:  # one reply per command line received
@@ -409,13 +412,38 @@ def test_source_addresses_parse_ranges_and_lists_and_refuse_nonsense():
 
 
 def test_load_connections_come_from_the_source_address_and_note_arrival_times():
-    server = CannedServer(b"* OK ready\r\n", [])
+    stamping = threading.Event()
+    server = CannedServer(b"* OK ready\r\n", [b"a1 OK done\r\n"], chunk=1 << 16, greet_when=stamping)
     conn = Connection(server.endpoint, 2.0, source="127.0.0.3")
     assert conn.sock.getsockname()[0] == "127.0.0.3"
     assert conn.timestamp_arrivals()
-    assert conn.read_line() == b"* OK ready"  # not the first read after a send: the stamped recv
+    # Greet only once the kernel stamps: data queued before SO_TIMESTAMPNS was set, or before Linux's deferred
+    # switch-on of stamping ran (the first stamping socket on the machine), carries no time. This flaked.
+    wait_until_the_kernel_stamps()
+    stamping.set()
+    assert conn.read_line() == b"* OK ready"
     assert 0 < conn.arrived <= time.time()
+    greeted = conn.arrived
+    conn.send(b"a1 NOOP\r\n")
+    assert conn.read_line() == b"a1 OK done"  # the first read after a send is stamped too
+    assert greeted < conn.arrived <= time.time()
     conn.close()
+
+
+def wait_until_the_kernel_stamps(within: float = 10.0) -> None:
+    """Until a loopback TCP segment arrives with its SO_TIMESTAMPNS time (Linux enables stamping in a work item)."""
+    option = getattr(socket, "SO_TIMESTAMPNS", 35)
+    deadline = time.monotonic() + within
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname()) as client, listener.accept()[0] as peer:
+            client.setsockopt(socket.SOL_SOCKET, option, 1)
+            while time.monotonic() < deadline:
+                peer.sendall(b"x")
+                _, ancillary, _, _ = client.recvmsg(1, socket.CMSG_SPACE(16))
+                if ancillary:
+                    return
+                time.sleep(0.01)
+    raise AssertionError("the kernel never stamped a loopback segment")
 
 
 def test_bench_reads_imaptests_totals_and_its_user_template():

@@ -198,8 +198,9 @@ class Connection(Reader):
 
     def timestamp_arrivals(self) -> bool:
         """From now on, note in ``arrived`` when the kernel received the data of each read (time.time()
-        clock; SO_TIMESTAMPNS): how long data waited in the socket before the generator read it. Plain
-        TCP on Linux only; False if unavailable."""
+        clock; SO_TIMESTAMPNS; 0.0 for data it did not stamp): how long data waited in the socket before
+        the generator read it. Plain TCP on Linux only; False if unavailable. Linux turns stamping on for
+        the first such socket a moment later (a deferred work item): data arriving meanwhile reads 0.0."""
         option = _SO_TIMESTAMPNS
         if option is None or isinstance(self.sock, ssl.SSLSocket):
             return False
@@ -211,13 +212,14 @@ class Connection(Reader):
 
         def recv_stamped(size: int) -> bytes:
             data, ancillary, _, _ = sock.recvmsg(size, space)
+            self.arrived = 0.0  # no stamp (the kernel stamps only once timestamping is on): not noted, never stale
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == option and len(value) >= 16:
                     seconds, nanoseconds = _TIMESPEC.unpack_from(value)
                     self.arrived = seconds + nanoseconds / 1e9
             return data
 
-        self.recv = recv_stamped
+        self.recv = self.recv_after_send = recv_stamped  # every read: `arrived` is always the last read's
         return True
 
     def arm(self) -> None:
