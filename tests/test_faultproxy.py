@@ -226,6 +226,18 @@ class Env:
         for m in messages:
             self.admin.ok(f"APPEND {mailbox}", m)
 
+    def maildrop(self, proxy: FaultProxy, *messages: bytes) -> poplib.POP3:
+        """`messages` appended to INBOX, then a POP3 session through `proxy`, logged in."""
+        self.seed(*messages)
+        return self.pop(proxy)
+
+    def inbox(self, proxy: FaultProxy, *messages: bytes) -> Imap:
+        """`messages` appended to INBOX, then an IMAP session through `proxy` with INBOX selected."""
+        self.seed(*messages)
+        a = self.imap(proxy)
+        a.ok("SELECT INBOX")
+        return a
+
     def count(self, mailbox: str = "INBOX") -> int:
         untagged = self.admin.ok(f"STATUS {mailbox} (MESSAGES)")
         return int(re.search(rb"MESSAGES (\d+)", untagged[0].text)[1])
@@ -440,8 +452,7 @@ def demo(name: str):
 
 @demo("pop3-dele-ignored")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     p.dele(1)
     p.quit()
     return env.count() == 1
@@ -449,8 +460,7 @@ def _(env, proxy):
 
 @demo("pop3-rset-ignored")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     p.dele(1)
     p.rset()
     p.quit()
@@ -459,8 +469,7 @@ def _(env, proxy):
 
 @demo("pop3-drop-commits")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     p.dele(1)
     drop(p)
     assert proxy.wait_idle(5)
@@ -469,8 +478,7 @@ def _(env, proxy):
 
 @demo("pop3-stat-counts-deleted")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG, MSG2)
     p.dele(1)
     count = p.stat()[0]
     listed = p.list()[1]
@@ -479,8 +487,7 @@ def _(env, proxy):
 
 @demo("pop3-uidl-unstable")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     first = p.uidl()[1]
     p.quit()
     q = env.pop(proxy)
@@ -489,8 +496,7 @@ def _(env, proxy):
 
 @demo("pop3-uidl-duplicate")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG, MSG2)
     ids = [line.split()[1] for line in p.uidl()[1]]
     return len(set(ids)) != 2
 
@@ -546,9 +552,7 @@ def _(env, proxy):
 
 @demo("imap-no-expunge-notify")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG, MSG2)
     b = env.imap()
     b.ok("SELECT INBOX")
     b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
@@ -558,9 +562,7 @@ def _(env, proxy):
 
 @demo("imap-no-flag-notify")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     b = env.imap()
     b.ok("SELECT INBOX")
     b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")
@@ -572,9 +574,7 @@ def _(env, proxy):
 
 @demo("imap-peek-sets-seen")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     got = a.ok("FETCH 1 BODY.PEEK[]")
     assert got[0].literals == [MSG]
     return b"\\Seen" in env.flags(1)
@@ -582,9 +582,7 @@ def _(env, proxy):
 
 @demo("imap-partial-ignored")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     got = a.ok("FETCH 1 BODY.PEEK[]<0.10>")
     return got[0].literals != [MSG[:10]] or b"BODY[]<0>" not in got[0].text
 
@@ -600,9 +598,7 @@ def _(env, proxy):
 
 @demo("imap-expunge-ignored")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     a.ok("EXPUNGE")
     return env.count() == 1
@@ -610,9 +606,7 @@ def _(env, proxy):
 
 @demo("imap-close-keeps-deleted")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     a.ok("CLOSE")
     return env.count() == 1
@@ -628,9 +622,7 @@ def _(env, proxy):
 
 @demo("imap-search-misses")
 def _(env, proxy):
-    env.seed(MSG, MSG2, MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG, MSG2, MSG)
     return [r.text for r in a.ok("SEARCH ALL")] != [b"* SEARCH 1 2 3"]
 
 
@@ -643,9 +635,7 @@ def _(env, proxy):
 
 @demo("imap-fetch-corrupt")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     got = a.ok("FETCH 1 BODY.PEEK[]")[0].literals[0]
     assert len(got) == len(MSG)
     return got != MSG
@@ -669,9 +659,7 @@ def _(env, proxy):
 
 @demo("imap-move-copies")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("MOVE 1 Trash")
     assert env.count("Trash") == 1
     return env.count("INBOX") == 1
@@ -679,9 +667,7 @@ def _(env, proxy):
 
 @demo("imap-store-ignored")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("STORE 1 +FLAGS (\\Flagged)")
     return b"\\Flagged" not in env.flags(1)
 
@@ -738,23 +724,33 @@ def _(env, proxy):
     return answer.startswith(b"+ ") or answer.rstrip() == b"+"
 
 
-@demo("pop3-sasl-cancel-accepted")
-def _(env, proxy):
+def _answer_to_cancel(proxy, command: bytes) -> bytes:
+    """The answer to "*" (cancel) after `command`, an authentication without initial response, got its "+"."""
     c = _RawLines(proxy)
-    assert c.say(b"AUTH PLAIN").startswith(b"+")
+    assert c.say(command).startswith(b"+")
     answer = c.say(b"*")
     c.close()
-    return answer.startswith(b"+OK")
+    return answer
+
+
+def _continuation(proxy, command: bytes) -> bytes:
+    """The "+" continuation line `command` (an authentication) gets; then cancelled."""
+    c = _RawLines(proxy)
+    challenge = c.say(command)
+    assert challenge.startswith(b"+"), challenge
+    c.say(b"*")
+    c.close()
+    return challenge
+
+
+@demo("pop3-sasl-cancel-accepted")
+def _(env, proxy):
+    return _answer_to_cancel(proxy, b"AUTH PLAIN").startswith(b"+OK")
 
 
 @demo("pop3-auth-continuation-bare-lf")
 def _(env, proxy):
-    c = _RawLines(proxy)
-    challenge = c.say(b"AUTH LOGIN")
-    assert challenge.startswith(b"+"), challenge
-    c.say(b"*")
-    c.close()
-    return not challenge.endswith(b"\r\n")
+    return not _continuation(proxy, b"AUTH LOGIN").endswith(b"\r\n")
 
 
 @demo("pop3-bare-auth-crashes")
@@ -799,21 +795,12 @@ def _(env, proxy):
 
 @demo("imap-authenticate-cancel-no")
 def _(env, proxy):
-    c = _RawLines(proxy)
-    assert c.say(b"t1 AUTHENTICATE PLAIN").startswith(b"+")
-    answer = c.say(b"*")
-    c.close()
-    return answer.startswith(b"t1 NO")
+    return _answer_to_cancel(proxy, b"t1 AUTHENTICATE PLAIN").startswith(b"t1 NO")
 
 
 @demo("imap-authenticate-continuation-bare-lf")
 def _(env, proxy):
-    c = _RawLines(proxy)
-    challenge = c.say(b"t1 AUTHENTICATE LOGIN")
-    assert challenge.startswith(b"+"), challenge
-    c.say(b"*")
-    c.close()
-    return not challenge.endswith(b"\r\n")
+    return not _continuation(proxy, b"t1 AUTHENTICATE LOGIN").endswith(b"\r\n")
 
 
 @demo("imap-claims-rev2-bad-base64-no")
@@ -867,8 +854,7 @@ demo("pop3-top-no-blank-line")(_top_zero_wrong)
 
 @demo("pop3-dele-deferred")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG, MSG2)
     p.dele(1)
     try:
         p.retr(1)
@@ -882,8 +868,7 @@ def _(env, proxy):
 
 @demo("pop3-quit-discards")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     p.dele(1)
     assert b"Logging out" in p.quit()  # the hidden RSET's answer is swallowed, QUIT's comes through
     return env.count() == 1
@@ -891,8 +876,7 @@ def _(env, proxy):
 
 @demo("pop3-uidl-is-msgnum")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG, MSG2)
     second = p.uidl(2).split()[2]
     p.dele(1)
     p.quit()
@@ -901,15 +885,13 @@ def _(env, proxy):
 
 @demo("pop3-list-size-off")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     return p.list()[1] != [b"1 %d" % len(MSG)] or p.stat() != (1, len(MSG))
 
 
 @demo("pop3-retr-size-not-listed")
 def _(env, proxy):
-    env.seed(MSG)
-    p = env.pop(proxy)
+    p = env.maildrop(proxy, MSG)
     listed = int(p.list()[1][0].split()[1])
     sent = sum(len(line) + 2 for line in p.retr(1)[1])  # unstuffed lines, CRLF each
     return listed == len(MSG) and sent != listed
@@ -917,42 +899,32 @@ def _(env, proxy):
 
 @demo("imap-header-fields-ignored")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     return a.ok("FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject)]")[0].literals != [b"Subject: fault proxy\r\n\r\n"]
 
 
 @demo("imap-nested-part-flattened")
 def _(env, proxy):
-    env.seed(MULTI)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MULTI)
     return a.ok("FETCH 1 BODY.PEEK[2.1]")[0].literals != [b"inner plain"]
 
 
 @demo("imap-binary-not-decoded")
 def _(env, proxy):
-    env.seed(MULTI)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MULTI)
     return a.ok("FETCH 1 BINARY.PEEK[3]")[0].literals != [b"hello binary"]
 
 
 @demo("imap-body-fetch-peeks")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("FETCH 1 BODY[TEXT]")
     return b"\\Seen" not in env.flags(1)
 
 
 @demo("imap-rfc822size-off")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     return a.ok("FETCH 1 RFC822.SIZE")[0].text != b"* 1 FETCH (RFC822.SIZE %d)" % len(MSG)
 
 
@@ -966,9 +938,7 @@ def _(env, proxy):
 
 @demo("imap-flags-session-local")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     assert any(b"\\Flagged" in r.text for r in a.ok("STORE 1 +FLAGS (\\Flagged)"))  # looks right to the storer
     assert any(b"\\Flagged" in r.text for r in a.ok("FETCH 1 FLAGS"))
     return b"\\Flagged" not in env.flags(1)
@@ -1000,9 +970,7 @@ def _(env, proxy):
 
 @demo("imap-uid-expunge-all")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG, MSG2)
     a.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)")
     a.ok(b"UID EXPUNGE " + _uid(a, 2))
     return env.count() != 1
@@ -1010,9 +978,7 @@ def _(env, proxy):
 
 @demo("imap-unselect-expunges")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     a.ok("UNSELECT")
     return env.count() == 0
@@ -1027,9 +993,7 @@ def _(env, proxy):
 
 @demo("imap-search-text-ignored")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG, MSG2)
     return [r.text for r in a.ok('SEARCH BODY "short body"')] != [b"* SEARCH 2"]
 
 
@@ -1048,9 +1012,7 @@ def _(env, proxy):
 
 @demo("imap-copyuid-off")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     tagged, _ = a.cmd("COPY 1 Trash")
     claimed = re.search(rb"\[COPYUID \d+ \d+ (\d+)\]", tagged.text)[1]
     env.admin.ok("EXAMINE Trash")
@@ -1072,9 +1034,7 @@ def _expunge_first_elsewhere(env) -> None:
 
 @demo("imap-expunge-during-fetch")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG, MSG2)
     _expunge_first_elsewhere(env)
     _, untagged = a.cmd("FETCH 1:2 (UID)")
     return any(b"EXPUNGE" in r.text for r in untagged)
@@ -1082,9 +1042,7 @@ def _(env, proxy):
 
 @demo("imap-expunge-wrong-number")
 def _(env, proxy):
-    env.seed(MSG, MSG2)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG, MSG2)
     _expunge_first_elsewhere(env)
     return [r.text for r in a.ok("NOOP") if b"EXPUNGE" in r.text] != [b"* 1 EXPUNGE"]
 
@@ -1125,9 +1083,7 @@ def _(env, proxy):
 
 @demo("imap-keywords-dropped")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     a.ok("STORE 1 +FLAGS (Urgent \\Answered)")
     flags = env.flags(1)
     assert b"\\Answered" in flags
@@ -1136,9 +1092,7 @@ def _(env, proxy):
 
 @demo("imap-uid-fetch-no-uid")
 def _(env, proxy):
-    env.seed(MSG)
-    a = env.imap(proxy)
-    a.ok("SELECT INBOX")
+    a = env.inbox(proxy, MSG)
     return not any(re.search(rb"\bUID \d+", r.text) for r in a.ok("UID FETCH 1:* (FLAGS)"))
 
 

@@ -55,6 +55,14 @@ def _lines(rfile):
         yield line.decode("utf-8", "replace").rstrip("\r\n")
 
 
+def _sasl_payload(handler: socketserver.StreamRequestHandler, words: list[str], at: int) -> str:
+    """AUTHENTICATE's (AUTH's) initial response, words[at]; without one, the line the client sends after "+ "."""
+    if len(words) > at:
+        return words[at]
+    handler.wfile.write(b"+ \r\n")
+    return next(_lines(handler.rfile), "")
+
+
 class ImapEcho(socketserver.StreamRequestHandler):
     def handle(self):
         send = self.wfile.write
@@ -69,12 +77,7 @@ class ImapEcho(socketserver.StreamRequestHandler):
             elif verb == "LOGIN":
                 send(f"{tag} NO [AUTHENTICATIONFAILED] bad password {PASSWORD} (you sent {quoted(PASSWORD)})\r\n".encode())
             elif verb == "AUTHENTICATE":
-                words = rest.split(" ")
-                payload = words[2] if len(words) > 2 else None
-                if payload is None:
-                    send(b"+ \r\n")
-                    payload = next(_lines(self.rfile), "")
-                send(f"{tag} NO bad password {PASSWORD} for {payload}\r\n".encode())
+                send(f"{tag} NO bad password {PASSWORD} for {_sasl_payload(self, rest.split(' '), 2)}\r\n".encode())
             elif verb == "LOGOUT":
                 send(f"* BYE\r\n{tag} OK bye\r\n".encode())
                 return
@@ -98,12 +101,7 @@ class Pop3Echo(socketserver.StreamRequestHandler):
             elif verb == "PASS":
                 send(f"-ERR bad password {arg} {quoted(arg)}\r\n".encode())
             elif verb == "AUTH":
-                words = arg.split(" ")
-                payload = words[1] if len(words) > 1 else None
-                if payload is None:
-                    send(b"+ \r\n")
-                    payload = next(_lines(self.rfile), "")
-                send(f"-ERR bad password {PASSWORD} for {payload}\r\n".encode())
+                send(f"-ERR bad password {PASSWORD} for {_sasl_payload(self, arg.split(' '), 1)}\r\n".encode())
             elif verb == "QUIT":
                 send(b"+OK bye\r\n")
                 return
