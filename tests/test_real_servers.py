@@ -31,7 +31,7 @@ def test_full_suites_match_the_servers_profile(server, tmp_path):
     report = tmp_path / "report"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--server", server, "-n", "2", "--accounts", "12", "--report-dir", str(report)],
+        [sys.executable, "-m", "harness.cli", "run", "--server", server, "-n", "4", "--accounts", "12", "--report-dir", str(report)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,
     )
     output = f"exit {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
