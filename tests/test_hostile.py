@@ -94,7 +94,8 @@ def test_strict_imap_session_caps_endless_untagged_responses_and_its_transcript(
     assert "session abandoned" in entries[-1].text  # the end, where it failed, is kept
 
 
-@pytest.mark.parametrize("mode, said", [("endless-lines", "no complete answer within 2 s"),
+# endless lines end at the deadline or at the line cap, whichever a machine's speed reaches first: both bound it
+@pytest.mark.parametrize("mode, said", [("endless-lines", "no complete answer within 2 s|more than 100000 response lines"),
                                         ("huge-literal", "a literal of 2000000000 bytes")])
 def test_the_set_up_client_gives_up_on_a_flood(tmp_path, mode, said):
     """imaplib alone waits while lines keep coming and reads any literal into memory (1.6 GB in 20 s)."""
