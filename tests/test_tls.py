@@ -304,7 +304,9 @@ def test_load_users_over_tls(tmp_path, scenario):
         run = json.loads((tmp_path / "load" / "run.json").read_text())
         # the users worked over TLS: logins and fetches, no failed request, no lost mail; a latency threshold
         # that a busy 2-core machine misses is not what this test is about
-        assert "failures: 0" in proc.stdout and not run["problems"] and run["locust_exit_code"] == 0, out
+        # (a threshold breach is a problem too: a short run may see no attachment fetch at all, so only the others count)
+        others = [p for p in run["problems"] if not p.startswith("threshold breached:")]
+        assert "failures: 0" in proc.stdout and not others and run["locust_exit_code"] == 0, out
         assert run["request_counts"].get("IMAP LOGIN", 0) > 0 and run["request_counts"].get("IMAP FETCH headers", 0) > 0, out
         assert all(t["passed"] or "errors" not in t["rule"] for t in run["thresholds"]), out
         assert proc.returncode == 0 or not all(t["passed"] for t in run["thresholds"]), out
