@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from test_signals import sigint_as_in_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,7 +192,8 @@ def test_an_interrupted_run_is_incomplete_and_says_how_far_it_got(tmp_path, targ
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", "-v", "--target", str(target_file), "--suite", str(suite),
          "--report-dir", str(tmp_path / "r")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=sigint_as_in_a_terminal)
     seen = b""
     deadline = time.monotonic() + 120
     while b"t.slow" not in seen and time.monotonic() < deadline:  # -v names each test as it starts

@@ -38,7 +38,13 @@ def private_tmp():
 def start(*args: str, cwd: Path, tmp: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **({"TMPDIR": str(tmp)} if tmp else {})}
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd, env=env)
+                            text=True, cwd=cwd, env=env, preexec_fn=sigint_as_in_a_terminal)
+
+
+def sigint_as_in_a_terminal() -> None:
+    """A shell's background job (`make test &`, nohup) ignores SIGINT, and children inherit that: Ctrl-C
+    tests would then test nothing. Give the child the disposition a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def processes_mentioning(text: str) -> list[str]:
