@@ -203,14 +203,20 @@ def run(args) -> int:
     return 1 if problems else 0
 
 
-def _bounded(args) -> tuple[int, int, int]:
-    if not 1 <= args.users <= MAX_USERS:
-        raise ConfigError(f"--users must be between 1 and {MAX_USERS}")
+def check_run_bounds(args, max_users: int = MAX_USERS) -> int:
+    """--users, --run-time and --workers within their bounds (load and stress); the run time in seconds."""
+    if not 1 <= args.users <= max_users:
+        raise ConfigError(f"--users must be between 1 and {max_users}")
     run_time = parse_duration(args.run_time)
     if not 1 <= run_time <= MAX_RUN_TIME:
         raise ConfigError(f"--run-time must be between 1s and {MAX_RUN_TIME // 3600}h")
     if not 0 <= args.workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}")
+    return run_time
+
+
+def _bounded(args) -> tuple[int, int, int]:
+    run_time = check_run_bounds(args)
     if args.spawn_rate <= 0:
         raise ConfigError("--spawn-rate must be above 0")
     if not 0 < args.think_scale <= 100:

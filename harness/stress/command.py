@@ -20,10 +20,8 @@ from harness.known_secrets import scrub
 from harness.load.load_command import (
     CSV_PREFIX,
     LOCUSTFILE,
-    MAX_RUN_TIME,
-    MAX_WORKERS,
+    check_run_bounds,
     master_on_loopback,
-    parse_duration,
     scrub_files,
     wait_interruptibly,
 )
@@ -84,13 +82,7 @@ def run(args) -> int:
     scenario = load_scenario(args.scenario)
     if "stress" not in scenario.users:
         raise ConfigError(f"{scenario.source}: no `stress:` user kind; use --scenario stress or add one")
-    if not 1 <= args.users <= MAX_USERS:
-        raise ConfigError(f"--users must be between 1 and {MAX_USERS}")
-    run_time = parse_duration(args.run_time)
-    if not 1 <= run_time <= MAX_RUN_TIME:
-        raise ConfigError(f"--run-time must be between 1s and {MAX_RUN_TIME // 3600}h")
-    if not 0 <= args.workers <= MAX_WORKERS:
-        raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}")
+    run_time = check_run_bounds(args, MAX_USERS)
     if args.target and args.server:
         raise ConfigError("give --target FILE (your server) or --server NAME (a managed one), not both")
     per_mailbox = int(scenario.users["stress"].options.get("sessions_per_mailbox", 5))
