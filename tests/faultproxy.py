@@ -1982,7 +1982,18 @@ def _parse_command(line: bytes) -> ImapCommand:
 # The proxy
 
 
-class FaultProxy:
+class _StartedInWith:
+    """start() on entering a with block, stop() on leaving it (the proxy and the STARTTLS front)."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class FaultProxy(_StartedInWith):
     """``FaultProxy(host, port, "pop3" | "imap", fault=None)``; ``.start()`` returns the local port."""
 
     def __init__(self, upstream_host: str, upstream_port: int, protocol: str, fault: str | None = None):
@@ -2038,13 +2049,6 @@ class FaultProxy:
             conn.abort()
         for t in list(self._threads):
             t.join(5)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until every connection so far has closed on both sides (e.g. after a drop)."""
@@ -2158,7 +2162,7 @@ TLS_VARIANTS: dict[str, str] = {
 }
 
 
-class StartTlsFront:
+class StartTlsFront(_StartedInWith):
     """``StartTlsFront(host, port, "imap" | "pop3", cert, key, variant=None)``; ``.start()`` returns the local port.
 
     One thread per connection, one select loop (an SSL socket must not be read and written from two threads)."""
@@ -2198,13 +2202,6 @@ class StartTlsFront:
             _shutdown(s, socket.SHUT_RDWR)
         for t in list(self._threads):
             t.join(5)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _accept_loop(self) -> None:
         while True:
