@@ -72,7 +72,12 @@ def add_arguments(p) -> None:
                         f"--compare-imaptest, else 1; at most {MAX_ROUNDS})")
     p.add_argument("--idle-users", type=int, default=0, metavar="N",
                    help="instead: open N IMAP connections holding IDLE (one account each) while mail arrives, "
-                        "and report how many one process held, the notification latency and RSS per connection")
+                        "and report how many one process held, the notification latency and RSS per connection. "
+                        "Connections beyond one fd table's limit (ulimit -Hn, when it cannot be raised) go to a "
+                        "second thread with its own fd table (unshare(CLONE_FILES)); still one process")
+    p.add_argument("--fd-limit", type=int, default=None, metavar="N",
+                   help="with --idle-users: use at most N file descriptors per fd table, as on a machine whose limit "
+                        "is N (default: the hard limit); shows the several-fd-table path on a machine that needs none")
     p.add_argument("--delivery-rate", type=finite_float, default=20.0, metavar="R", help="with --idle-users: messages per second delivered (default 20)")
     p.add_argument("--spawn-rate", type=finite_float, default=None, metavar="R",
                    help="with --idle-users: new connections per second while ramping up (default 100; each is a login "
@@ -119,8 +124,10 @@ def run(args) -> int:
             raise ConfigError(f"--compare-imaptest {args.compare_imaptest}: not an executable file")
     if args.source_address:
         parse_source_addresses(args.source_address, "--source-address")  # a bad range fails before any server starts
+    if args.fd_limit is not None and not 64 <= args.fd_limit:
+        raise ConfigError("--fd-limit must be at least 64")
     if idle:
-        check_fd_limit(users + FD_MARGIN)
+        check_fd_limit(users, args.fd_limit)
     with tempfile.TemporaryDirectory(prefix="mailharness-bench-") as tmp:
         tmp = Path(tmp)
         scenario_file = tmp / "bench.yaml"
@@ -247,6 +254,7 @@ def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path,
         "warmup": args.warmup,
         "duration": args.duration,
         "ramp_timeout": max(30.0, users / spawn_rate * 1.5 + 30),
+        "fd_limit": getattr(args, "fd_limit", None),
     }
     ours, theirs = [], []
     for _ in range(rounds):
@@ -279,20 +287,40 @@ def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path,
 
 
 FD_MARGIN = 256  # file descriptors the generator needs besides one per connection (Locust, logs, delivery)
+GENERATOR_OPEN_FDS = 64  # about what the generator has open before its users connect (imports, pipes, epoll)
 
 
-def check_fd_limit(needed: int) -> None:
-    """One process holds every connection: it needs a file descriptor each. Refuse a run the limit would cut short."""
+def check_fd_limit(users: int, cap: int | None = None) -> int:
+    """One process holds every connection: it needs a file descriptor each. Returns how many fd tables the
+    generator will use: 1 when the open-files limit covers the users (raised here as far as allowed), more
+    when it cannot be raised and threads with their own fd table can (harness/load/fd_tables.py). Refuses
+    a run neither covers."""
+    from harness.load.fd_tables import MAX_TABLES, probe, tables_needed
     from harness.load.open_files import raise_open_file_limit
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = users + FD_MARGIN
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     got = raise_open_file_limit(needed)  # in this process too: it shows what the generator will get
-    if got != resource.RLIM_INFINITY and got < needed:
+    if cap is not None:  # --fd-limit: as if the machine allowed no more
+        got = hard = cap if got == resource.RLIM_INFINITY else min(got, cap)
+    if got == resource.RLIM_INFINITY or got >= needed:
+        return 1
+    allowed = max(got, hard)
+    raise_it = (f"raise the hard limit for one fd table (ulimit -Hn {needed} as root with CAP_SYS_RESOURCE, "
+                f"LimitNOFILE={needed} for a service, or nofile in /etc/security/limits.conf)")
+    tables, _ = tables_needed(users, got, GENERATOR_OPEN_FDS)
+    if not 1 <= tables <= MAX_TABLES:
         raise ConfigError(
-            f"--idle-users {needed - FD_MARGIN:,} needs about {needed:,} open files in one process, but this machine "
-            f"allows {max(got, hard):,} (ulimit -Hn) and raising the hard limit needs root with CAP_SYS_RESOURCE: "
-            f"raise it (ulimit -n {needed}, or LimitNOFILE= for a service) or ask for at most "
-            f"{max(got, hard) - FD_MARGIN:,} users")
+            f"--idle-users {users:,} needs about {needed:,} file descriptors, and this machine allows {allowed:,} per "
+            f"fd table (ulimit -Hn); even {MAX_TABLES} fd tables in one process would not hold them: {raise_it}, "
+            f"or ask for fewer users")
+    why_not = probe()
+    if why_not:
+        raise ConfigError(
+            f"--idle-users {users:,} needs about {needed:,} file descriptors in one process, but this machine allows "
+            f"{allowed:,} (ulimit -Hn) and a thread cannot get its own fd table here ({why_not}): {raise_it}, "
+            f"or ask for at most {allowed - FD_MARGIN:,} users")
+    return tables
 
 
 def idle_server_warnings(users: int, dovecot) -> list[str]:
@@ -441,7 +469,12 @@ def _print(result: dict, idle: bool) -> None:
         print(f"IDLE hold against {result['server']}: {held:,} users in one generator process"
               + (f", from {result['source_addresses']}" if result.get("source_addresses") else ""))
         print(f"  connections idling: peak {result['idling_peak']:,}, lowest during the hold {result['idling_low']:,} "
-              f"(all were idling after {result['ramp_seconds']:.1f} s)")
+              f"(ramp {result['ramp_seconds']:.1f} s)")
+        if result.get("fd_tables", 1) > 1:
+            per_table = " + ".join(f"{n:,}" for n in result["idling_per_fd_table"])
+            print(f"  fd tables: {result['fd_tables']} (open-files limit {result['fd_limit']:,} per table), idling at the end "
+                  f"{per_table}: connections beyond one fd table's limit went to threads with their own fd table "
+                  f"(unshare(CLONE_FILES)); still one process (pid {result['pid']})")
         p50, p95 = result["notify_p50_ms"], result["notify_p95_ms"]
         delivered = result["per_name"].get("LMTP deliver", {}).get("requests", 0)
         print(f"  new-mail notifications: {result['notify_samples']} for {delivered} deliveries during the hold, "

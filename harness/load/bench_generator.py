@@ -12,35 +12,50 @@ Modes:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import sys
 import time
 
 import gevent
 from locust import events
 from locust.env import Environment
+from locust.event import Events
 from locust.stats import calculate_response_time_percentile
 
+from harness.errors import HarnessError
 from harness.load.accounts import AccountAllocator
+from harness.load.fd_tables import MAX_TABLES, FdTableThread, open_descriptors, tables_needed
 from harness.load.locust_plugin import build_run, configure_user_classes
 from harness.load.open_files import raise_open_file_limit
-from harness.load.users import IdleUser, MailDelivery, WebmailReader
+from harness.load.users import IdleUser, MailDelivery, WebmailReader, idling
 
 NOTIFY_NAMES = ("IMAP notify latency", "IMAP notify server", "IMAP notify generator")  # samples, not commands
 NOT_COMMANDS = {"IMAP connect", "POP3 connect", "LMTP connect", *NOTIFY_NAMES}
 
 
-def _snapshot(env: Environment) -> dict[str, tuple[int, int]]:
-    # STRESS entries are violations the model reported, not commands
-    return {name: (entry.num_requests, entry.num_failures) for (name, method), entry in env.stats.entries.items()
-            if method != "STRESS"}
+def _snapshot(envs: list[Environment]) -> dict[str, tuple[int, int]]:
+    """Requests and failures per name so far, all environments (one per fd table) together."""
+    out: dict[str, tuple[int, int]] = {}
+    for env in envs:
+        # list(): another thread's users may add an entry meanwhile (a copy under the GIL, not an iteration)
+        for (name, method), entry in list(env.stats.entries.items()):
+            if method != "STRESS":  # STRESS entries are violations the model reported, not commands
+                requests, failures = out.get(name, (0, 0))
+                out[name] = (requests + entry.num_requests, failures + entry.num_failures)
+    return out
 
 
-def _notify_times(env: Environment, name: str = "IMAP notify latency") -> dict[int, int]:
-    """Locust's histogram of a notification figure so far: {rounded ms: count}."""
-    entry = env.stats.entries.get((name, "IMAP"))
-    return dict(entry.response_times) if entry else {}
+def _notify_times(envs: list[Environment], name: str = "IMAP notify latency") -> dict[int, int]:
+    """Locust's histogram of a notification figure so far: {rounded ms: count}, all environments together."""
+    out: dict[int, int] = {}
+    for env in envs:
+        entry = env.stats.entries.get((name, "IMAP"))
+        for ms, n in (dict(entry.response_times) if entry else {}).items():
+            out[ms] = out.get(ms, 0) + n
+    return out
 
 
 def _rss_mb() -> float:
@@ -69,6 +84,9 @@ def _rusage_mb() -> float:
 
 def run_job(job: dict) -> dict:
     fd_limit = raise_open_file_limit(job["users"] + 1000)
+    if job.get("fd_limit") and (fd_limit == resource.RLIM_INFINITY or job["fd_limit"] < fd_limit):  # --fd-limit
+        fd_limit = job["fd_limit"]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     load = build_run(job["target_file"], job["scenario_file"], None)
     if job["mode"] == "stress":
         from harness.stress.users import StressRun, StressUser
@@ -86,33 +104,55 @@ def run_job(job: dict) -> dict:
     runner = env.create_local_runner()
     users, spawn_rate = job["users"], job["spawn_rate"]
     rss_before = _rss_mb()
-    runner.start(users, spawn_rate=spawn_rate)
+    envs, tables = [env], []
+    ramp_started = time.monotonic()
+    senders = load.scenario.delivery.senders if load.scenario.delivery else 0
+    idle_users = users - senders
+    try:
+        main_users = users
+        if job["mode"] == "idle":
+            shares = _split_over_fd_tables(idle_users, fd_limit)
+            for number, share in enumerate(shares[1:], 2):
+                # before this thread opens its connections: the new table starts as a copy of this one
+                table = FdTableThread(f"fd-table-{number}", functools.partial(
+                    _hold_in_own_table, load, share, spawn_rate * share / users, envs))
+                tables.append(table)
+                table.start()
+            main_users = shares[0] + senders
+        runner.start(main_users, spawn_rate=spawn_rate * main_users / users)
 
-    if job["mode"] == "idle":
-        # Wait until every IDLE user got its "+ idling" (or the ramp deadline passes).
-        ramp_deadline = time.monotonic() + job["ramp_timeout"]
-        idle_users = users - (load.scenario.delivery.senders if load.scenario.delivery else 0)
-        while IdleUser.idling < idle_users and time.monotonic() < ramp_deadline:
-            gevent.sleep(0.2)
-        ramp_seconds = job["ramp_timeout"] - max(0.0, ramp_deadline - time.monotonic())
-    else:
-        gevent.sleep(job["warmup"])
-        ramp_seconds = job["warmup"]
+        if job["mode"] == "idle":
+            # Wait until every IDLE user got its "+ idling" (or the ramp deadline passes).
+            ramp_deadline = ramp_started + job["ramp_timeout"]
+            while _idling(envs) < idle_users and time.monotonic() < ramp_deadline:
+                _check_tables(tables)
+                gevent.sleep(0.2)
+            ramp_seconds = min(job["ramp_timeout"], time.monotonic() - ramp_started)
+        else:
+            gevent.sleep(job["warmup"])
+            ramp_seconds = job["warmup"]
 
-    before, cpu0, wall0, times0 = _snapshot(env), time.process_time(), time.perf_counter(), os.times()
-    notify_before = {name: _notify_times(env, name) for name in NOTIFY_NAMES}
-    peak_idling = low_idling = IdleUser.idling
-    end = wall0 + job["duration"]
-    rss_peak = _rss_mb()
-    while (left := end - time.perf_counter()) > 0:
-        gevent.sleep(min(0.5, left))
-        peak_idling = max(peak_idling, IdleUser.idling)
-        low_idling = min(low_idling, IdleUser.idling)
-        rss_peak = max(rss_peak, _rss_mb())
-    after, cpu1, wall1, times1 = _snapshot(env), time.process_time(), time.perf_counter(), os.times()
-    notify = {name: _window_percentiles(notify_before[name], _notify_times(env, name)) for name in NOTIFY_NAMES}
+        before, cpu0, wall0, times0 = _snapshot(envs), time.process_time(), time.perf_counter(), os.times()
+        notify_before = {name: _notify_times(envs, name) for name in NOTIFY_NAMES}
+        peak_idling = low_idling = _idling(envs)
+        end = wall0 + job["duration"]
+        rss_peak = _rss_mb()
+        while (left := end - time.perf_counter()) > 0:
+            gevent.sleep(min(0.5, left))
+            _check_tables(tables)
+            now_idling = _idling(envs)
+            peak_idling = max(peak_idling, now_idling)
+            low_idling = min(low_idling, now_idling)
+            rss_peak = max(rss_peak, _rss_mb())
+        after, cpu1, wall1, times1 = _snapshot(envs), time.process_time(), time.perf_counter(), os.times()
+        notify = {name: _window_percentiles(notify_before[name], _notify_times(envs, name)) for name in NOTIFY_NAMES}
+        per_env_idling = [idling(e) for e in envs]
+    finally:
+        runner.quit()
+        for table in tables:
+            table.stop(gevent.sleep)
+    _check_tables(tables)
     notify_samples, notify_p50, notify_p95 = notify["IMAP notify latency"]
-    runner.quit()
 
     per_name = {}
     for name, (requests, failures) in after.items():
@@ -146,8 +186,48 @@ def run_job(job: dict) -> dict:
         "rss_per_connection_kb": (rss_peak - rss_before) * 1024 / peak_idling if job["mode"] == "idle" and peak_idling else None,
         "max_rss_mb": _rusage_mb(),
         "fd_limit": fd_limit,
+        "pid": os.getpid(),
+        "fd_tables": len(envs),  # > 1: threads with their own fd table (harness/load/fd_tables.py), one process
+        "idling_per_fd_table": per_env_idling,
         "violations": dict(env.mailharness_stress.log.counts) if job["mode"] == "stress" else {},
     }
+
+
+def _idling(envs: list[Environment]) -> int:
+    return sum(idling(env) for env in envs)
+
+
+def _split_over_fd_tables(idle_users: int, fd_limit: int) -> list[int]:
+    """IDLE users per fd table: all in this thread's table when the limit allows it, else shared evenly
+    with threads that have a table of their own (this one keeps the delivery user besides)."""
+    limit = sys.maxsize if fd_limit == resource.RLIM_INFINITY else fd_limit
+    count, per_table = tables_needed(idle_users, limit, open_descriptors())
+    if not 1 <= count <= MAX_TABLES:
+        raise HarnessError(f"{idle_users:,} IDLE connections do not fit {MAX_TABLES} fd tables of {fd_limit:,} descriptors")
+    return [min(per_table, idle_users - n * per_table) for n in range(count)]
+
+
+def _hold_in_own_table(load, users: int, spawn_rate: float, envs: list[Environment], table: FdTableThread) -> None:
+    """The body of an fd-table thread: its own Locust environment (own events, so its own statistics) and
+    runner, holding `users` IDLE users until asked to stop. Shares the LoadRun (accounts, source addresses)."""
+    env = Environment(user_classes=[IdleUser], events=Events())
+    env.mailharness = load
+    runner = env.create_local_runner()
+    runner.start(users, spawn_rate=spawn_rate)
+    gevent.sleep(min(1.0, 5 / spawn_rate))  # the first users connect, log in and idle: their imports done
+    envs.append(env)
+    table.ready()
+    try:
+        while not table.stopping:
+            gevent.sleep(0.2)
+    finally:
+        runner.quit()
+
+
+def _check_tables(tables: list[FdTableThread]) -> None:
+    for table in tables:
+        if table.error:
+            raise HarnessError(f"the IDLE users of {table.name} failed:\n{table.error}")
 
 
 def main() -> int:

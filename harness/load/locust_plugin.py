@@ -227,5 +227,5 @@ def _on_test_start(environment, **_kw) -> None:
         if run.allocator is None:  # a master without this plugin: fall back to Locust's own numbering
             count = getattr(environment.parsed_options, "expect_workers", 1) or 1
             run.allocator = AccountAllocator(run.plan, max(0, runner.worker_index), count)
-    else:
+    elif run.allocator is None:  # kept if set: the benchmark's fd-table threads share it (bench_generator.py)
         run.allocator = AccountAllocator(run.plan, 0, 1)

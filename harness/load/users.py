@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from itertools import count
 
 import gevent
+import gevent.monkey
 from gevent.lock import BoundedSemaphore
 from locust import User, task
 from locust.exception import StopUser
@@ -44,18 +45,25 @@ _FETCHED = re.compile(rb"^\* (\d+) FETCH", re.MULTILINE)
 # process has more such users than accounts, the ones sharing a mailbox take turns.
 _mailbox_turns: defaultdict[str, BoundedSemaphore] = defaultdict(BoundedSemaphore)
 
-# One timer greenlet per process enforces every command's timeout (see wire.Watchdog).
-WATCHDOG = Watchdog()
-_watchdog_pid = None
+# One timer greenlet per process and thread enforces every command's timeout (see wire.Watchdog). Per thread:
+# a thread with its own fd table (harness/load/fd_tables.py) runs its own gevent hub, and its connections'
+# descriptor numbers mean nothing in another thread.
+_watchdogs: dict[tuple[int, int], Watchdog] = {}
+_thread_ident = gevent.monkey.get_original("_thread", "get_ident")  # the OS thread, not the greenlet
 
 
 def watchdog() -> Watchdog:
-    global _watchdog_pid
-    if _watchdog_pid != os.getpid():  # first use in this process (Locust forks its --processes workers)
-        _watchdog_pid = os.getpid()
-        WATCHDOG.connections.clear()
-        gevent.spawn(WATCHDOG.run, gevent.sleep)
-    return WATCHDOG
+    key = (os.getpid(), _thread_ident())  # a new pid: Locust forked its --processes workers
+    found = _watchdogs.get(key)
+    if found is None:
+        found = _watchdogs[key] = Watchdog()
+        gevent.spawn(found.run, gevent.sleep)
+    return found
+
+
+def idling(environment) -> int:
+    """IdleUser connections of this Locust environment currently in IDLE (the benchmark reports the peak)."""
+    return getattr(environment, "mailharness_idling", 0)
 
 
 class LoadUser(User):
@@ -300,7 +308,6 @@ class IdleUser(MailUser):
 
     role = "imap_idle"
     request_type = "IMAP"
-    idling = 0  # connections of this process currently in IDLE (the benchmark reports the peak)
     client: ImapClient | None = None
 
     def on_start(self) -> None:
@@ -319,11 +326,12 @@ class IdleUser(MailUser):
                 self.client.conn.timestamp_arrivals()
             client = self.client
             client.idle()
-            IdleUser.idling += 1
+            env = self.environment  # one per thread: each counts its own (see idling())
+            env.mailharness_idling = idling(env) + 1
             try:
                 self.idle_until_reidle(client)
             finally:
-                IdleUser.idling -= 1
+                env.mailharness_idling -= 1
             client.done()
         except NETWORK_ERRORS:
             self._drop()
