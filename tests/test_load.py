@@ -205,6 +205,29 @@ def test_locustfile_refuses_targets_that_are_not_disposable(tmp_path):
     assert "add `disposable: true` to the target file only if its accounts are test accounts" in proc.stderr
 
 
+@pytest.mark.slow
+def test_load_source_address_flag_spreads_the_connections(dovecot, target_file, tmp_path):
+    # The flag is the scenario key's twin: the server sees the logins of the two webmail users (the third user
+    # delivers) come from the addresses given.
+    run_dir = tmp_path / "run"
+    code = load("--target", str(target_file), "--scenario", "webmail", "--users", "3", "--spawn-rate", "3", "--run-time", "3s",
+                "--think-scale", "0.01", "--source-address", "127.0.0.5-127.0.0.6", "--report-dir", str(run_dir))
+    run = json.loads((run_dir / "run.json").read_text())
+    # The shared server's INBOXes may be empty: thresholds on FETCHes that never ran are the only problem allowed.
+    assert code in (0, 1) and all("(observed no requests)" in p for p in run["problems"]), run["problems"]
+    assert run["request_counts"].get("IMAP LOGIN", 0) > 0
+    logins = [line for line in dovecot.log_tail(5000).splitlines() if "imap-login: Info: Login:" in line]
+    assert any("rip=127.0.0.5," in line for line in logins) and any("rip=127.0.0.6," in line for line in logins)
+    assert run["facts"]["source_addresses"].startswith("2 local addresses")
+
+
+def test_load_source_address_flag_refuses_a_bad_range_before_starting_anything(capsys):
+    for bad, why in (("127.0.0.9-127.0.0.2", "the range must go up"), ("localhost", "is not an IP address")):
+        assert load("--scenario", "webmail", "--users", "1", "--run-time", "1s", "--source-address", bad) == 2
+        err = capsys.readouterr().err
+        assert f"--source-address: {bad!r}" in err and why in err and "Traceback" not in err and "seeding" not in err
+
+
 def test_users_and_run_time_are_bounded(capsys):
     assert load("--scenario", "webmail", "--users", "50000", "--run-time", "1m") == 2
     assert load("--scenario", "webmail", "--users", "5", "--run-time", "9h") == 2

@@ -23,6 +23,7 @@ from harness.known_secrets import scrub, scrub_bytes
 from harness.load.accounts import AccountPlan
 from harness.load.cpu_sampler import CpuSampler, read_cpu_csv, summarize
 from harness.load.scenario import LOADTESTS_DIR, Scenario, available_scenarios, check_target_fits, load_scenario
+from harness.load.source_addresses import parse_source_addresses
 from harness.load.thresholds import error_rate_verdict, evaluate, parse_rate, parse_threshold
 from harness.targets.target_file import Target, load_target
 
@@ -102,6 +103,10 @@ def add_arguments(p) -> None:
                    help="multiply the scenario's think times by F: 0.1 turns a scenario written for hours into a quick smoke run")
     p.add_argument("--stop-timeout", type=finite_float, default=10.0, metavar="S",
                    help="seconds users get to finish their current poll when the run ends (default 10)")
+    p.add_argument("--source-address", metavar="RANGE", default=None,
+                   help="local addresses to connect from, round-robin per user: 127.0.0.2-127.0.0.9 or a comma list "
+                        "(overrides the scenario's source_address; one address has about 28,000 ephemeral ports "
+                        "towards one server port)")
     p.add_argument("--quiet", action="store_true", help="keep Locust's console output in the report dir (locust.out) instead of showing it")
 
 
@@ -109,6 +114,8 @@ def run(args) -> int:
     started_wall = time.time()
     scenario = load_scenario(args.scenario)
     users, run_time, workers = _bounded(args)
+    sources = (parse_source_addresses(args.source_address, "--source-address") if args.source_address
+               else list(scenario.source_addresses))  # a bad range fails here, before any server starts
     thresholds = list(scenario.thresholds) + [parse_threshold(t, "--threshold ") for t in args.threshold]
     max_error_rate = parse_rate(args.max_error_rate, "--max-error-rate ") if args.max_error_rate else scenario.max_error_rate
     run_dir = args.report_dir or Path("reports") / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -184,6 +191,8 @@ def run(args) -> int:
         problems.append(f"{sum(consistency['must'].values())} consistency violation(s): "
                         + ", ".join(f"{k} {n}" for k, n in sorted(consistency["must"].items())))
     facts = _facts(args, scenario, target, plan, run_dir, users, run_time, workers, seeding, started_wall)
+    if sources:
+        facts["source_addresses"] = _describe_sources(sources)
     section = ""
     if consistency:
         from harness.stress.report import section_html
@@ -280,6 +289,8 @@ def _run_locust(args, target_file: Path, scenario: Scenario, run_dir: Path, user
         "--think-scale", str(args.think_scale),
         "--stress-out", str(run_dir / "processes"),  # where the stress scenario's sessions leave their verdicts
     ]
+    if getattr(args, "source_address", None):
+        command += ["--source-address", args.source_address]
     if workers:
         command += ["--processes", str(workers), *master_on_loopback()]
     # Hard stop well after --run-time: a wedged run must not hold the machine (or CI) forever.
@@ -374,6 +385,11 @@ def _facts(args, scenario, target: Target, plan, run_dir, users, run_time, worke
                   ("history", f"{CSV_PREFIX}_stats_history.csv"), ("failures", f"{CSV_PREFIX}_failures.csv"),
                   ("exceptions", f"{CSV_PREFIX}_exceptions.csv"), ("log", "locust.log")],
     }
+
+
+def _describe_sources(addresses: list[str]) -> str:
+    shown = ", ".join(addresses[:4]) + (f", ... {addresses[-1]}" if len(addresses) > 4 else "")
+    return f"{len(addresses)} local address{'es' if len(addresses) > 1 else ''} ({shown}), round-robin per user"
 
 
 def _cpu_facts(run_dir: Path) -> dict | None:

@@ -7,6 +7,7 @@ a locust.conf, like any Locust option):
   --scenario NAME|PATH   MAILHARNESS_SCENARIO   loadtests/scenarios/NAME.yaml or a path (default term-start)
   --ledger-dir DIR       MAILHARNESS_LEDGER_DIR where to journal deliveries/retrievals (lost/duplicated check)
   --think-scale F        MAILHARNESS_THINK_SCALE multiply all think times (0.1: a quick smoke run)
+  --source-address RANGE MAILHARNESS_SOURCE_ADDRESS local addresses to connect from (overrides the scenario's)
 
 Each process (master, every worker) loads the target and scenario itself at Locust's init
 event; a worker learns its slice of the accounts from the master when the test starts.
@@ -29,7 +30,7 @@ from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
 from harness.load.open_files import raise_open_file_limit
 from harness.load.scenario import Scenario, check_target_fits, load_scenario
-from harness.load.source_addresses import SourceAddresses
+from harness.load.source_addresses import SourceAddresses, parse_source_addresses
 from harness.targets.target_file import Target, load_target
 
 log = logging.getLogger("mailharness")
@@ -84,8 +85,10 @@ def configure_user_classes(environment, scenario: Scenario, think_scale: float =
     environment.user_classes[:] = keep
 
 
-def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> LoadRun:
-    """Load and check the target and scenario; refuses a target not marked disposable."""
+def build_run(target_path: str, scenario_name: str, ledger_dir: str | None, source_address: str | None = None) -> LoadRun:
+    """Load and check the target and scenario; refuses a target not marked disposable.
+
+    ``source_address`` (--source-address) replaces the scenario's ``source_address:``."""
     target = load_target(target_path)
     if not target.disposable:  # as `mailharness load/seed/bench` do: the users below destroy and change mail
         raise UnsafeAccount(
@@ -102,7 +105,8 @@ def build_run(target_path: str, scenario_name: str, ledger_dir: str | None) -> L
         plan=plan,
         ledger=Ledger(ledger_dir) if ledger_dir else None,
         timeout=scenario.timeout or max(target.timeout, 10.0),
-        sources=SourceAddresses(list(scenario.source_addresses)),
+        sources=SourceAddresses(parse_source_addresses(source_address, "--source-address") if source_address
+                                else list(scenario.source_addresses)),
     )
 
 
@@ -129,6 +133,9 @@ def _add_options(parser) -> None:
                        help="Journal deliveries and retrievals here, for the lost/duplicated check of `mailharness load`")
     group.add_argument("--think-scale", env_var="MAILHARNESS_THINK_SCALE", type=float, default=1.0,
                        help="Multiply the scenario's think times (0.1 for a quick smoke run). Default 1")
+    group.add_argument("--source-address", env_var="MAILHARNESS_SOURCE_ADDRESS", default=None,
+                       help="Local addresses to connect from, round-robin per user: 127.0.0.2-127.0.0.9 or a comma list "
+                            "(overrides the scenario's source_address)")
 
 
 @events.init.add_listener
@@ -144,7 +151,7 @@ def _on_init(environment, runner=None, **_kw) -> None:
         )
         raise SystemExit(2)
     try:
-        run = build_run(options.target_file, options.scenario, options.ledger_dir)
+        run = build_run(options.target_file, options.scenario, options.ledger_dir, options.source_address)
         if not 0 < options.think_scale <= 100:
             raise HarnessError(f"--think-scale {options.think_scale}: give a factor above 0 (at most 100)")
         configure_user_classes(environment, run.scenario, options.think_scale)
@@ -157,8 +164,9 @@ def _on_init(environment, runner=None, **_kw) -> None:
     events.quit.add_listener(_exit_without_teardown)
     _scrub_logs()
     limit = raise_open_file_limit()
-    log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d",
-             run.target.name, run.scenario.name, run.plan.describe(), limit)
+    log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d%s",
+             run.target.name, run.scenario.name, run.plan.describe(), limit,
+             f"; connecting from {', '.join(run.sources.addresses)}" if run.sources.addresses else "")
 
     if isinstance(runner, WorkerRunner):
         def on_layout(environment, msg, **_):
