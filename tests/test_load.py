@@ -393,6 +393,129 @@ def test_pop3_reader_finds_the_terminator_and_one_header_across_splits():
     assert seen[1][0] == "POP3 RETR" and seen[1][2] == len(b"+OK 2 messages\r\n" + message + b".\r\n")
 
 
+class Pop3Maildrop:
+    """A one-connection POP3 server on 127.0.0.1 over a few messages, noting which commands arrived together.
+
+    ``arrivals`` groups the command lines by the read that brought them; every reply waits 20 ms, so a
+    client that sends before the previous reply came is seen with two or more commands in one group."""
+
+    def __init__(self, messages: list[bytes], pipelining: bool):
+        self.messages, self.capabilities = messages, [b"TOP", b"UIDL", b"USER"] + ([b"PIPELINING"] if pipelining else [])
+        self.arrivals: list[list[bytes]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = Endpoint("pop3", "127.0.0.1", self.listener.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _reply(self, line: bytes) -> bytes:
+        verb, _, arg = line.partition(b" ")
+        if verb == b"CAPA":
+            return b"+OK\r\n" + b"".join(c + b"\r\n" for c in self.capabilities) + b".\r\n"
+        if verb in (b"RETR", b"DELE") and not (arg.isdigit() and 1 <= int(arg) <= len(self.messages)):
+            return b"-ERR no such message\r\n"
+        if verb == b"RETR":
+            return b"+OK message follows\r\n" + self.messages[int(arg) - 1] + b".\r\n"
+        if verb == b"STAT":
+            return b"+OK %d 100\r\n" % len(self.messages)
+        return b"+OK\r\n"
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.sendall(b"+OK ready\r\n")
+            pending = b""
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                pending += data
+                lines, _, pending = pending.rpartition(b"\r\n")
+                if not lines:
+                    pending = lines + pending
+                    continue
+                self.arrivals.append(lines.split(b"\r\n"))
+                for line in self.arrivals[-1]:
+                    time.sleep(0.02)
+                    conn.sendall(self._reply(line))
+                    if line == b"QUIT":
+                        return
+
+
+def _poll_batch(count: int) -> list:
+    return [command for n in range(1, count + 1) for command in (
+        ("POP3 RETR", b"RETR %d" % n, True, b"X-Mailharness-Id"), ("POP3 DELE", b"DELE %d" % n, False, None))]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_pop3_batch_pipelines_only_when_capa_lists_pipelining(pipelining):
+    messages = [b"X-Mailharness-Id: m%d\r\nSubject: x\r\n\r\n..stuffed\r\n" % n for n in (1, 2, 3)]
+    server = Pop3Maildrop(messages, pipelining)
+    seen = []
+    client = Pop3Client(server.endpoint, timeout=5, report=lambda *r: seen.append(r))
+    client.connect()
+    assert (b"PIPELINING" in client.capa()) is pipelining is client.pipelining
+    client.login("u", "p")
+    replies = client.batch(_poll_batch(3))
+    assert replies[0::2] == [b"m1", b"m2", b"m3"] and all(r.startswith(b"+OK") for r in replies[1::2])
+    client.quit()
+    sent = [line for group in server.arrivals for line in group]
+    assert sent == [b"CAPA", b"USER u", b"PASS p", b"RETR 1", b"DELE 1", b"RETR 2", b"DELE 2", b"RETR 3", b"DELE 3", b"QUIT"]
+    if pipelining:  # the poll's six commands in one write; nothing else sent before its reply came
+        assert [len(group) for group in server.arrivals] == [1, 1, 1, 6, 1]
+    else:
+        assert all(len(group) == 1 for group in server.arrivals)
+    # Each reply is its own request, with its own bytes, timed to its own end (later ones later, when pipelined).
+    batch = seen[4:10]
+    assert [name for name, *_ in batch] == ["POP3 RETR", "POP3 DELE"] * 3 and all(exc is None for *_, exc in batch)
+    assert [nbytes for _, _, nbytes, _ in batch[0::2]] == [len(b"+OK message follows\r\n" + m + b".\r\n") for m in messages]
+    assert [nbytes for _, _, nbytes, _ in batch[1::2]] == [len(b"+OK\r\n")] * 3
+    times = [ms for _, ms, _, _ in batch]
+    assert times == sorted(times) if pipelining else all(15 <= ms for ms in times)
+
+
+def test_pop3_pipelined_batch_reads_every_reply_after_an_err_and_then_raises():
+    server = Pop3Maildrop([b"X-Mailharness-Id: m1\r\n\r\nx\r\n"], pipelining=True)
+    seen = []
+    client = Pop3Client(server.endpoint, timeout=5, report=lambda *r: seen.append(r))
+    client.connect()
+    client.capa()
+    with pytest.raises(CommandFailed, match="POP3 RETR: -ERR no such message"):
+        client.batch(_poll_batch(2))  # message 2 does not exist
+    assert [(name, exc is None) for name, _, _, exc in seen[2:]] == [
+        ("POP3 RETR", True), ("POP3 DELE", True), ("POP3 RETR", False), ("POP3 DELE", False)]
+    assert client.command("POP3 NOOP", b"NOOP") == b"+OK"  # still in step with the server
+    client.close()
+
+
+def test_pop3_poll_is_pipelined_against_dovecot_and_commits_on_quit(dovecot):
+    # Dovecot lists PIPELINING: RETR/DELE go in batches of MAX_PIPELINE, and QUIT commits every DELE.
+    from harness.load.pop3_client import MAX_PIPELINE
+
+    account = dovecot.target.accounts[-1]
+    imap = ImapClient(dovecot.target.imap)
+    imap.connect()
+    imap.login(account.user, account.password)
+    ids = [b"pipe-%d" % n for n in range(MAX_PIPELINE)]  # 2 writes of RETR/DELE pairs
+    for message_id in ids:
+        imap.append("INBOX", b"X-Mailharness-Id: %s\r\nSubject: pipelined\r\n\r\nbody\r\n" % message_id)
+    imap.logout()
+    seen = []
+    client = Pop3Client(dovecot.target.pop3, timeout=10, report=lambda *r: seen.append(r))
+    client.connect()
+    assert b"PIPELINING" in client.capa() and client.pipelining
+    client.login(account.user, account.password)
+    count, _ = client.stat()
+    replies = client.batch(_poll_batch(count))
+    assert set(ids) <= set(replies[0::2])
+    client.quit()
+    assert all(exc is None for *_, exc in seen)
+    assert sum(1 for name, *_ in seen if name == "POP3 RETR") == count
+    check = Pop3Client(dovecot.target.pop3)
+    check.connect()
+    check.login(account.user, account.password)
+    assert check.stat()[0] == 0
+    check.quit()
+
+
 def test_watchdog_turns_a_silent_server_into_a_timeout():
     server = CannedServer(b"* OK ready\r\n", [])  # greets, then never answers
     watchdog = Watchdog(interval=0.05)

@@ -3,17 +3,33 @@
 RETR scans the buffer for the CRLF.CRLF terminator in place; the message is never
 un-dot-stuffed or parsed, except that one header can be picked out of it (the
 download-and-delete poller reads X-Mailharness-Id to account for every delivery).
+
+A server that lists PIPELINING in CAPA (RFC 2449 section 6.6) may be sent a batch of commands
+in one write (``batch``); its replies come back in order, each reported on its own.
 """
 
 from __future__ import annotations
 
-from harness.load.wire import CommandFailed, MalformedResponse, Step, WireClient
+from time import monotonic
+
+from harness.load.wire import CommandFailed, MalformedResponse, Step, WireClient, report_if_late
 
 _TERMINATOR = b"\r\n.\r\n"
+# Commands per write when pipelining: a poll of 100 messages is 200 commands; each write stays far below the
+# socket buffer (so sending never waits on the server reading), and a reply is never queued behind more than
+# this many others of the same write.
+MAX_PIPELINE = 16
+
+# One command of a batch: (request name, command without CRLF, multi-line answer?, header to pick out of it or None)
+Pop3Command = tuple[str, bytes, bool, "bytes | None"]
 
 
 class Pop3Client(WireClient):
     """One POP3 session. Every command is reported as (name, ms, bytes received, exception)."""
+
+    def __init__(self, endpoint, **options):
+        super().__init__(endpoint, **options)
+        self.pipelining = False  # CAPA listed PIPELINING (see capa(); off until asked)
 
     # -- session ---------------------------------------------------------------------
     def connect(self) -> None:
@@ -29,6 +45,19 @@ class Pop3Client(WireClient):
         except BaseException:
             self.close()
             raise
+
+    def capa(self) -> set[bytes]:
+        """CAPA (RFC 2449): the capability names, upper-cased; notes whether PIPELINING is among them.
+
+        A server that predates CAPA answers -ERR: it has no capabilities to list, which is not a failure."""
+        with Step(self, "POP3 CAPA"):
+            conn = self._connected("POP3 CAPA")
+            conn.send(b"CAPA\r\n")
+            line = conn.read_line()
+            body = self._read_body(True, None) if line.startswith(b"+OK") else b""
+            names = {entry.split(b" ", 1)[0].upper() for entry in body.split(b"\r\n") if entry}
+        self.pipelining = b"PIPELINING" in names
+        return names
 
     def login(self, user: str, password: str) -> None:
         if "\r" in user + password or "\n" in user + password:
@@ -74,6 +103,58 @@ class Pop3Client(WireClient):
     def retr(self, number: int, header: bytes | None = None) -> bytes | None:
         """RETR a message; returns the value of ``header`` (e.g. b"X-Mailharness-Id") if asked for."""
         return self._multiline("POP3 RETR", b"RETR %d" % number, header=header)
+
+    def batch(self, commands: list[Pop3Command]) -> list[bytes | None]:
+        """Run the commands in order; returns each one's result: a single-line command's +OK line, a multi-line
+        one's header value (or None). -ERR raises CommandFailed.
+
+        When CAPA listed PIPELINING they go out MAX_PIPELINE to a write and the replies are read in order, each
+        reported on its own: timed from the write to the end of its own reply (as the client waits for it), with
+        the bytes received since the reply before. A -ERR is reported and raised once the write's replies were
+        all read, so the stream stays in step (a poller then drops the session without QUIT, and nothing a
+        later DELE marked is committed); a timeout or a lost connection ends the batch at once. Without
+        PIPELINING, one command at a time, stopping at the first -ERR."""
+        if not self.pipelining:
+            return [self._multiline(name, command, header=header) if multiline else self.command(name, command)
+                    for name, command, multiline, header in commands]
+        results: list[bytes | None] = []
+        for start in range(0, len(commands), MAX_PIPELINE):
+            results += self._pipelined(commands[start : start + MAX_PIPELINE])
+        return results
+
+    def _pipelined(self, commands: list[Pop3Command]) -> list[bytes | None]:
+        conn = self._connected(commands[0][0])
+        results: list[bytes | None] = []
+        failure: CommandFailed | None = None
+        started = monotonic()
+        conn.deadline = started + self.timeout
+        try:
+            conn.send(b"".join(command + b"\r\n" for _, command, _, _ in commands))
+            consumed = conn.received - conn.unread
+            for name, _, multiline, header in commands:
+                result = exc = None
+                try:
+                    result = self._status(name)
+                    if multiline:
+                        result = self._read_body(False, header)
+                except CommandFailed as failed:
+                    exc, failure = failed, failure or failed
+                except Exception as lost:
+                    self.report(name, (monotonic() - started) * 1000, conn.received - conn.unread - consumed, lost)
+                    raise
+                except BaseException as killed:  # the run ended (Locust killed the user) while it waited
+                    report_if_late(self, name, (monotonic() - started) * 1000, conn.received - conn.unread - consumed, killed)
+                    raise
+                now_consumed = conn.received - conn.unread
+                self.report(name, (monotonic() - started) * 1000, now_consumed - consumed, exc)
+                consumed = now_consumed
+                results.append(result)
+                conn.deadline = monotonic() + self.timeout
+        finally:
+            conn.deadline = 0.0
+        if failure:
+            raise failure
+        return results
 
     def command(self, name: str, command: bytes, parse=None):
         """A single-line command; returns the +OK line (or what `parse` makes of it). -ERR raises CommandFailed."""

@@ -129,6 +129,13 @@ class MailUser(LoadUser):
         return Pop3Client(self.load.target.pop3, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
                           report=self.report, watchdog=watchdog(), source=self.source)
 
+    def _pop3_login(self, client: Pop3Client) -> None:
+        """Connect and log in; with `pipelining` (the default) ask CAPA first, as a client looking for PIPELINING does."""
+        client.connect()
+        if self.kind.options.get("pipelining", True):
+            client.capa()
+        client.login(self.account.user, self.account.password)
+
     def _imap(self) -> ImapClient:
         return ImapClient(self.load.target.imap, timeout=self.load.timeout, ca_file=self.load.target.ca_file,
                           report=self.report, watchdog=watchdog(), source=self.source)
@@ -138,7 +145,8 @@ class Pop3DeletePoller(MailUser):
     """A POP3 client set to download and delete: STAT, RETR + DELE every message, QUIT.
 
     Every X-Mailharness-Id it retrieves is journalled before QUIT and confirmed after,
-    for the delivered == retrieved check.
+    for the delivered == retrieved check. With PIPELINING the RETR/DELE pairs go in batches
+    (Pop3Client.batch); any failure drops the session without QUIT, so no DELE is committed.
     """
 
     role = "pop3_delete"
@@ -150,22 +158,18 @@ class Pop3DeletePoller(MailUser):
         with _mailbox_turns[self.account.user]:
             client = self._pop3()
             try:
-                client.connect()
-                client.login(self.account.user, self.account.password)
+                self._pop3_login(client)
                 messages, _ = client.stat()
-                ids = []
-                for number in range(1, messages + 1):
-                    message_id = client.retr(number, header=ID_HEADER)
-                    if message_id:
-                        ids.append(message_id.decode())
-                    # Every message is deleted, not only the run's own (X-Mailharness-Id). The accounting
-                    # needs the run's mail gone once QUIT commits (else it is retrieved twice); it needs
-                    # the rest gone too, or the seeded backlog is downloaded again on every visit ahead of
-                    # the new mail: sessions get long, deliveries wait for the final drain (a 5 s term-start
-                    # run then retrieved none during the run), and the exactly-once check would test the
-                    # drain, not the pollers under load. Deleting mail the harness did not send is safe only
-                    # because build_run (locust_plugin) refuses targets without `disposable: true`.
-                    client.dele(number)
+                replies = client.batch([command for number in range(1, messages + 1) for command in (
+                    ("POP3 RETR", b"RETR %d" % number, True, ID_HEADER), ("POP3 DELE", b"DELE %d" % number, False, None))])
+                ids = [message_id.decode() for message_id in replies[0::2] if message_id]
+                # Every message is deleted, not only the run's own (X-Mailharness-Id). The accounting
+                # needs the run's mail gone once QUIT commits (else it is retrieved twice); it needs
+                # the rest gone too, or the seeded backlog is downloaded again on every visit ahead of
+                # the new mail: sessions get long, deliveries wait for the final drain (a 5 s term-start
+                # run then retrieved none during the run), and the exactly-once check would test the
+                # drain, not the pollers under load. Deleting mail the harness did not send is safe only
+                # because build_run (locust_plugin) refuses targets without `disposable: true`.
                 session = secrets.token_hex(8)
                 if ledger and ids:
                     ledger.quit_sent(session, self.account.user, ids)
@@ -196,17 +200,16 @@ class Pop3KeepPoller(MailUser):
     def poll(self) -> None:
         client = self._pop3()
         try:
-            client.connect()
-            client.login(self.account.user, self.account.password)
+            self._pop3_login(client)
             listing = client.uidl()
             on_server = {uid for _, uid in listing}
             if self.seen is None and self.kind.options.get("first_poll", "download-all") == "skip-existing":
                 self.seen = on_server
             seen = self.seen or set()
-            for number, uid in listing:
-                if uid not in seen:
-                    client.retr(number)
-                    seen.add(uid)
+            new = [(number, uid) for number, uid in listing if uid not in seen]
+            # With PIPELINING in batches; a failure drops the session and this poll's mail is fetched again next time.
+            client.batch([("POP3 RETR", b"RETR %d" % number, True, None) for number, _ in new])
+            seen.update(uid for _, uid in new)
             self.seen = seen & on_server  # forget what was deleted elsewhere; memory stays bounded
             client.quit()
         except NETWORK_ERRORS:
