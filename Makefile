@@ -12,6 +12,9 @@ PYTEST_WORKERS ?= 2
 .PHONY: apt-dovecot apt-cyrus apt-mailutils setup setup-test demo test test-fast lint bench load-demo clean
 
 setup: $(VENV)/.installed apt-dovecot
+	@# Bytecode for the harness, as pip writes it for a regular install: an editable install gets none, and
+	@# where PYTHONDONTWRITEBYTECODE is set every mailharness process (and xdist worker) compiled it again.
+	@$(PY) -m compileall -q harness
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

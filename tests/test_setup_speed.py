@@ -229,3 +229,73 @@ def test_closing_a_session_waits_for_the_server_to_finish_it(linger, waited):
         for conn in held:
             conn.close()
         listener.close()
+
+
+def _fill(target, account) -> None:
+    with admin_client(target, account) as client:
+        for folder in ("INBOX", "Trash"):
+            client.append(folder, b"Subject: left\r\nX-Mailharness-Corpus: a\r\n\r\nleft by the last test\r\n")
+        client.create_folder("Left-over")
+        client.subscribe_folder("Left-over")
+
+
+def _held(target, account) -> dict:
+    """Messages per folder by EXAMINE, and the folders and subscriptions a fresh account lacks."""
+    with admin_client(target, account) as client:
+        folders = [name for _, _, name in client.list_folders()]
+        counts = {name: client.select_folder(name, readonly=True)[b"EXISTS"] for name in folders}
+        return {"mail": {n: c for n, c in counts.items() if c},
+                "folders": [n for n in folders if n not in ("INBOX", "Sent", "Drafts", "Trash", "Junk")],
+                "subscribed": [n for _, _, n in client.list_sub_folders() if n == "Left-over"]}
+
+
+def test_set_up_selects_only_the_folders_that_hold_mail(dovecot, monkeypatch):
+    target, account = dovecot.target, dovecot.target.accounts[4]
+    monkeypatch.setattr(accounts, "_STATUS_DISAGREED", set())
+    connections = AdminConnections(target)
+    try:
+        accounts.prepare(target, account, connections)
+        _fill(target, account)
+        with connections.client(account) as client:
+            real = client._imap._simple_command
+            sent = []
+            monkeypatch.setattr(client._imap, "_simple_command", lambda name, *a: sent.append((name, *a)) or real(name, *a))
+        accounts.prepare(target, account, connections)
+    finally:
+        connections.close()
+    assert _held(target, account) == {"mail": {}, "folders": [], "subscribed": []}
+    opened = sorted(a[0].decode().strip('"') for name, *a in sent if name in ("SELECT", "EXAMINE"))
+    assert opened == ["INBOX", "Trash"], sent  # Sent, Drafts and Junk said MESSAGES 0 to STATUS
+    assert not accounts._STATUS_DISAGREED
+
+
+def test_set_up_stops_trusting_a_status_that_disagrees_with_select(dovecot, monkeypatch):
+    """A server whose STATUS says 0 for folders that hold mail: INBOX's SELECT catches it out, and every folder
+    is then SELECTed, so no test starts with the last test's mail."""
+    from imapclient import IMAPClient
+
+    target, account = dovecot.target, dovecot.target.accounts[5]
+    monkeypatch.setattr(accounts, "_STATUS_DISAGREED", set())
+    accounts.prepare(target, account)
+    _fill(target, account)
+    monkeypatch.setattr(IMAPClient, "folder_status", lambda self, folder, what=None: {b"MESSAGES": 0})
+    accounts.prepare(target, account)
+    assert (target.imap.host, target.imap.port) in accounts._STATUS_DISAGREED
+    assert _held(target, account) == {"mail": {}, "folders": [], "subscribed": []}
+
+
+def test_a_run_leaves_the_disposable_accounts_of_a_users_server_empty(target, tmp_path):
+    """Set-up empties an account before each test, so tests do not clean up after themselves; the process's
+    last act empties the accounts it used, as a clean-up after each test did."""
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    users = replace(target, accounts=target.accounts[6:8], disposable=True)
+    users.dump(tmp_path / "t.yaml")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--target", str(tmp_path / "t.yaml"), "-n", "0",
+                           "--suite", "examples/", "--report-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for account in users.accounts:
+        assert _held(users, account) == {"mail": {}, "folders": [], "subscribed": []}

@@ -195,39 +195,124 @@ def prepare(target: Target, account: Account, connections: AdminConnections | No
 
 
 def _prepare(target: Target, account: Account, client: IMAPClient) -> AccountState:
+    if target.disposable:
+        return _empty(account, client)
     folders = _folders(client)
     counts = _message_counts(client, folders)
     extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
-    if not target.disposable and any(counts.values()):
+    if any(counts.values()):
         # leftovers of an interrupted earlier run are ours to remove; then count what is not
         notes: list[str] = []
         counts = {name: _remove_harness_mail(client, name, notes, account.user) for name in counts}
     if any(counts.values()) or extra:
-        if not target.disposable:
-            held = [f"{c} message(s) in {n}" for n, c in counts.items() if c] + [f"folder {n}" for n in extra]
-            raise UnsafeAccount(
-                f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
-                "refusing to touch it. Use empty accounts, or set `disposable: true` in the target file "
-                "if everything in these accounts may be deleted."
-            )
-        _wipe(client, folders, counts)
-        folders = _folders(client)
-        left = {n: c for n, c in _message_counts(client, folders).items() if c}
-        extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
-        deadline = time.monotonic() + EMPTY_WAIT
-        while (left or extra) and time.monotonic() < deadline:
-            # Cyrus (delete_mode: delayed) renames a deleted folder to DELETED.<name>.<second>: a folder deleted
-            # twice within one second (a test deleted and re-created it, clean-up deleted it again) is refused
-            # until the next second. Try again for a moment before calling the account unusable.
-            time.sleep(0.25)
-            _wipe(client, folders, left)
-            folders = _folders(client)
-            left = {n: c for n, c in _message_counts(client, folders).items() if c}
-            extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
-        if left or extra:  # the server acknowledged EXPUNGE/DELETE but kept things
-            held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
-            raise AccountNotEmpty(f"could not empty account {account.user} before the test: the server still shows {', '.join(held[:5])}")
+        held = [f"{c} message(s) in {n}" for n, c in counts.items() if c] + [f"folder {n}" for n in extra]
+        raise UnsafeAccount(
+            f"account {account.user} holds mail the harness did not create ({', '.join(held[:5])}); "
+            "refusing to touch it. Use empty accounts, or set `disposable: true` in the target file "
+            "if everything in these accounts may be deleted."
+        )
     return AccountState(account, {name for _, _, name in folders}, {name for _, _, name in client.list_sub_folders()})
+
+
+def _empty(account: Account, client: IMAPClient) -> AccountState:
+    """Empty a disposable account in one pass (_empty_once), then look again at what that pass changed: a
+    server may acknowledge EXPUNGE or DELETE and keep things."""
+    deadline = time.monotonic() + EMPTY_WAIT
+    folders = _folders(client)
+    while True:
+        trusted = _status_trusted(client)
+        expunged, deleted = _empty_once(client, folders)
+        if trusted and not _status_trusted(client):  # STATUS was caught out during the pass: SELECT them all
+            more, deleted_more = _empty_once(client, folders)
+            expunged, deleted = sorted(set(expunged + more)), deleted or deleted_more
+        if deleted:
+            folders = _folders(client)
+        left = _counts_after_expunge(client, expunged)
+        extra = [name for flags, _, name in folders if not _is_baseline(flags, name)]
+        if not (left or extra):
+            return AccountState(account, {name for _, _, name in folders})
+        if time.monotonic() >= deadline:  # the server acknowledged EXPUNGE/DELETE but kept things
+            held = [f"{c} message(s) in {n}" for n, c in left.items()] + [f"folder {n}" for n in extra]
+            raise AccountNotEmpty(f"could not empty account {account.user}: the server still shows {', '.join(held[:5])}")
+        # Cyrus (delete_mode: delayed) renames a deleted folder to DELETED.<name>.<second>: a folder deleted
+        # twice within one second (a test deleted and re-created it, the next set-up deleted it again) is
+        # refused until the next second. Try again for a moment before calling the account unusable.
+        time.sleep(0.25)
+
+
+def _empty_once(client: IMAPClient, folders) -> tuple[list[str], bool]:
+    """Expunge what each folder a fresh account has (INBOX, special-use) holds, delete every other folder,
+    deepest first, and drop every other subscription. Returns the folders expunged and whether any was deleted.
+
+    A folder is SELECTed only when it holds mail: on Dovecot a SELECT costs eight times a STATUS, and most
+    special-use folders are empty before most tests. INBOX is always SELECTed, and its STATUS checked against
+    that SELECT's EXISTS first: if they ever disagree, this process stops trusting the server's STATUS and
+    SELECTs every folder (a stale STATUS would leave a test mail it did not expect)."""
+    expunged: list[str] = []
+    deleted = selected = False
+    # INBOX first: its SELECT checks STATUS before STATUS is trusted for any other folder
+    for flags, _delim, name in sorted(folders, key=lambda f: (f[2].upper() != "INBOX", -f[2].count(f[1] or "/"))):
+        if not _is_baseline(flags, name):
+            _try(client.delete_folder, name)  # a \Noselect parent vanishes with its last child on most servers
+            deleted = True
+            continue
+        if _attributes(flags) & {b"\\noselect", b"\\nonexistent"}:
+            continue
+        inbox = name.upper() == "INBOX"
+        said = _status_messages(client, name) if _status_trusted(client) else None
+        if said == 0 and not inbox:
+            continue
+        selected = True
+        exists = client.select_folder(name)[b"EXISTS"]
+        if said is not None and said != exists:
+            _STATUS_DISAGREED.add(_server_of(client))
+        if exists:
+            client.delete_messages("1:*", silent=True)  # all UIDs; no SEARCH needed
+            client.expunge()
+            expunged.append(name)
+    if selected:
+        leave_mailbox(client)
+    for _, _, name in client.list_sub_folders():
+        if not any(name == f[2] for f in folders if _is_baseline(f[0], f[2])):
+            _try(client.unsubscribe_folder, name)
+    return expunged, deleted
+
+
+# Servers (host, port) whose STATUS MESSAGES once disagreed with SELECT's EXISTS in this process.
+_STATUS_DISAGREED: set[tuple[str, int]] = set()
+
+
+def _server_of(client: IMAPClient) -> tuple[str, int]:
+    return (client.host, client.port)
+
+
+def _status_trusted(client: IMAPClient) -> bool:
+    return _server_of(client) not in _STATUS_DISAGREED
+
+
+def _status_messages(client: IMAPClient, name: str) -> int | None:
+    try:
+        return int(client.folder_status(name, [b"MESSAGES"])[b"MESSAGES"])
+    except (IMAPClientError, KeyError, ValueError):
+        _STATUS_DISAGREED.add(_server_of(client))  # a server that cannot say: SELECT everything
+        return None
+
+
+def _counts_after_expunge(client: IMAPClient, names: list[str]) -> dict[str, int]:
+    """The folders of `names` that still hold mail (none selected): by STATUS while the server's has agreed
+    with SELECT, else by EXAMINE."""
+    left: dict[str, int] = {}
+    examined = False
+    for name in names:
+        count = _status_messages(client, name) if _status_trusted(client) else None
+        if count is None:
+            count = client.select_folder(name, readonly=True)[b"EXISTS"]
+            examined = True
+        if count:
+            left[name] = count
+    if examined:
+        leave_mailbox(client)
+    return left
 
 
 def store_messages(client: IMAPClient, mailbox: str, messages: list[tuple[bytes, list[str]]]) -> None:
@@ -282,21 +367,6 @@ def folders_take_children(client: IMAPClient, name: str) -> bool:
     return not any(b"\\noinferiors" in _attributes(f) for f in flags)
 
 
-def _wipe(client: IMAPClient, folders, counts: dict[str, int]) -> None:
-    for flags, _delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
-        if _is_baseline(flags, name):
-            if counts.get(name):
-                client.select_folder(name)
-                client.delete_messages("1:*", silent=True)  # all UIDs; no SEARCH needed
-                client.expunge()
-                leave_mailbox(client)
-        else:
-            _try(client.delete_folder, name)  # a \Noselect parent vanishes with its last child on most servers
-    for _, _, name in client.list_sub_folders():
-        if not any(name == f[2] for f in folders if _is_baseline(f[0], f[2])):
-            _try(client.unsubscribe_folder, name)
-
-
 def _try(action, *args) -> None:
     try:
         action(*args)
@@ -342,10 +412,10 @@ def cleanup(target: Target, state: AccountState, connections: AdminConnections |
 
 def _cleanup(target: Target, state: AccountState, client: IMAPClient) -> list[str]:
     notes: list[str] = []
-    folders = _folders(client)
     if target.disposable:
-        _wipe(client, folders, _message_counts(client, folders))
+        _empty(state.account, client)
         return notes
+    folders = _folders(client)
     for flags, delim, name in sorted(folders, key=lambda f: -f[2].count(f[1] or "/")):
         if b"\\noselect" in _attributes(flags):
             if name not in state.folders and not _has_children(client, name, delim):

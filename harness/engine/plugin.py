@@ -45,7 +45,7 @@ from harness.errors import ConfigError, HarnessError, TargetUnavailable, UnsafeA
 from harness.known_secrets import SECRETS, scrub
 from harness.sessions import SessionError
 from harness.sessions.transcript import Transcript
-from harness.targets.target_file import load_target
+from harness.targets.target_file import Account, load_target
 
 
 def pytest_addoption(parser):
@@ -95,6 +95,9 @@ class HarnessState:
         self.timeouts_in_a_row: dict[str, int] = {}
         self.start_seconds: float | None = None  # starting (or loading) the target and probing it, wall
         self._admin: AdminConnections | None = None
+        # disposable accounts this process's tests used, emptied at its end (see _cleanup)
+        self.used_accounts: dict[str, Account] = {}
+        self.server_is_throwaway = False  # a managed server, removed with its mail after the run
 
     # controller: start or load the target, check the accounts are safe to use
     def start(self) -> None:
@@ -171,6 +174,7 @@ class HarnessState:
 
     def attach(self, workerinput: dict) -> None:
         self.target_file = workerinput["mh_target_file"]
+        self.server_is_throwaway = workerinput.get("mh_throwaway", False)
         self.target = load_target(self.target_file)
         self.probe = json.loads(workerinput["mh_probe"])
 
@@ -205,12 +209,25 @@ class HarnessState:
             self._admin = AdminConnections(self.target)
         return self._admin
 
+    def _empty_used_accounts(self) -> None:
+        """Leave the disposable accounts of a server of the user's empty, as a per-test clean-up would have; a
+        throwaway server goes with its mail, and an interrupted run leaves at once (the next run empties them)."""
+        used, self.used_accounts = self.used_accounts, {}
+        if not used or self.server_is_throwaway or self.managed or self.interrupted or self.signal:
+            return
+        for account in used.values():
+            try:
+                accounts.prepare(self.target, account, self.admin)
+            except (HarnessError, IMAPClientError, OSError) as exc:
+                self._warn(f"could not empty account {account.user} after the run: {exc}")
+
     def close_admin(self) -> None:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
 
     def stop(self) -> None:
+        self._empty_used_accounts()
         self.close_admin()
         if self.managed:
             # A throwaway server: its graceful shutdown is of no use once the run is over; after a short grace
@@ -334,6 +351,7 @@ def pytest_configure_node(node):
     state: HarnessState = node.config._mailharness
     node.workerinput["mh_active"] = state.active
     node.workerinput["mh_target_file"] = state.target_file
+    node.workerinput["mh_throwaway"] = state.managed is not None
     node.workerinput["mh_probe"] = json.dumps(state.probe)
 
 
@@ -699,6 +717,11 @@ def _prepare(state: HarnessState, account):
 def _cleanup(state: HarnessState, account_state) -> list[str]:
     if state.target.imap is None:
         return pop3_accounts.cleanup(state.target, account_state)
+    if state.target.disposable:
+        # The next test's set-up empties the account anyway (accounts.prepare): emptying it here as well
+        # doubled every test's set-up work. The process's last act empties what it used (HarnessState.stop).
+        state.used_accounts[account_state.account.user] = account_state.account
+        return []
     return accounts.cleanup(state.target, account_state, state.admin)
 
 

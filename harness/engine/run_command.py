@@ -120,6 +120,9 @@ def pytest_args(args) -> list[str]:
         # Its clean-up runs gc.collect() five times at the end (0.5 s on a busy machine, also after Ctrl-C or
         # SIGTERM) to find unraisable exceptions, which would only become warnings about our own code.
         "-p", "no:unraisableexception",
+        # Suites are YAML, not Python asserts: rewriting asserts would only recompile the harness's own modules
+        # (pytest rewrites every module of a plugin's distribution) in each process of each run.
+        "--assert=plain",
         "-c", os.devnull,  # the project's own pytest settings are not the suites' settings
         "--rootdir", str(Path.cwd()),
         "--mh-results", str(report_dir / "results.json"),
