@@ -230,9 +230,9 @@ class HarnessState:
         self._empty_used_accounts()
         self.close_admin()
         if self.managed:
-            # A throwaway server: its graceful shutdown is of no use once the run is over; after a short grace
-            # (ManagedServer.STOP_GRACE), or at once after Ctrl-C/SIGTERM (the command should be gone within 2 s).
-            self.managed.stop(timeout=0 if self.interrupted or self.signal else None)
+            # A throwaway server: its graceful shutdown (Dovecot's master takes a second) is of no use once the
+            # run is over, as its temp dir, logs and mail go next; stopped at once, as after Ctrl-C/SIGTERM.
+            self.managed.stop(timeout=0)
             self.managed = None
 
 

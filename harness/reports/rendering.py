@@ -23,10 +23,24 @@ from harness.reports.results import BAD_OUTCOMES, OUTCOME_LABELS, OUTCOMES, fail
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates kept between runs (jinja checks each against its template's source): compiling the
+    report's templates took a few tenths of a second of every run and every report. None where no cache
+    directory can be made; the templates are then compiled as before."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    directory = base / "mailharness" / f"templates-{__version__}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(directory))
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        bytecode_cache=_bytecode_cache(),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a typo in a template fails the tests instead of rendering blank
         trim_blocks=True,
