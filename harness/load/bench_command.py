@@ -482,6 +482,9 @@ def _print(result: dict, idle: bool) -> None:
         if result.get("notify_split_samples"):
             print(f"    server (delivery sent -> EXISTS in the generator's socket): p50 {result['notify_server_p50_ms']} ms, "
                   f"p95 {result['notify_server_p95_ms']} ms")
+            if result.get("delivery_p50_ms") is not None:
+                print(f"      of which LMTP delivery (sent -> 250, mail stored): p50 {result['delivery_p50_ms']} ms, "
+                      f"p95 {result['delivery_p95_ms']} ms; the rest is the server noticing and waking the session")
             print(f"    generator (EXISTS in the socket -> handled): p50 {result['notify_generator_p50_ms']} ms, "
                   f"p95 {result['notify_generator_p95_ms']} ms")
         if delivered and (result["notify_samples"] < 0.9 * delivered or (p95 or 0) > 5000):

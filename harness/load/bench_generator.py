@@ -48,11 +48,11 @@ def _snapshot(envs: list[Environment]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _notify_times(envs: list[Environment], name: str = "IMAP notify latency") -> dict[int, int]:
+def _notify_times(envs: list[Environment], name: str = "IMAP notify latency", method: str = "IMAP") -> dict[int, int]:
     """Locust's histogram of a notification figure so far: {rounded ms: count}, all environments together."""
     out: dict[int, int] = {}
     for env in envs:
-        entry = env.stats.entries.get((name, "IMAP"))
+        entry = env.stats.entries.get((name, method))
         for ms, n in (dict(entry.response_times) if entry else {}).items():
             out[ms] = out.get(ms, 0) + n
     return out
@@ -134,6 +134,7 @@ def run_job(job: dict) -> dict:
 
         before, cpu0, wall0, times0 = _snapshot(envs), time.process_time(), time.perf_counter(), os.times()
         notify_before = {name: _notify_times(envs, name) for name in NOTIFY_NAMES}
+        delivery_before = _notify_times(envs, "LMTP deliver", "LMTP")
         peak_idling = low_idling = _idling(envs)
         end = wall0 + job["duration"]
         rss_peak = _rss_mb()
@@ -146,6 +147,7 @@ def run_job(job: dict) -> dict:
             rss_peak = max(rss_peak, _rss_mb())
         after, cpu1, wall1, times1 = _snapshot(envs), time.process_time(), time.perf_counter(), os.times()
         notify = {name: _window_percentiles(notify_before[name], _notify_times(envs, name)) for name in NOTIFY_NAMES}
+        delivery = _window_percentiles(delivery_before, _notify_times(envs, "LMTP deliver", "LMTP"))
         per_env_idling = [idling(e) for e in envs]
     finally:
         runner.quit()
@@ -181,6 +183,9 @@ def run_job(job: dict) -> dict:
         "notify_generator_p50_ms": notify["IMAP notify generator"][1],
         "notify_generator_p95_ms": notify["IMAP notify generator"][2],
         "notify_split_samples": notify["IMAP notify server"][0],
+        # part of the server's time: LMTP from the delivery's first byte to the server's 250 (mail stored)
+        "delivery_p50_ms": delivery[1],
+        "delivery_p95_ms": delivery[2],
         "rss_before_mb": rss_before,
         "rss_peak_mb": rss_peak,
         "rss_per_connection_kb": (rss_peak - rss_before) * 1024 / peak_idling if job["mode"] == "idle" and peak_idling else None,
