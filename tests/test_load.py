@@ -605,6 +605,21 @@ def test_bench_reads_imaptests_totals_and_its_user_template():
     assert cli.main(["bench", "--compare-imaptest", "/nonexistent/imaptest"]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_bench_runs_the_webmail_mix_without_failures(pipelining, capsys):
+    # Sessions cycle (LOGOUT and LOGIN every 10 views); pipelined, a later session's first view goes in one write
+    # with the count its user saw in the last one, so a stale range or a lost answer would show as failures.
+    args = ["bench", "--users", "3", "--duration", "3", "--warmup", "1", "--messages", "20", "--json"]
+    assert cli.main(args + ([] if pipelining else ["--no-pipelining"])) == 0
+    result = json.loads(capsys.readouterr().out)
+    counts = {name: v["requests"] for name, v in result["per_name"].items()}
+    assert result["failures"] == 0 and result["pipelining"] is pipelining
+    for name in ("IMAP LIST", "IMAP SELECT", "IMAP FETCH headers", "IMAP FETCH body", "IMAP STORE seen"):
+        assert counts.get(name, 0) > 10, counts
+    assert counts.get("IMAP LOGIN", 0) >= 2 and result["commands_per_cpu_second"] > 0
+
+
 def test_cpu_sampler_sums_a_sessions_processes_and_names_the_busier_side(tmp_path):
     burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
                               start_new_session=True)

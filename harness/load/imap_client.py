@@ -149,10 +149,10 @@ class ImapClient(WireClient):
                 except BaseException as killed:  # the run ended (Locust killed the user) while it waited
                     report_if_late(self, name, (monotonic() - started) * 1000, 0, killed)
                     raise
-                now_consumed = conn.received - len(conn.buf) + conn.pos
-                self.report(name, (monotonic() - started) * 1000, now_consumed - consumed, exc)
+                now, now_consumed = monotonic(), conn.received - len(conn.buf) + conn.pos
+                self.report(name, (now - started) * 1000, now_consumed - consumed, exc)
                 consumed = now_consumed
-                conn.deadline = monotonic() + self.timeout
+                conn.deadline = now + self.timeout
         finally:
             conn.deadline = 0.0
         if failure:

@@ -234,6 +234,7 @@ class WebmailReader(MailUser):
         self.headers = int(self.kind.options.get("headers", 50))
         self.views_per_session = int(self.kind.options.get("actions_per_session", 10))
         self.pipelining = bool(self.kind.options.get("pipelining", False))
+        self.known = 0  # INBOX's message count as this user last saw it, in this session or an earlier one
 
     @task
     def view_inbox(self) -> None:
@@ -250,6 +251,7 @@ class WebmailReader(MailUser):
                 client.logout()
         except NETWORK_ERRORS:
             self._drop()
+            self.known = 0  # a range from a count gone stale fails: the next session asks SELECT first
 
     def page_view(self, client: ImapClient) -> None:
         if self.pipelining:
@@ -270,16 +272,17 @@ class WebmailReader(MailUser):
 
     def page_view_pipelined(self, client: ImapClient) -> None:
         """The same commands as a pipelining webmail back end sends them: each write waits only for what it
-        needs. The first view of a session learns the message count from SELECT; later views send the
-        whole page in one write, ranges from the count the session last saw (as a back end that caches
-        it does: a changed count shows on the next view). The attachment fetch waits for the structure."""
+        needs. A view sends the whole page in one write, SELECT and LIST included, with ranges from the
+        message count the user last saw (in this session or its last one: a back end caches the folder's
+        count between the IMAP connections it opens; a changed count shows on the next view). Only a user
+        that has never seen the count asks SELECT and LIST first. The attachment fetch waits for the structure."""
         select, listing = ("IMAP SELECT", client.select_command("INBOX")), ("IMAP LIST", b'LIST "" "*"')
         page = []
-        if self.views and client.exists:
+        if self.known:
             page = [select, listing]  # ride in the page's write
         elif not client.selected(client.pipeline([select, listing], collect=True)):
             return
-        known = client.exists
+        known = self.known or client.exists
         oldest = max(1, known - self.headers + 1)
         opened = random.randint(oldest, known)
         page += [
@@ -290,9 +293,13 @@ class WebmailReader(MailUser):
         ]
         structure = client.pipeline(page, collect=True)
         if page[0] is select:
-            client.selected(structure)  # the count for the next view
-        # Only the opened message's structure counts (the headers fetched beside it may say anything).
-        if _MULTIPART_MIXED.search(structure, max(0, structure.find(b"* %d FETCH (BODYSTRUCTURE" % opened))):
+            client.selected(structure)
+        self.known = client.exists  # the count for the next view
+        # Only the opened message's structure counts (the headers fetched beside it may say anything), and it
+        # ends where its text part's literal begins: the text is not searched.
+        start = max(0, structure.find(b"* %d FETCH (BODYSTRUCTURE" % opened))
+        end = structure.find(b" BODY[1] ", start)
+        if _MULTIPART_MIXED.search(structure, start, end if end > 0 else len(structure)):
             client.command("IMAP FETCH attachment", b"FETCH %d BODY.PEEK[2]" % opened)
 
 
