@@ -82,6 +82,7 @@ def test_bench_refuses_idle_users_no_fd_tables_could_hold(capsys):
     assert cli.main(["bench", "--idle-users", "5000", "--fd-limit", "200"]) == 2
     err = capsys.readouterr().err
     assert "per fd table" in err and "ulimit -Hn" in err and "CAP_SYS_RESOURCE" in err and "LimitNOFILE" in err
+    assert cli.main(["bench", "--fd-limit", "1000"]) == 2  # only the IDLE hold has fd tables
 
 
 @pytest.mark.slow
@@ -96,3 +97,14 @@ def test_bench_holds_idle_users_beyond_one_fd_tables_limit_in_one_process(capsys
     assert result["idling_peak"] == 360 and result["idling_low"] == 360 and result["failures"] == 0
     assert result["idling_per_fd_table"] == [180, 180]
     assert result["notify_samples"] > 0  # notifications reached users in both tables' share of the run
+
+
+def test_bench_refuses_when_a_thread_cannot_get_its_own_fd_table(monkeypatch):
+    from harness.errors import ConfigError
+    from harness.load import bench_command, fd_tables
+
+    monkeypatch.setattr(fd_tables, "probe", lambda: "unshare(CLONE_FILES): Operation not permitted")
+    with pytest.raises(ConfigError, match=r"cannot get its own fd table here \(unshare\(CLONE_FILES\): Operation not permitted\).*"
+                                          r"CAP_SYS_RESOURCE.*at most 744 users"):
+        bench_command.check_fd_limit(2000, cap=1000)
+    assert bench_command.check_fd_limit(500, cap=1000) == 1  # the limit covers them: one table, no probe needed

@@ -124,6 +124,8 @@ def run(args) -> int:
             raise ConfigError(f"--compare-imaptest {args.compare_imaptest}: not an executable file")
     if args.source_address:
         parse_source_addresses(args.source_address, "--source-address")  # a bad range fails before any server starts
+    if args.fd_limit is not None and not idle:
+        raise ConfigError("--fd-limit goes with --idle-users")
     if args.fd_limit is not None and not 64 <= args.fd_limit:
         raise ConfigError("--fd-limit must be at least 64")
     if idle:
