@@ -209,7 +209,8 @@ def _split_over_fd_tables(idle_users: int, fd_limit: int) -> list[int]:
     count, per_table = tables_needed(idle_users, limit, open_descriptors())
     if not 1 <= count <= MAX_TABLES:
         raise HarnessError(f"{idle_users:,} IDLE connections do not fit {MAX_TABLES} fd tables of {fd_limit:,} descriptors")
-    return [min(per_table, idle_users - n * per_table) for n in range(count)]
+    shares = [min(per_table, idle_users - n * per_table) for n in range(count)]
+    return [share for share in shares if share > 0]
 
 
 def _hold_in_own_table(load, users: int, spawn_rate: float, envs: list[Environment], table: FdTableThread) -> None:
