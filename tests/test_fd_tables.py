@@ -87,15 +87,16 @@ def test_bench_refuses_idle_users_no_fd_tables_could_hold(capsys):
 
 @pytest.mark.slow
 def test_bench_holds_idle_users_beyond_one_fd_tables_limit_in_one_process(capsys):
-    # 360 IDLE users where a table takes 300 descriptors: two tables (one would run out at about 250)
-    code = cli.main(["bench", "--idle-users", "360", "--fd-limit", "300", "--duration", "3", "--delivery-rate", "5",
+    # 200 IDLE users where a table takes 160 descriptors: two tables or more (one runs out at about 130)
+    code = cli.main(["bench", "--idle-users", "200", "--fd-limit", "160", "--duration", "2", "--delivery-rate", "5",
                      "--source-address", "127.0.0.2-127.0.0.3", "--json"])
     out = capsys.readouterr().out
     assert code == 0, out
     result = json.loads(out)
-    assert result["fd_tables"] == 2 and result["fd_limit"] == 300
-    assert result["idling_peak"] == 360 and result["idling_low"] == 360 and result["failures"] == 0
-    assert result["idling_per_fd_table"] == [180, 180]
+    assert result["fd_tables"] >= 2 and result["fd_limit"] == 160
+    assert result["idling_peak"] == 200 and result["idling_low"] == 200 and result["failures"] == 0
+    tables = result["idling_per_fd_table"]
+    assert len(tables) == result["fd_tables"] and sum(tables) == 200 and max(tables) < 160
     assert result["notify_samples"] > 0  # notifications reached users in both tables' share of the run
 
 
