@@ -26,6 +26,7 @@ from locust.event import Events
 from locust.stats import calculate_response_time_percentile
 
 from harness.errors import HarnessError
+from harness.load import cheap_stats
 from harness.load.accounts import AccountAllocator
 from harness.load.fd_tables import MAX_TABLES, FdTableThread, open_descriptors, tables_needed
 from harness.load.locust_plugin import build_run, configure_user_classes
@@ -102,6 +103,7 @@ def run_job(job: dict) -> dict:
     configure_user_classes(env, load.scenario)
     load.allocator = AccountAllocator(load.plan)
     runner = env.create_local_runner()
+    cheap_stats.install(env.stats)  # as in every load run (locust_plugin)
     users, spawn_rate = job["users"], job["spawn_rate"]
     rss_before = _rss_mb()
     envs, tables = [env], []

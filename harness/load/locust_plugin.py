@@ -26,6 +26,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
 from harness.known_secrets import ScrubbingFilter, ScrubbingStream
+from harness.load import cheap_stats
 from harness.load.accounts import AccountAllocator, AccountPlan
 from harness.load.ledger import Ledger
 from harness.load.open_files import raise_open_file_limit
@@ -159,14 +160,16 @@ def _on_init(environment, runner=None, **_kw) -> None:
         sys.stderr.write(f"mailharness: {exc}\n")
         raise SystemExit(exc.exit_code) from None
     environment.mailharness = run
+    cheap = cheap_stats.install(environment.stats)  # the runner (local or worker) and its stats exist by now
     if not isinstance(runner, WorkerRunner) and options.csv_prefix:
         events.quit.add_listener(lambda **_: write_final_statistics(environment, options.csv_prefix))
     events.quit.add_listener(_exit_without_teardown)
     _scrub_logs()
     limit = raise_open_file_limit()
-    log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d%s",
+    log.info("mailharness: %s, scenario %s, accounts: %s; open files limit %d%s; request statistics: %s",
              run.target.name, run.scenario.name, run.plan.describe(), limit,
-             f"; connecting from {', '.join(run.sources.addresses)}" if run.sources.addresses else "")
+             f"; connecting from {', '.join(run.sources.addresses)}" if run.sources.addresses else "",
+             "inline (harness/load/cheap_stats.py)" if cheap else "Locust's own")
 
     if isinstance(runner, WorkerRunner):
         def on_layout(environment, msg, **_):
