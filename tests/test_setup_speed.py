@@ -299,3 +299,20 @@ def test_a_run_leaves_the_disposable_accounts_of_a_users_server_empty(target, tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for account in users.accounts:
         assert _held(users, account) == {"mail": {}, "folders": [], "subscribed": []}
+
+
+def test_bench_suite_times_whole_runs_and_says_where_the_time_went():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--suite", "examples/", "--rounds", "2",
+                           "--workers", "0", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["rounds"] == 2 and result["verdicts"] == ["pass", "pass"]
+    assert result["command"] == "mailharness run -n 0 --suite examples"
+    assert 0 < result["session_s"]["median"] < result["wall_s"]["median"]
+    assert result["phases_s"]["setup"]["median"] > 0 and result["phases_s"]["waits"]["median"] > 0  # the IDLE example waits
+    assert result["outcomes"][0]["passed"] >= 3
+    assert "round 2/2" in proc.stderr

@@ -43,6 +43,7 @@ Measure the load generator itself: protocol commands per generator CPU-second.
                                            mix against the same server: both figures and the ratio
   mailharness bench --users 50 --duration 30 --target staging.yaml
   mailharness bench --idle-users 25000 --source-address 127.0.0.2-127.0.0.9
+  mailharness bench --suite                whole `mailharness run -n 2` runs of the bundled suites, 3 rounds
                                            how many IDLE connections one process holds, notification latency
 
 The webmail mix is what `imap_webmail` users do per page view: LIST, SELECT INBOX, FETCH
@@ -96,10 +97,22 @@ def add_arguments(p) -> None:
     p.add_argument("--stress", action="store_true",
                    help="instead: the stress mode's sessions (5 per mailbox, random commands), measured with the model's "
                         "checking on and then off, side by side")
+    p.add_argument("--suite", nargs="?", const=True, default=None, metavar="PATH", type=Path,
+                   help="instead: time whole `mailharness run -n W` runs of the bundled suites (or the suite file or "
+                        "directory PATH): server start, start-up, tests, reports; print the medians, with where the "
+                        "tests' time went (default 3 rounds)")
+    p.add_argument("--workers", type=int, default=None, metavar="W", help="with --suite: -n of each run (default 2)")
+    p.add_argument("--server", metavar="NAME", help="with --suite: the managed server to run against (default dovecot)")
     p.add_argument("--json", action="store_true", help="print the raw result as JSON")
 
 
 def run(args) -> int:
+    if args.suite is not None:
+        from harness.engine.suite_bench import run_suite_bench
+
+        return run_suite_bench(args)
+    if args.workers is not None or args.server:
+        raise ConfigError("--workers and --server go with --suite")
     if args.tls and args.compare_imaptest:
         raise ConfigError("--compare-imaptest runs imaptest in cleartext; leave out --tls")
     if args.tls:
