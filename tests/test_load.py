@@ -486,6 +486,26 @@ def test_pop3_pipelined_batch_reads_every_reply_after_an_err_and_then_raises():
     client.close()
 
 
+def test_a_batch_that_cannot_be_written_is_a_failed_request():
+    server = Pop3Maildrop([], pipelining=True)
+    seen = []
+    client = Pop3Client(server.endpoint, timeout=5, report=lambda *r: seen.append(r))
+    client.connect()
+    client.capa()
+    client.conn.sock.close()  # the write fails (as after a reset): the poll must not vanish from the statistics
+    with pytest.raises(OSError):
+        client.batch(_poll_batch(2))
+    assert [(name, type(exc).__name__) for name, _, _, exc in seen[2:]] == [("POP3 RETR", "OSError")]
+    imap_server = CannedServer(b"* OK ready\r\n", [])
+    imap_seen = []
+    imap = ImapClient(imap_server.endpoint, timeout=5, report=lambda *r: imap_seen.append(r))
+    imap.connect()
+    imap.conn.sock.close()
+    with pytest.raises(OSError):
+        imap.pipeline([("IMAP SELECT", b"SELECT INBOX"), ("IMAP LIST", b'LIST "" "*"')])
+    assert [(name, type(exc).__name__) for name, _, _, exc in imap_seen[1:]] == [("IMAP SELECT", "OSError")]
+
+
 def test_pop3_poll_is_pipelined_against_dovecot_and_commits_on_quit(dovecot):
     # Dovecot lists PIPELINING: RETR/DELE go in batches of MAX_PIPELINE, and QUIT commits every DELE.
     from harness.load.pop3_client import MAX_PIPELINE

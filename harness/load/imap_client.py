@@ -135,7 +135,11 @@ class ImapClient(WireClient):
         failure: CommandFailed | None = None
         untagged = []
         try:
-            conn.send(b"".join(tag + command + _CRLF for tag, (_, command) in zip(tags, commands)))
+            try:
+                conn.send(b"".join(tag + command + _CRLF for tag, (_, command) in zip(tags, commands)))
+            except Exception as lost:  # the batch never went out: its first command is the failed request
+                self.report(commands[0][0], (monotonic() - started) * 1000, 0, lost)
+                raise
             consumed = conn.received - len(conn.buf) + conn.pos
             for tag, (name, _) in zip(tags, commands):
                 exc = None

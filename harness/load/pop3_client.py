@@ -129,7 +129,11 @@ class Pop3Client(WireClient):
         started = monotonic()
         conn.deadline = started + self.timeout
         try:
-            conn.send(b"".join(command + b"\r\n" for _, command, _, _ in commands))
+            try:
+                conn.send(b"".join(command + b"\r\n" for _, command, _, _ in commands))
+            except Exception as lost:  # the batch never went out: its first command is the failed request
+                self.report(commands[0][0], (monotonic() - started) * 1000, 0, lost)
+                raise
             consumed = conn.received - conn.unread
             for name, _, multiline, header in commands:
                 result = exc = None
