@@ -272,13 +272,11 @@ def test_set_up_selects_only_the_folders_that_hold_mail(dovecot, monkeypatch):
 def test_set_up_stops_trusting_a_status_that_disagrees_with_select(dovecot, monkeypatch):
     """A server whose STATUS says 0 for folders that hold mail: INBOX's SELECT catches it out, and every folder
     is then SELECTed, so no test starts with the last test's mail."""
-    from imapclient import IMAPClient
-
     target, account = dovecot.target, dovecot.target.accounts[5]
     monkeypatch.setattr(accounts, "_STATUS_DISAGREED", set())
     accounts.prepare(target, account)
     _fill(target, account)
-    monkeypatch.setattr(IMAPClient, "folder_status", lambda self, folder, what=None: {b"MESSAGES": 0})
+    monkeypatch.setattr(accounts, "_statuses", lambda client, names: {name: 0 for name in names})
     accounts.prepare(target, account)
     assert (target.imap.host, target.imap.port) in accounts._STATUS_DISAGREED
     assert _held(target, account) == {"mail": {}, "folders": [], "subscribed": []}
@@ -316,3 +314,18 @@ def test_bench_suite_times_whole_runs_and_says_where_the_time_went():
     assert result["phases_s"]["setup"]["median"] > 0 and result["phases_s"]["waits"]["median"] > 0  # the IDLE example waits
     assert result["outcomes"][0]["passed"] >= 3
     assert "round 2/2" in proc.stderr
+
+
+def test_set_up_selects_every_folder_where_a_status_is_refused(dovecot, monkeypatch):
+    """STATUS commands go out together; one refused (here: a folder that vanished) leaves the others' answers in
+    order, the server's STATUS is no longer trusted, and the folders are SELECTed."""
+    target, account = dovecot.target, dovecot.target.accounts[3]
+    monkeypatch.setattr(accounts, "_STATUS_DISAGREED", set())
+    with admin_client(target, account) as client:
+        assert accounts._statuses(client, ["INBOX", "Mailharness-no-such-folder", "Sent"]) == {"INBOX": 0, "Sent": 0}
+        assert (target.imap.host, target.imap.port) in accounts._STATUS_DISAGREED
+        assert client.noop()  # the connection is still in step
+    accounts.prepare(target, account)
+    _fill(target, account)
+    accounts.prepare(target, account)
+    assert _held(target, account) == {"mail": {}, "folders": [], "subscribed": []}

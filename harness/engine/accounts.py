@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
+from imapclient.response_parser import parse_response
 
 from harness.engine.client_limits import bound
 from harness.errors import ConfigError, HarnessError, UnsafeAccount
@@ -251,15 +252,19 @@ def _empty_once(client: IMAPClient, folders) -> tuple[list[str], bool]:
     expunged: list[str] = []
     deleted = selected = False
     # INBOX first: its SELECT checks STATUS before STATUS is trusted for any other folder
-    for flags, _delim, name in sorted(folders, key=lambda f: (f[2].upper() != "INBOX", -f[2].count(f[1] or "/"))):
+    ordered = sorted(folders, key=lambda f: (f[2].upper() != "INBOX", -f[2].count(f[1] or "/")))
+    kept = [name for flags, _, name in ordered
+            if _is_baseline(flags, name) and not _attributes(flags) & {b"\\noselect", b"\\nonexistent"}]
+    said_by_status = _statuses(client, kept) if _status_trusted(client) else {}
+    for flags, _delim, name in ordered:
         if not _is_baseline(flags, name):
             _try(client.delete_folder, name)  # a \Noselect parent vanishes with its last child on most servers
             deleted = True
             continue
-        if _attributes(flags) & {b"\\noselect", b"\\nonexistent"}:
+        if name not in kept:
             continue
         inbox = name.upper() == "INBOX"
-        said = _status_messages(client, name) if _status_trusted(client) else None
+        said = said_by_status.get(name) if _status_trusted(client) else None
         if said == 0 and not inbox:
             continue
         selected = True
@@ -290,12 +295,31 @@ def _status_trusted(client: IMAPClient) -> bool:
     return _server_of(client) not in _STATUS_DISAGREED
 
 
-def _status_messages(client: IMAPClient, name: str) -> int | None:
-    try:
-        return int(client.folder_status(name, [b"MESSAGES"])[b"MESSAGES"])
-    except (IMAPClientError, KeyError, ValueError):
-        _STATUS_DISAGREED.add(_server_of(client))  # a server that cannot say: SELECT everything
-        return None
+def _statuses(client: IMAPClient, names: list[str]) -> dict[str, int]:
+    """MESSAGES of each folder by STATUS, the commands sent together and their answers read in order: one
+    round trip, not one each (RFC 3501 §5.5: STATUS commands do not affect one another). A folder whose
+    STATUS is refused (NO, BAD) or unreadable is missing from the result, and the server's STATUS is then
+    no longer trusted."""
+    imap = client._imap
+    imap.untagged_responses.pop("STATUS", None)
+    tags = [(name, imap._command("STATUS", client._normalise_folder(name), "(MESSAGES)")) for name in names]
+    found: dict[str, int] = {}
+    for name, tag in tags:
+        try:
+            typ, _ = imap._command_complete("STATUS", tag)
+        except imap.abort:
+            raise  # the connection is gone or over its limits (client_limits.bound)
+        except IMAPClientError:  # BAD: read to its tagged line; the other commands' answers follow in order
+            typ = "BAD"
+        answers = imap.untagged_responses.pop("STATUS", [])
+        try:
+            if typ != "OK" or len(answers) != 1:
+                raise ValueError(f"STATUS {name}: {typ} with {len(answers)} STATUS line(s)")
+            items = parse_response(answers)[-1]  # (b"MESSAGES", n)
+            found[name] = int(dict(zip(items[::2], items[1::2]))[b"MESSAGES"])
+        except (IMAPClientError, KeyError, ValueError, TypeError, IndexError):
+            _STATUS_DISAGREED.add(_server_of(client))  # a server that cannot say: SELECT everything
+    return found
 
 
 def _counts_after_expunge(client: IMAPClient, names: list[str]) -> dict[str, int]:
@@ -303,8 +327,9 @@ def _counts_after_expunge(client: IMAPClient, names: list[str]) -> dict[str, int
     with SELECT, else by EXAMINE."""
     left: dict[str, int] = {}
     examined = False
+    said = _statuses(client, names) if _status_trusted(client) else {}
     for name in names:
-        count = _status_messages(client, name) if _status_trusted(client) else None
+        count = said.get(name) if _status_trusted(client) else None
         if count is None:
             count = client.select_folder(name, readonly=True)[b"EXISTS"]
             examined = True
