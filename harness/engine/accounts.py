@@ -324,20 +324,12 @@ def _statuses(client: IMAPClient, names: list[str]) -> dict[str, int]:
 
 def _counts_after_expunge(client: IMAPClient, names: list[str]) -> dict[str, int]:
     """The folders of `names` that still hold mail (none selected): by STATUS while the server's has agreed
-    with SELECT, else by EXAMINE."""
-    left: dict[str, int] = {}
-    examined = False
-    said = _statuses(client, names) if _status_trusted(client) else {}
-    for name in names:
-        count = said.get(name) if _status_trusted(client) else None
-        if count is None:
-            count = client.select_folder(name, readonly=True)[b"EXISTS"]
-            examined = True
-        if count:
-            left[name] = count
-    if examined:
-        leave_mailbox(client)
-    return left
+    with SELECT, else by EXAMINE (_message_counts)."""
+    if _status_trusted(client):
+        said = _statuses(client, names)
+        if _status_trusted(client):
+            return {name: count for name, count in said.items() if count}
+    return {name: count for name, count in _message_counts(client, [((), None, name) for name in names]).items() if count}
 
 
 def store_messages(client: IMAPClient, mailbox: str, messages: list[tuple[bytes, list[str]]]) -> None:

@@ -124,6 +124,7 @@ class HarnessState:
             self.managed = managed_server(server or DEFAULT_SERVER, accounts=self.config.getoption("--mh-accounts"),
                                           **({"tls": tls} if tls else {}))
             self.target = self.managed.start()
+            self.server_is_throwaway = True
             fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.managed.root)
             os.close(fd)
             self.target.dump(Path(self.target_file))
@@ -213,7 +214,7 @@ class HarnessState:
         """Leave the disposable accounts of a server of the user's empty, as a per-test clean-up would have; a
         throwaway server goes with its mail, and an interrupted run leaves at once (the next run empties them)."""
         used, self.used_accounts = self.used_accounts, {}
-        if not used or self.server_is_throwaway or self.managed or self.interrupted or self.signal:
+        if not used or self.server_is_throwaway or self.interrupted or self.signal:
             return
         for account in used.values():
             try:
@@ -351,7 +352,7 @@ def pytest_configure_node(node):
     state: HarnessState = node.config._mailharness
     node.workerinput["mh_active"] = state.active
     node.workerinput["mh_target_file"] = state.target_file
-    node.workerinput["mh_throwaway"] = state.managed is not None
+    node.workerinput["mh_throwaway"] = state.server_is_throwaway
     node.workerinput["mh_probe"] = json.dumps(state.probe)
 
 
