@@ -78,3 +78,27 @@ def test_target_up_records_which_server_down_stops(tmp_path):
 def test_accounts_option_is_for_managed_servers_only(tmp_path, target_file):
     proc = cli("run", "--target", str(target_file), "--accounts", "3", "--report-dir", str(tmp_path))
     assert proc.returncode == 2 and "--accounts" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["dovecot", "mailutils", "cyrus"])
+def test_a_managed_server_keeps_its_mail_on_tmpfs_when_there_is_room(name, monkeypatch):
+    import os
+    import shutil
+    from pathlib import Path
+
+    from harness.targets import managed_server
+
+    if not (os.access("/dev/shm", os.W_OK) and shutil.disk_usage("/dev/shm").free >= managed_server.SCRATCH_MIN_FREE):
+        pytest.skip("this machine has no writable /dev/shm with 1 GiB free")
+    server = managed.managed_server(name, accounts=1)  # the temp dir is made here; nothing is started
+    try:
+        assert server.root.parent == Path("/dev/shm")
+    finally:
+        server.stop()
+    assert not server.root.exists()
+    monkeypatch.setattr(managed_server, "SCRATCH_MIN_FREE", shutil.disk_usage("/dev/shm").free + (1 << 40))
+    server = managed.managed_server(name, accounts=1)  # not enough room left: the system's temp dir
+    try:
+        assert server.root.parent != Path("/dev/shm")
+    finally:
+        server.stop()

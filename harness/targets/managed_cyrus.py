@@ -40,12 +40,6 @@ CONFIG_DIRS = ("db", "proc", "socket", "log", "msg", "user", "quota", "lock", "s
 HASHED = ("user", "quota")  # what `cyrus makedirs` gives a..z subdirectories
 
 
-def _scratch_dir() -> str | None:
-    """tmpfs when there is one: Cyrus fsyncs every database commit, and this mail is thrown away anyway."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
-
-
 def _installed_common_version() -> str | None:
     out = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Version}", "cyrus-common"],
                          capture_output=True, text=True)
@@ -88,9 +82,6 @@ class ManagedCyrus(ManagedServer):
 
         self.quota_mb = quota_mb
         self._admin_password = ""
-
-    def _temp_parent(self) -> str | None:
-        return _scratch_dir()
 
     # -- lifecycle -----------------------------------------------------------------
     def _start(self, timeout: float) -> Target:
