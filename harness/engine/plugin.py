@@ -37,7 +37,7 @@ from harness.engine.accounts import AdminConnections
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.foreign_mail import ForeignMail
 from harness.engine.mailboxes import MailboxMap, Namespace
-from harness.engine.model import load_suite
+from harness.engine.suite_cache import load_suite  # model.load_suite, kept between runs
 from harness.engine.phases import PhaseClock
 from harness.engine.profiles import Profile, load_profile
 from harness.engine.runner import SoftDeviation, StepFailure, StepSkipped, TestRun
