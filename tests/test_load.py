@@ -11,6 +11,8 @@ import contextlib
 import csv
 import json
 import os
+import random
+import re
 import socket
 import ssl
 import subprocess
@@ -379,6 +381,77 @@ def test_pipeline_sends_one_write_and_reports_each_answer_with_its_own_bytes():
     client.login("u", "p")
     data = client.pipeline([("IMAP SELECT", b"SELECT INBOX"), ("IMAP FETCH", b"FETCH 1 BODY[]")], collect=True)
     assert data == b"* 3 EXISTS\r\n" + untagged and client.selected(data) == 3
+
+
+def _read_as_rfc3501_says(stream: bytes, tag: bytes) -> tuple[bytes, bytes, int]:
+    """(untagged, status, bytes used) of `tag`'s answer, read response by response: a line ending in {n} is
+    followed by n bytes of literal and the rest of its line (RFC 3501 4.3, 7.5). The reference for the reader."""
+    pos = 0
+    while not stream.startswith(tag, pos):
+        while True:
+            eol = stream.index(b"\r\n", pos)
+            marker = re.search(rb"\{(\d+)\}\Z", stream[pos:eol])
+            pos = eol + 2 + (int(marker[1]) if marker else 0)
+            if not marker:
+                break
+    eol = stream.index(b"\r\n", pos)
+    return stream[:pos], stream[pos + len(tag) : eol], eol + 2
+
+
+def _random_answer(rng: random.Random, tag: bytes) -> bytes:
+    """Untagged lines and FETCH responses with literals (some large, some holding what looks like a tagged line
+    or a literal marker, of this command or the others), then the tagged status."""
+    def text(crlf: bool) -> bytes:
+        pieces = [b"hi", b"{", b"}", b"{12}", b"a2 OK fake", b"a3 ", b"x" * rng.randint(0, 3000)]
+        if crlf:
+            pieces += [b"\r\n", b"{5}\r\n", b"{400}\r\n", b"\r\na2 OK not yet\r\n", b"\r\na3 NO nor this\r\n", b"\r\na4 "]
+        return b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 5)))
+
+    out = b""
+    for _ in range(rng.randint(0, 5)):
+        if rng.random() < 0.6:
+            out += b"* 1 FETCH (UID 1"
+            for _ in range(rng.randint(1, 4)):
+                body = text(crlf=True)
+                out += b" BODY[] {%d}\r\n" % len(body) + body
+            out += b")\r\n"
+        else:
+            out += b"* " + text(crlf=False) + b" .\r\n"  # a line that does not end in a literal marker
+    return out + tag + rng.choice([b" OK done", b" NO [CANNOT] no", b" BAD what"]) + b"\r\n"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_imap_reader_reads_pipelined_answers_as_rfc3501_frames_them(seed):
+    # Whatever the literals hold and however the bytes are split, each command ends at its own tagged line.
+    rng = random.Random(seed)
+    for _ in range(4):
+        tags = [b"a2", b"a3", b"a4"]
+        answers = [_random_answer(rng, tag) for tag in tags]
+        stream, untagged, statuses, sizes = b"".join(answers), [], [], []
+        for tag in tags:
+            part, status, used = _read_as_rfc3501_says(stream, tag + b" ")
+            untagged.append(part)
+            statuses.append(status)
+            sizes.append(used)
+            stream = stream[used:]
+        assert stream == b"" and sizes == [len(a) for a in answers]  # the generator makes what the reference reads
+        server = CannedServer(b"* OK ready\r\n", [b"a1 OK in\r\n", b"".join(answers), b"", b"", b""],
+                              chunk=rng.choice([1, 5, 300, 1 << 16]))
+        seen = []
+        client = ImapClient(server.endpoint, timeout=5, report=lambda *r, seen=seen: seen.append(r))
+        client.connect()
+        client.login("u", "p")
+        collect = rng.random() < 0.5
+        failed = next((s for s in statuses if not s.startswith(b"OK")), None)
+        try:
+            data = client.pipeline([(f"IMAP {t.decode()}", b"NOOP") for t in tags], collect=collect)
+        except CommandFailed as exc:
+            assert failed is not None and failed.decode() in str(exc)
+        else:
+            assert failed is None and data == (b"".join(untagged) if collect else b"")
+        assert [(name, nbytes, exc is None) for name, _, nbytes, exc in seen[2:]] == [
+            (f"IMAP {t.decode()}", size, status.startswith(b"OK")) for t, size, status in zip(tags, sizes, statuses)]
+        client.close()
 
 
 def test_pop3_reader_finds_the_terminator_and_one_header_across_splits():

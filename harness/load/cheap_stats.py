@@ -55,7 +55,8 @@ def log_request(self, method: str, name: str, response_time, content_length: int
     bucket = None if response_time is None else locust_stats.bucket_response_time(response_time)
     for e in (self.total, entry):
         last = e.last_request_timestamp
-        if e.use_response_times_cache and last and second > int(last):
+        # Locust's `second > int(last)`, without the call: the same for any timestamp >= 0 (second is whole)
+        if last and second > last and e.use_response_times_cache:
             e._cache_response_times(second - 1)
         e.num_requests += 1
         e.num_reqs_per_sec[second] += 1
