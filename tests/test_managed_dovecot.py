@@ -72,6 +72,35 @@ def test_starts_serves_both_protocols_and_stops_clean():
     assert not root.exists()
 
 
+def test_failed_logins_are_refused_without_the_auth_tick_apop_included():
+    """The embedded Dovecot answers a failed login at once (passdb field nodelay), where Dovecot would wait for its
+    auth process's next 500 ms tick: a wrong password, and also a wrong APOP digest, which fails in the APOP
+    mechanism after a successful secret lookup, not in a passdb. The fastest of three attempts: load only adds."""
+    import hashlib
+    import re
+
+    with ManagedDovecot(accounts=1) as dc:
+        account = dc.target.accounts[0]
+
+        def refused_after(*commands: bytes) -> float:
+            pop = poplib.POP3(dc.target.pop3.host, dc.target.pop3.port)
+            try:
+                timestamp = re.search(rb"<[^>]+>", pop.getwelcome()).group(0)
+                for command in commands[:-1]:
+                    pop._shortcmd(command.decode())
+                wrong = hashlib.md5(timestamp + b"not the " + account.password.encode()).hexdigest().encode()
+                started = time.monotonic()
+                with pytest.raises(poplib.error_proto, match="AUTH"):
+                    pop._shortcmd(commands[-1].replace(b"DIGEST", wrong).decode())
+                return time.monotonic() - started
+            finally:
+                pop.close()
+
+        user = account.user.encode()
+        assert min(refused_after(b"APOP " + user + b" DIGEST") for _ in range(3)) < 0.3
+        assert min(refused_after(b"USER " + user, b"PASS wrong") for _ in range(3)) < 0.3
+
+
 def test_two_instances_side_by_side():
     with ManagedDovecot(accounts=1) as one, ManagedDovecot(accounts=1) as two:
         assert one.target.imap.port != two.target.imap.port

@@ -36,7 +36,11 @@ EMBEDDED_SETTINGS = {
                       "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }"),
     # auth_failure_delay = 0 still answers a failed login at the auth process's next 500 ms tick; a failure
     # that carries the passdb field `nodelay` is answered at once. The same NO / -ERR [AUTH] as before.
-    "failed_login": ("  result_failure = continue\n}\n"
+    # A wrong password (PLAIN, LOGIN, USER/PASS) fails the passwd-file lookup and ends in the static passdb below;
+    # a wrong APOP digest does not: APOP asks the passwd-file for the user's secret (a credentials lookup, which
+    # succeeds) and the mechanism itself compares the digest, so its failure carries the passwd-file's fields.
+    "failed_login": ("  default_fields = nodelay=yes\n"
+                     "  result_failure = continue\n}\n"
                      "# a login the passwd-file refused ends here: failed, with nodelay\n"
                      "passdb {\n  driver = static\n  args = nopassword=y nodelay=yes\n  mechanisms = plain login apop\n  result_success = return-fail"),
     # A throwaway store needs no fsync (Dovecot's own advice for tests); and the imap/pop3 processes serve one
