@@ -698,6 +698,30 @@ def test_bench_reads_imaptests_totals_and_its_user_template():
     assert cli.main(["bench", "--compare-imaptest", "/nonexistent/imaptest"]) == 2
 
 
+def test_bench_comparison_pairs_rounds_back_to_back_in_abba_order(monkeypatch, tmp_path):
+    # No imaptest here: the two runners are replaced by ones that note the order and give known figures.
+    import argparse
+
+    from harness.load import bench_command
+
+    order, figures = [], iter([1000, 500, 600, 1200, 900, 600, 800, 800, 700, 350])
+    def ours(job, target, dovecot):
+        order.append("ours")
+        return {"commands": 10, "commands_per_cpu_second": next(figures), "per_name": {}, "failures": 0}
+    def theirs(args, target, users, tmp, dovecot):
+        order.append("imaptest")
+        return {"commands_per_cpu_second": next(figures), "commands_per_second": 1.0, "errors": 0}
+    monkeypatch.setattr(bench_command, "_run_generator", ours)
+    monkeypatch.setattr(bench_command, "_run_imaptest", theirs)
+    args = argparse.Namespace(compare_imaptest=Path("imaptest"), no_pipelining=False, source_address=None, messages=1,
+                              spawn_rate=None, warmup=1, duration=1)
+    target = argparse.Namespace(name="t")
+    result = bench_command._measure(args, "stress", 2, 5, tmp_path, tmp_path, target, None, tmp_path)
+    assert order == ["ours", "imaptest", "imaptest", "ours"] * 2 + ["ours", "imaptest"]
+    assert result["ratios"] == [2.0, 2.0, 1.5, 1.0, 2.0]  # each pair's own two runs, whichever went first
+    assert result["ratio"] == 2.0 and result["ratio_range"] == [1.0, 2.0] and result["ratio_quartiles"] == [1.5, 2.0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_bench_runs_the_webmail_mix_without_failures(pipelining, capsys):

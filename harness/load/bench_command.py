@@ -25,10 +25,15 @@ MAX_USERS = 5_000
 MAX_IDLE_USERS = 30_000
 MAX_DURATION = 600
 MAX_ROUNDS = 15
-# Paired rounds of a comparison: the machine's load moves between a round of ours and imaptest's next to it (other
-# work on shared cores slows our interpreter more than imaptest), and the median of 5 pairs rides that out better
-# than the median of 3.
-COMPARE_ROUNDS = 5
+# Paired rounds of a comparison: other work on the machine moves between a round of ours and imaptest's next to it
+# (and slows our interpreter more than imaptest). Many short pairs, each pair's two runs back to back and every
+# other pair in the opposite order (ABBA), ride that out better than a few long ones: 9 pairs of 8 s take about as
+# long as 5 of 15 s.
+COMPARE_ROUNDS = 9
+COMPARE_DURATION = 8.0
+DURATION = 15.0
+# Other processes using more than this share of a core during a round (on average) make the ratio read low.
+BUSY_OTHERS = 0.25
 # imaptest's side of the comparison: its webmail-like mix (shared/tools/imaptest/README.md). "-" zeroes every
 # state but LOGIN, SELECT and LOGOUT; then LIST, FETCH (flags and headers of a range), FETCH2 (one
 # message's body) and STORE each page view, LOGOUT in 10% of them.
@@ -64,7 +69,9 @@ reported too. A --target must be disposable: true (the mix sets \\Seen flags).
 def add_arguments(p) -> None:
     p.add_argument("--target", type=Path, metavar="FILE", help="target file (disposable: true); default: embedded Dovecot")
     p.add_argument("--users", type=int, default=20, metavar="N", help=f"concurrent webmail users without think time (default 20, at most {MAX_USERS})")
-    p.add_argument("--duration", type=finite_float, default=15.0, metavar="S", help=f"measured seconds (default 15, at most {MAX_DURATION})")
+    p.add_argument("--duration", type=finite_float, default=None, metavar="S",
+                   help=f"measured seconds of each run (default {DURATION:g}; {COMPARE_DURATION:g} with --compare-imaptest; "
+                        f"at most {MAX_DURATION})")
     p.add_argument("--warmup", type=finite_float, default=3.0, metavar="S", help="seconds of load before measuring (default 3)")
     p.add_argument("--messages", type=int, default=100, metavar="N", help="messages seeded per account (default 100)")
     p.add_argument("--no-pipelining", action="store_true",
@@ -73,8 +80,8 @@ def add_arguments(p) -> None:
                    help="an imaptest binary: run its webmail mix against the same server, interleaved with ours, "
                         "and print both figures and the ratio")
     p.add_argument("--rounds", type=int, default=None, metavar="N",
-                   help=f"measured runs of each generator, interleaved; medians are printed (default 5 with "
-                        f"--compare-imaptest, else 1; at most {MAX_ROUNDS})")
+                   help=f"measured runs of each generator, interleaved; medians are printed (default {COMPARE_ROUNDS} "
+                        f"with --compare-imaptest, else 1; at most {MAX_ROUNDS})")
     p.add_argument("--idle-users", type=int, default=0, metavar="N",
                    help="instead: open N IMAP connections holding IDLE (one account each) while mail arrives, "
                         "and report how many one process held, the notification latency and RSS per connection. "
@@ -107,6 +114,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.duration is None:
+        args.duration = COMPARE_DURATION if args.compare_imaptest else DURATION
     if args.suite is not None:
         from harness.engine.suite_bench import run_suite_bench
 
@@ -276,7 +285,13 @@ def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path,
         "fd_limit": getattr(args, "fd_limit", None),
     }
     ours, theirs = [], []
-    for _ in range(rounds):
+    for n in range(rounds):
+        # Each pair back to back, every other pair imaptest first (ABBA): a drift in the machine's other work
+        # during the comparison favours neither side.
+        if args.compare_imaptest and n % 2:
+            theirs.append(_run_imaptest(args, target, users, tmp, dovecot))
+            ours.append(_run_generator(job, target, dovecot))
+            continue
         ours.append(_run_generator(job, target, dovecot))
         if args.compare_imaptest:
             theirs.append(_run_imaptest(args, target, users, tmp, dovecot))
@@ -302,6 +317,8 @@ def _measure(args, idle: bool | str, users: int, rounds: int, target_file: Path,
         }
         result["ratio"] = statistics.median(ratios) if ratios else 0.0
         result["ratio_range"] = [min(ratios), max(ratios)] if ratios else []
+        result["ratio_quartiles"] = quartiles(ratios) if len(ratios) >= 4 else []
+        result["ratios"] = ratios
     return result
 
 
@@ -362,9 +379,15 @@ def idle_server_warnings(users: int, dovecot) -> list[str]:
     return warnings
 
 
+def quartiles(values: list[float]) -> list[float]:
+    """The first and third quartiles: the middle half of the paired ratios lies between them."""
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [q1, q3]
+
+
 def round_figures(r: dict) -> dict:
     keys = ("commands", "failures", "cpu_seconds", "wall_seconds", "commands_per_cpu_second", "commands_per_second",
-            "machine_load")
+            "machine_load", "others_cores")
     return {k: r[k] for k in keys if k in r}
 
 
@@ -376,6 +399,7 @@ def _median_round(results: list[dict]) -> dict:
 
 def _run_generator(job: dict, target, dovecot) -> dict:
     server_cpu = ServerCpu(dovecot) if dovecot is not None else None
+    machine, children = MachineCpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     timeout = job["ramp_timeout"] + job["warmup"] + job["duration"] + 120
     proc = subprocess.run([sys.executable, "-m", "harness.load.bench_generator"], input=json.dumps(job),
@@ -386,6 +410,8 @@ def _run_generator(job: dict, target, dovecot) -> dict:
     if server_cpu is not None:  # over the generator's whole life (warm-up included), not only the measured window
         result["server_cpu_seconds"] = server_cpu.seconds()
         result["server_wall_seconds"] = time.monotonic() - started
+        result["others_cores"] = machine.others(time.monotonic() - started, _children_cpu(children),
+                                                result["server_cpu_seconds"])
     result["machine_load"] = os.getloadavg()[0]  # the 1-minute average as the run ends: how busy the machine was
     result["commands_per_cpu_second"] = result["commands"] / result["cpu_seconds"] if result["cpu_seconds"] else 0.0
     result["commands_per_second"] = result["commands"] / result["wall_seconds"] if result["wall_seconds"] else 0.0
@@ -409,12 +435,14 @@ def _run_imaptest(args, target, users: int, tmp: Path, dovecot) -> dict:
     if args.no_pipelining:
         command.append("no_pipelining")
     server_cpu = ServerCpu(dovecot) if dovecot is not None else None
+    machine = MachineCpu()
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=secs + 120, check=False)
     except subprocess.TimeoutExpired:
         raise HarnessError(f"imaptest did not finish within {secs + 120} s") from None
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
+    server_seconds = server_cpu.seconds() if server_cpu is not None else None
     counts = imaptest_totals(proc.stdout)
     if proc.returncode != 0 or counts is None:
         raise HarnessError(f"imaptest failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2000:]}")
@@ -424,8 +452,9 @@ def _run_imaptest(args, target, users: int, tmp: Path, dovecot) -> dict:
     result = {"commands": commands, "per_command": counts, "errors": errors, "cpu_seconds": cpu, "wall_seconds": wall,
               "machine_load": os.getloadavg()[0],
               "commands_per_cpu_second": commands / cpu if cpu else 0.0, "commands_per_second": commands / wall}
-    if server_cpu is not None:
-        result["server_cpu_seconds"] = server_cpu.seconds()
+    if server_seconds is not None:
+        result["server_cpu_seconds"] = server_seconds
+        result["others_cores"] = machine.others(wall, cpu, server_seconds)
     return result
 
 
@@ -447,6 +476,38 @@ def imaptest_totals(output: str) -> dict[str, int] | None:
             if len(names) == len(counts) and all(c.isdigit() for c in counts):
                 return dict(zip(names, map(int, counts)))
     return None
+
+
+def _children_cpu(before) -> float:
+    """User + system seconds of the child processes reaped since `before` (a RUSAGE_CHILDREN snapshot)."""
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+class MachineCpu:
+    """How busy the whole machine's CPUs were since this snapshot (/proc/stat), so a round can say how much of them
+    processes other than the measured generator and the server used: the load average cannot tell, since the
+    benchmark itself keeps 20 server processes runnable."""
+
+    def __init__(self):
+        self.start = self._busy()
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def others(self, wall: float, *measured: float) -> float | None:
+        """Cores that other processes kept busy on average over `wall` seconds, besides the `measured` CPU seconds."""
+        end = self._busy()
+        if self.start is None or end is None or wall <= 0:
+            return None
+        return max(0.0, (end - self.start - sum(measured)) / wall)
 
 
 class ServerCpu:
@@ -533,8 +594,8 @@ def _print(result: dict, idle: bool) -> None:
                 theirs = r["imaptest"]
                 line += (f"   imaptest {theirs['commands_per_cpu_second']:>7,.0f} ({theirs['commands']:,} in {theirs['cpu_seconds']:.2f} CPU-s)"
                          f"   ratio {ours['commands_per_cpu_second'] / theirs['commands_per_cpu_second']:.2f}" if theirs["commands_per_cpu_second"] else "")
-            loads = [x["machine_load"] for x in (ours, r.get("imaptest") or {}) if "machine_load" in x]
-            print(line + (f"   (load {'/'.join(f'{x:.0f}' for x in loads)})" if loads else ""))
+            others = [x["others_cores"] for x in (ours, r.get("imaptest") or {}) if x.get("others_cores") is not None]
+            print(line + (f"   (others {'/'.join(f'{x:.2f}' for x in others)} cores)" if others else ""))
     print(f"  commands: {result['commands']:,} ({result['failures']} failed)" + (" in the median round" if rounds else ""))
     print(f"  generator: {result['cpu_seconds']:.2f} CPU-s -> {result['commands_per_cpu_second']:,.0f} commands per CPU-second"
           f" (user {result['cpu_user_seconds']:.2f} s, system {result['cpu_system_seconds']:.2f} s)")
@@ -551,12 +612,15 @@ def _print(result: dict, idle: bool) -> None:
         low, high = result["ratio_range"] or [0, 0]
         print(f"  imaptest ({it['mix']}): {it['commands_per_cpu_second']:,.0f} commands per CPU-second (median), "
               f"{it['commands_per_second']:,.0f} commands/s; {it['failures']} errors")
+        middle = result.get("ratio_quartiles")
         print(f"  ratio mailharness / imaptest, commands per CPU-second: {result['ratio']:.2f}x "
-              f"(median of {len(rounds or [1])} paired rounds; range {low:.2f}-{high:.2f})")
-        loads = [x["machine_load"] for r in rounds or [] for x in r.values() if "machine_load" in x]
-        if loads and max(loads) > 2 * (os.cpu_count() or 1):
-            print(f"  note: the machine was busy (load {min(loads):.0f}-{max(loads):.0f} on {os.cpu_count()} CPUs): other work on "
-                  "the cores costs our interpreter more per command than imaptest, so the ratio reads low; see loadtests/README.md")
+              f"(median of {len(rounds or [1])} paired rounds; range {low:.2f}-{high:.2f}"
+              + (f", middle half {middle[0]:.2f}-{middle[1]:.2f})" if middle else ")"))
+        others = [x["others_cores"] for r in rounds or [] for x in r.values() if x.get("others_cores") is not None]
+        if others and max(others) > BUSY_OTHERS:
+            print(f"  note: other processes used up to {max(others):.2f} cores in a round (of {os.cpu_count()}; the "
+                  "server and both generators not counted): other work on the cores costs our interpreter more per "
+                  "command than imaptest, so the ratio reads low then; see loadtests/README.md")
 
 
 def main(argv: list[str] | None = None) -> int:
