@@ -36,6 +36,7 @@ from harness.engine.account_pool import AccountPool
 from harness.engine.accounts import AdminConnections
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.foreign_mail import ForeignMail
+from harness.engine.lanes import Lane, Lanes, reraise
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.suite_cache import load_suite  # model.load_suite, kept between runs
 from harness.engine.phases import PhaseClock
@@ -47,6 +48,11 @@ from harness.known_secrets import SECRETS, scrub
 from harness.sessions import SessionError
 from harness.sessions.transcript import Transcript
 from harness.targets.target_file import Account, load_target
+
+
+# Tests each process runs at once against a managed server (lanes.py): enough for the other tests' work to
+# fill a test's wait for the server; each lane is a few more sessions at once.
+MANAGED_LANES = 4
 
 
 def pytest_addoption(parser):
@@ -61,6 +67,8 @@ def pytest_addoption(parser):
                     help="the managed server serves TLS (refusing plaintext logins before it); the sessions use "
                          "implicit TLS or STARTTLS")
     group.addoption("--mh-strict", action="store_true", help="a failed SHOULD check (outcome warning) fails the run")
+    group.addoption("--mh-lanes", type=int, metavar="N",
+                    help=f"tests each process runs at once (lanes.py); default {MANAGED_LANES} on a managed server, 1 on --mh-target")
 
 
 def _is_worker(config) -> bool:
@@ -99,6 +107,7 @@ class HarnessState:
         # disposable accounts this process's tests used, emptied at its end (see _cleanup)
         self.used_accounts: dict[str, Account] = {}
         self.server_is_throwaway = False  # a managed server, removed with its mail after the run
+        self._lanes: Lanes | None = None
 
     # controller: start or load the target, check the accounts are safe to use
     def start(self) -> None:
@@ -205,6 +214,17 @@ class HarnessState:
         return self.pool
 
     @property
+    def lanes(self) -> Lanes:
+        """How many tests this process runs at once: --mh-lanes, else several on a throwaway server of ours and
+        one on a server of the user's (its limits and login delays are not ours to load)."""
+        if self._lanes is None:
+            width = self.config.getoption("--mh-lanes") or (MANAGED_LANES if self.server_is_throwaway else 1)
+            self._lanes = Lanes(width)
+            if self._lanes.enabled:
+                self.admin  # made here, before any lane could race to make it
+        return self._lanes
+
+    @property
     def admin(self) -> AdminConnections:
         """This process's kept-alive set-up connections (accounts.AdminConnections)."""
         if self._admin is None:
@@ -229,6 +249,8 @@ class HarnessState:
             self._admin = None
 
     def stop(self) -> None:
+        if self._lanes is not None and not (self.interrupted or self.signal or self.server_is_throwaway):
+            self._lanes.drain()  # tests started ahead (then -x stopped the run) still use their accounts
         self._empty_used_accounts()
         self.close_admin()
         if self.managed:
@@ -456,10 +478,61 @@ class SuiteItem(pytest.Item):
         self.mailboxes = MailboxMap()
         self.stopped_answering: list[str] = []
         self.clock = PhaseClock()  # where the test's time went (results.json `phases`, run --durations)
+        self.lane: Lane | None = None  # with --lanes: the thread running this test's set-up, steps and clean-up
+        self.accounts_claimed = False
 
     def setup(self):
-        with self.clock.phase("setup"):
-            self._setup()
+        lanes = self.config._mailharness.lanes
+        if not lanes.enabled:
+            with self.clock.phase("setup"):
+                self._setup()
+            return
+        if self.lane is None:
+            self.start_lane(block=True)
+        lanes.start_ahead(self, lambda item: item.start_lane(block=False))
+        Lane.wait(self.lane.setup_done)
+        reraise(self.lane.setup_error)
+
+    def start_lane(self, block: bool) -> bool:
+        """Claim this test's accounts (main thread, queue order) and start its set-up, steps and clean-up on a
+        lane (lanes.py); False when `block` is off and its accounts are still held by a running test."""
+        state: HarnessState = self.config._mailharness
+        pool = state.account_pool()
+        try:
+            claimed = [] if self.profile_skip else pool.claim(self.spec.accounts, block)
+        except HarnessError as exc:  # more accounts than this worker has: the test's set-up error
+            claimed, error = [], exc
+        else:
+            error = None
+        if claimed is None:
+            return False
+        self.accounts = claimed
+        self.accounts_claimed = True
+
+        def work(lane: Lane) -> None:
+            lane.setup_error = error
+            try:
+                if lane.setup_error is None:
+                    try:
+                        with self.clock.phase("setup"):
+                            self._setup()
+                    except BaseException as exc:
+                        lane.setup_error = exc
+                lane.setup_done.set()
+                if lane.setup_error is None:
+                    try:
+                        self._timed_runtest()
+                    except BaseException as exc:
+                        lane.run_error = exc
+            finally:
+                try:
+                    with self.clock.phase("cleanup"):
+                        self._teardown()
+                except BaseException as exc:
+                    lane.teardown_error = exc
+
+        self.lane = state.lanes.add(Lane(work, release=lambda: pool.release(claimed)))
+        return True
 
     def _setup(self):
         state: HarnessState = self.config._mailharness
@@ -474,7 +547,8 @@ class SuiteItem(pytest.Item):
         missing = _missing_requirements(self.spec, state)
         if missing:
             pytest.skip(missing)
-        self.accounts = state.account_pool().take(self.spec.accounts)  # too few: an error, never a silent skip
+        if not self.accounts_claimed:  # a lane claimed them in queue order (start_lane)
+            self.accounts = state.account_pool().take(self.spec.accounts)  # too few: an error, never a silent skip
         target = state.target
         self.transcript = Transcript(secrets=target.passwords)
         try:
@@ -489,6 +563,13 @@ class SuiteItem(pytest.Item):
             raise SetupError(f"could not prepare the test's accounts over {_store_protocol(target)}: {exc}") from None
 
     def runtest(self):
+        if self.lane is not None:
+            Lane.wait(self.lane.done)
+            reraise(self.lane.run_error)
+            return
+        self._timed_runtest()
+
+    def _timed_runtest(self):
         started = time.perf_counter()
         before = sum(self.clock.seconds.values())
         try:
@@ -564,6 +645,10 @@ class SuiteItem(pytest.Item):
 
     def teardown(self):
         try:
+            if self.lane is not None:  # the lane cleaned up before it gave the accounts back
+                Lane.wait(self.lane.done)
+                reraise(self.lane.teardown_error)
+                return
             with self.clock.phase("cleanup"):
                 self._teardown()
         finally:

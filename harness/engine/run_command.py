@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
                    help="parallel workers (pytest-xdist); 0 runs in one process. Default: for a run of "
                         f"{AUTO_MIN_TESTS}+ tests without -k, twice the usable cores (at most {AUTO_MAX_WORKERS}): the tests "
                         "mostly wait for the server; fewer where the accounts run short (a worker owns every n-th); else 0")
+    p.add_argument("--lanes", type=int, metavar="N",
+                   help="tests each worker runs at once, reported in order (a test mostly waits for the server). "
+                        "Default: 4 on a managed server, 1 on a --target (your server's limits and login delays)")
     p.add_argument("--profile", metavar="NAME|FILE", help="server profile of expected deviations (default: the target's)")
     p.add_argument("--report-dir", type=Path, default=Path("reports/latest"), metavar="DIR", help="where reports go (default reports/latest)")
     p.add_argument("--timeout", type=finite_float, metavar="SECONDS", help="default per-step timeout (default 5, or the target's)")
@@ -111,6 +114,9 @@ def pytest_args(args) -> list[str]:
         args.workers = auto_workers(args, suites)
     if args.workers < 0:
         raise ConfigError("-n must be 0 or more")
+    lanes = getattr(args, "lanes", None)
+    if lanes is not None and lanes < 1:
+        raise ConfigError("--lanes must be 1 or more")
     if (getattr(args, "durations", None) or 0) < 0:
         raise ConfigError("--durations must be 0 or more")
     report_dir: Path = args.report_dir
@@ -141,6 +147,8 @@ def pytest_args(args) -> list[str]:
         out += ["--mh-server", args.server]
     if args.accounts:
         out += ["--mh-accounts", str(args.accounts)]
+    if lanes:
+        out += ["--mh-lanes", str(lanes)]
     if args.tls:
         out += ["--mh-tls", args.tls]
     if args.profile:

@@ -9,6 +9,7 @@ how many were left out between them.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -183,15 +184,14 @@ def _abbreviated(data: bytes) -> str:
     return f"{{{len(data)} bytes: {_display_line(data[:PREVIEW_BYTES], show_eol=True)}…}}"
 
 
+# Control characters (but TAB) and DEL as \xNN, for _display_line; str.translate does it at C speed.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f) if c != 0x09}
+_ESCAPES_EOL = {**_ESCAPES, 0x0d: "\\r", 0x0a: "\\n"}
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # most lines have none: then the text is shown as it is
+
+
 def _display_line(line: bytes, *, show_eol: bool = False) -> str:
     """One line for display: UTF-8 where valid, backslash escapes for other bytes and control characters.
     `show_eol`: CR and LF as \\r and \\n (so a preview of many lines stays on one)."""
-    out = []
-    for c in line.decode("utf-8", "backslashreplace"):
-        if c == "\t" or (c >= " " and c != "\x7f"):
-            out.append(c)
-        elif show_eol and c in "\r\n":
-            out.append("\\r" if c == "\r" else "\\n")
-        else:
-            out.append(f"\\x{ord(c):02x}")
-    return "".join(out)
+    text = line.decode("utf-8", "backslashreplace")
+    return text.translate(_ESCAPES_EOL if show_eol else _ESCAPES) if _CONTROL.search(text) else text

@@ -1,0 +1,109 @@
+"""Several tests of one process at once ("lanes"), reported one by one in their order.
+
+A suite test mostly waits for the server: Dovecot, for one, holds every IDLE notification for 500 ms
+(NOTIFY_DELAY_MSECS in its mailbox-watch.c), and a login or a set-up is a few round trips. So, with
+`--lanes N`, a process starts the set-up and steps of the next N-1 tests in its queue in threads while
+pytest takes its tests one at a time on the main thread: SuiteItem.setup() and runtest() then wait for
+their test's lane and raise what it raised. Reports, -x, xfail, the terminal and results.json see the same
+tests in the same order as with one lane; only the waiting overlaps.
+
+What keeps tests apart is what already keeps xdist's workers apart: each test has its own accounts, its
+own sessions and its own transcript. Accounts are claimed on the main thread in queue order, and a test
+whose accounts are still held by a running lane waits for them (AccountPool.claim). Nothing here runs
+without lanes (the default for a server of the user's, `--target`): tests then run inline, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+# Seconds HarnessState.stop waits for lanes still running (a -x run stops with tests started ahead) before
+# it empties the accounts they use: their own deadlines end them sooner.
+DRAIN_SECONDS = 60.0
+
+
+class Lane:
+    """One test's set-up and steps on a thread; `setup_done` and `done` let the main thread follow."""
+
+    def __init__(self, work: Callable[["Lane"], None], release: Callable[[], None]):
+        self.setup_done = threading.Event()
+        self.done = threading.Event()
+        self.setup_error: BaseException | None = None
+        self.run_error: BaseException | None = None
+        self.teardown_error: BaseException | None = None
+        self._work = work
+        self._release = release
+        self.thread = threading.Thread(target=self._main, daemon=True)  # Ctrl-C must not wait for it
+
+    def _main(self) -> None:
+        try:
+            self._work(self)
+        finally:
+            self.setup_done.set()
+            self._release()  # the accounts are free again only once nothing of the test can touch them
+            self.done.set()
+
+    @staticmethod
+    def wait(event: threading.Event) -> None:
+        # In slices: the main thread stays responsive to Ctrl-C, SIGTERM and pytest-timeout's SIGALRM.
+        while not event.wait(0.5):
+            pass
+
+
+class Lanes:
+    """The lanes of one process (controller without xdist, or one xdist worker)."""
+
+    def __init__(self, width: int):
+        self.width = max(1, width)
+        self.running: list[Lane] = []
+        self._index: dict[int, int] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.width > 1
+
+    def upcoming(self, item) -> list:
+        """The items this process will run after `item`, in order (as far as it knows them yet)."""
+        session = item.session
+        interactor = session.config.pluginmanager.get_plugin("workerinteractor")
+        if interactor is not None:  # an xdist worker: its queue of item indices (xdist/remote.py)
+            with interactor.torun.lock() as queued:
+                indices = [interactor.nextitem_index, *queued]
+            return [session.items[i] for i in indices if isinstance(i, int)]
+        if self._index is None:
+            self._index = {id(it): n for n, it in enumerate(session.items)}
+        n = self._index.get(id(item))
+        return [] if n is None else session.items[n + 1:]
+
+    def start_ahead(self, item, start: Callable[[object], bool]) -> None:
+        """Start lanes for the tests after `item` until width tests run; stop at the first that cannot start
+        (its accounts are busy), so that accounts are always claimed in queue order."""
+        self.running = [lane for lane in self.running if not lane.done.is_set()]
+        if len(self.running) >= self.width:
+            return
+        for nxt in self.upcoming(item)[: self.width - 1]:
+            if len(self.running) >= self.width:
+                return
+            if getattr(nxt, "lane", "none") is not None:
+                continue  # started already, or not one of ours (it runs inline when its turn comes)
+            if not start(nxt):
+                return
+
+    def add(self, lane: Lane) -> Lane:
+        self.running.append(lane)
+        lane.thread.start()
+        return lane
+
+    def drain(self, seconds: float = DRAIN_SECONDS) -> None:
+        """Wait (bounded) for lanes whose tests pytest never reached, e.g. after -x."""
+        deadline = time.monotonic() + seconds
+        for lane in self.running:
+            lane.done.wait(max(0.0, deadline - time.monotonic()))
+        self.running = []
+
+
+def reraise(error: BaseException | None) -> None:
+    if error is not None:
+        raise error
