@@ -193,11 +193,26 @@ _EXIT = {0: 0, 1: 1, 2: 2, 3: 2, 4: 2, 5: 2}
 
 
 def _prepare_report() -> None:
-    """Import and compile report.html's template before the tests: after Ctrl-C or SIGTERM that work (0.2 s
+    """Import and compile report.html's template before the tests end: after Ctrl-C or SIGTERM that work (0.2 s
     on a busy machine) would delay the exit; at the end of a normal run it is the same work."""
     from harness.reports.rendering import environment
 
     environment().get_template("report.html.j2")
+
+
+class _ReportPreparer:
+    """Prepares the report once the first test has reported, not before the run: while the workers start, import
+    and collect, the controller's time (and a core) is theirs."""
+
+    prepared = False
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if not self.prepared:
+            self.prepared = True
+            try:
+                _prepare_report()
+            except Exception:  # noqa: BLE001 - writing the report at the end says what is wrong
+                pass
 
 
 def run(args) -> int:
@@ -208,8 +223,7 @@ def run(args) -> int:
     results_path = args.report_dir / "results.json"
     results_path.unlink(missing_ok=True)
     os.environ["MAILHARNESS_COMMAND"] = "mailharness " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    _prepare_report()
-    code = int(pytest.main(argv))
+    code = int(pytest.main(argv, plugins=[_ReportPreparer()]))
     if code == 5:
         print("mailharness run: no tests matched (check --suite and -k)", file=sys.stderr)
     if not results_path.exists():

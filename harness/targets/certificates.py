@@ -11,8 +11,6 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-import trustme
-
 SERVER_NAMES = ("127.0.0.1", "localhost")
 
 
@@ -28,6 +26,8 @@ class CertFiles:
     def make(cls, directory: Path, names: tuple[str, ...] = SERVER_NAMES, *, expired: bool = False) -> CertFiles:
         """A fresh CA and certificates under `directory` (created). `expired`: the server certificate's validity
         ended yesterday (for testing that clients refuse it)."""
+        import trustme  # with cryptography, a tenth of a second: only for a server that serves TLS
+
         directory.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA(organization_name="mailharness throwaway CA")
         dates = {}
@@ -52,6 +52,8 @@ class CertFiles:
     @classmethod
     def self_signed(cls, directory: Path) -> CertFiles:
         """A server certificate that is its own issuer (a lone CA certificate): no client trusts it."""
+        import trustme
+
         directory.mkdir(parents=True, exist_ok=True)
         lone = trustme.CA(organization_name="mailharness self-signed")
         files = cls(directory / "ca.pem", directory / "server.pem", directory / "server.key", directory / "client.pem",

@@ -147,7 +147,8 @@ class Target:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "w") as out:
-            out.write(yaml.safe_dump(self.to_dict(), sort_keys=False))
+            # libyaml's emitter where PyYAML has it: the same text, five times faster (every run writes one)
+            out.write(yaml.dump(self.to_dict(), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
 
 
 def _written(ep: Endpoint):
