@@ -59,7 +59,9 @@ the session last saw; the attachment fetch waits for the structure. The users ru
 separate process that does nothing else, and its time.process_time() over the measured
 window is the CPU figure (connects are not counted as commands). imaptest's figure is its
 commands (logins included) over its user+system CPU (getrusage of the child), whole run.
-Runs alternate (ours, imaptest, ours, ...); the ratio is the median of the paired ratios.
+Runs go in pairs, back to back, every other pair imaptest first (ours, imaptest, imaptest, ours, ...);
+the ratio is the median of the paired ratios, shown with their range and middle half. Each run
+says how many cores other processes used meanwhile: other work makes the ratio read low.
 
 Without --target an embedded Dovecot is started on 127.0.0.1 and seeded; its CPU use is
 reported too. A --target must be disposable: true (the mix sets \\Seen flags).
