@@ -186,6 +186,37 @@ def test_an_unusable_target_is_an_error_with_all_three_reports(tmp_path, mode, s
     assert "Traceback" not in proc.stderr
 
 
+def test_a_managed_server_that_cannot_start_under_xdist_is_an_error_and_leaves_nothing(tmp_path):
+    """Under -n the managed server starts while xdist starts the workers: its failure still ends the run with all
+    three reports saying why, exit 2, no worker or temp dir left."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "dovecot"  # the generated config passes doveconf; this "Dovecot" notes it and dies
+    fake.write_text(f"#!/bin/sh\necho \"$2\" > {tmp_path / 'conf-path'}\necho 'Fatal: the fake dovecot refuses' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    proc = run_cli("run", "-n", "2", "--suite", "examples/", "--report-dir", str(tmp_path / "r"),
+                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    results, junit, html = reports(tmp_path / "r")
+    assert results["verdict"] == "error" and results["verdict_reason"].startswith("The run could not start: ")
+    assert "Dovecot exited with status 1" in results["verdict_reason"] and "the fake dovecot refuses" in results["verdict_reason"]
+    assert "Dovecot exited with status 1" in junit.find(".//error").get("message")
+    assert "Dovecot exited with status 1" in html
+    assert "Traceback" not in proc.stderr and "INTERNALERROR" not in proc.stdout + proc.stderr
+    root = Path((tmp_path / "conf-path").read_text().strip()).parent
+    assert root.name.startswith("mailharness-dovecot-") and not root.exists()
+
+
+def test_a_bad_profile_under_xdist_is_an_error_after_the_server_started(tmp_path):
+    proc = run_cli("run", "-n", "2", "--suite", "examples/", "--profile", "no-such-profile",
+                   "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    results, junit, html = reports(tmp_path / "r")
+    assert results["verdict"] == "error" and "no profile named 'no-such-profile'" in results["verdict_reason"]
+    assert "no profile named 'no-such-profile'" in junit.find(".//error").get("message")
+    assert results["run"]["ran"] == 0 and "Traceback" not in proc.stderr and "INTERNALERROR" not in proc.stdout
+
+
 @pytest.mark.parametrize("sig, name, code", [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143)])
 def test_an_interrupted_run_is_incomplete_and_says_how_far_it_got(tmp_path, target_file, sig, name, code):
     suite = write(tmp_path / "s.yaml", SUITE)

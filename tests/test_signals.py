@@ -123,6 +123,35 @@ def test_sigterm_during_run_stops_its_dovecot(tmp_path, private_tmp, record_prop
     assert not list(private_tmp.iterdir())
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_managed_server_starts_under_xdist_leaves_nothing(tmp_path, signum, record_property):
+    """Under -n the managed server starts in a thread while xdist starts the workers: a signal then must still stop
+    the run promptly and take the half-started server and its temp dir with it. This "Dovecot" never listens."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nap = f"3600.{os.getpid()}{signum}"
+    (bin_dir / "dovecot").write_text(f"#!/bin/sh\necho \"$2\" > {tmp_path / 'conf-path'}\nexec sleep {nap}\n")
+    (bin_dir / "dovecot").chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "-n", "2", "--suite", "examples/",
+                             "--report-dir", str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env, preexec_fn=sigint_as_in_a_terminal)
+    deadline = time.monotonic() + 60
+    while not processes_mentioning(f"sleep {nap}") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert processes_mentioning(f"sleep {nap}"), "the fake Dovecot never started"
+    took, out, err = stop_and_time(proc, signum, record_property)
+    assert proc.returncode in (2, 130, 143), err[-3000:]
+    assert took < SLACK, took
+    assert "Traceback" not in err, err[-3000:]
+    deadline = time.monotonic() + 5  # a SIGKILLed process leaves /proc a moment later
+    while processes_mentioning(f"sleep {nap}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes_mentioning(f"sleep {nap}"), "the half-started server outlived the run"
+    root = Path((tmp_path / "conf-path").read_text().strip()).parent
+    assert root.name.startswith("mailharness-dovecot-") and not root.exists()
+
+
 def test_ctrl_c_during_seed_against_a_slow_server_stops_promptly(tmp_path, record_property):
     with HostileServer("slowloris") as server:
         path = tmp_path / "t.yaml"

@@ -23,6 +23,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -108,6 +109,11 @@ class HarnessState:
         self.used_accounts: dict[str, Account] = {}
         self.server_is_throwaway = False  # a managed server, removed with its mail after the run
         self._lanes: Lanes | None = None
+        # A managed server starting while xdist starts the workers (start_in_background), and how it ended.
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self.ready_file: str | None = None  # the controller writes the probe here once the target is up
+        self.start_failed = False
 
     # controller: start or load the target, check the accounts are safe to use
     def start(self) -> None:
@@ -128,15 +134,9 @@ class HarnessState:
             self.target_file = option
             self.target = load_target(option)
         else:
-            from harness.targets.managed import DEFAULT_SERVER, managed_server
-
-            tls = self.config.getoption("--mh-tls")
-            self.managed = managed_server(server or DEFAULT_SERVER, accounts=self.config.getoption("--mh-accounts"),
-                                          **({"tls": tls} if tls else {}))
+            if self.managed is None:
+                self._make_managed()
             self.target = self.managed.start()
-            self.server_is_throwaway = True
-            fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.managed.root)
-            os.close(fd)
             self.target.dump(Path(self.target_file))
         if self.target.imap is None and self.target.delivery is None:  # nothing could store a test's mail
             raise ConfigError(
@@ -164,6 +164,77 @@ class HarnessState:
                         "if everything in these accounts may be deleted."
                     )
 
+    def _make_managed(self) -> None:
+        """The managed server, not started yet: its temp dir exists, and in it the (empty) target file."""
+        from harness.targets.managed import DEFAULT_SERVER, managed_server
+
+        tls = self.config.getoption("--mh-tls")
+        self.managed = managed_server(self.config.getoption("--mh-server") or DEFAULT_SERVER,
+                                      accounts=self.config.getoption("--mh-accounts"), **({"tls": tls} if tls else {}))
+        self.server_is_throwaway = True
+        fd, self.target_file = tempfile.mkstemp(prefix="target-", suffix=".yaml", dir=self.managed.root)
+        os.close(fd)
+
+    def start_in_background(self) -> None:
+        """Controller, xdist, a managed server: it starts (and is probed) in a thread while xdist starts the workers,
+        which import and collect for most of a second and wait for it only after their collection
+        (wait_for_target). The controller waits for it before it hands out any test (finish_start)."""
+        self._make_managed()
+        self.ready_file = self.target_file + ".ready"
+
+        def start() -> None:
+            outcome: dict = {}
+            try:
+                self.start()
+                outcome = {"probe": self.probe}
+            except BaseException as exc:  # noqa: BLE001 - finish_start raises it in the main thread
+                self._start_error = exc
+                outcome = {"error": str(exc)}
+            finally:
+                _write_atomically(Path(self.ready_file), json.dumps(outcome))
+
+        self._starting = threading.Thread(target=start, name="mailharness-target-start", daemon=True)
+        self._starting.start()
+
+    def finish_start(self) -> None:
+        """Controller: wait for start_in_background's thread; its failure is raised here."""
+        thread, self._starting = self._starting, None
+        if thread is not None:
+            thread.join()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _abandon_start(self) -> None:
+        """Kill what the background start has started until its thread gives up (a server that is gone fails its
+        start or its probe at once), so that the stop that follows finds the server up or gone, never starting."""
+        thread, self._starting = self._starting, None
+        while thread.is_alive():
+            for proc in list(self.managed.procs.values()) if self.managed else []:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            thread.join(0.05)
+
+    def wait_for_target(self, timeout: float) -> None:
+        """Worker: the controller started the target in the background; attach once it says it is up. Its temp dir
+        gone, or a failure in the signal: the controller reports the run as not started, so this worker stays idle."""
+        deadline = time.monotonic() + timeout
+        ready = Path(self.ready_file)
+        while not ready.exists():
+            if not ready.parent.is_dir() or time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+        try:
+            outcome = json.loads(ready.read_text())
+        except (OSError, ValueError):
+            return
+        if "probe" in outcome:
+            self.target = load_target(self.target_file)
+            self.probe = outcome["probe"]
+            self.ready_file = None
+            self.load_profile()
+
     def _held_by_disposable_accounts(self) -> list[str]:
         out = []
         for account in self.target.accounts:
@@ -186,6 +257,9 @@ class HarnessState:
     def attach(self, workerinput: dict) -> None:
         self.target_file = workerinput["mh_target_file"]
         self.server_is_throwaway = workerinput.get("mh_throwaway", False)
+        if workerinput.get("mh_ready_file"):  # still starting: see wait_for_target
+            self.ready_file = workerinput["mh_ready_file"]
+            return
         self.target = load_target(self.target_file)
         self.probe = json.loads(workerinput["mh_probe"])
 
@@ -249,6 +323,8 @@ class HarnessState:
             self._admin = None
 
     def stop(self) -> None:
+        if self._starting is not None:  # the run ends (Ctrl-C, SIGTERM) while the server starts in the background
+            self._abandon_start()
         if self._lanes is not None and not (self.interrupted or self.signal or self.server_is_throwaway):
             self._lanes.drain()  # tests started ahead (then -x stopped the run) still use their accounts
         self._empty_used_accounts()
@@ -269,7 +345,8 @@ def pytest_configure(config):
             state.active = True
             if config.workerinput.get("mh_target_file"):
                 state.attach(config.workerinput)
-            state.load_profile()
+            if state.ready_file is None:
+                state.load_profile()
     else:
         config.pluginmanager.register(ResultsCollector(state), "mailharness-results")
 
@@ -306,17 +383,57 @@ def _activate(state: HarnessState) -> None:
         if config.option.collectonly:  # listing tests needs the profile, not a server
             if config.getoption("--mh-target"):
                 state.target = load_target(config.getoption("--mh-target"))
+        elif _starts_in_background(config):
+            state.start_in_background()
+            return  # the profile once the target is up: pytest_runtestloop
         else:
             state.start()
         state.load_profile()
         _check_profile_ids(state)
     except HarnessError as exc:
-        state.stop()
-        # pytest does not finish a session whose start failed, so the reports are written here: they must say
-        # the run did not happen, not show an empty PASS.
-        state.run_error = str(exc)
-        _write_start_failure(config, state)
-        raise pytest.UsageError(str(exc)) from None
+        _start_failed(state, exc)
+
+
+def _starts_in_background(config) -> bool:
+    """A managed server under xdist starts while the workers start (a target of the user's is loaded, probed and
+    checked for foreign mail before any worker exists, as before)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not config.getoption("--mh-target")
+
+
+def _start_failed(state: HarnessState, exc: HarnessError) -> None:
+    state.stop()
+    # pytest does not finish a session whose start failed, so the reports are written here: they must say
+    # the run did not happen, not show an empty PASS.
+    state.run_error = str(exc)
+    _write_start_failure(state.config, state)
+    raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's loop hands out the first test
+def pytest_runtestloop(session):
+    state: HarnessState = session.config._mailharness
+    if _is_worker(session.config):
+        # a worker whose target never came up ends at once, instead of waiting for tests that will not come
+        return True if state.start_failed else None
+    if state._starting is None:
+        return None
+    try:
+        state.finish_start()
+        state.load_profile()
+        _check_profile_ids(state)
+    except HarnessError as exc:
+        state.start_failed = True  # the session goes on to its end: junit.xml is written again there
+        _start_failed(state, exc)
+    return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # the temp dir went with a failed start: the workers see it gone
 
 
 def _write_start_failure(config, state: HarnessState) -> None:
@@ -377,6 +494,7 @@ def pytest_configure_node(node):
     node.workerinput["mh_target_file"] = state.target_file
     node.workerinput["mh_throwaway"] = state.server_is_throwaway
     node.workerinput["mh_probe"] = json.dumps(state.probe)
+    node.workerinput["mh_ready_file"] = state.ready_file
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -446,6 +564,9 @@ _MARKERS_KEY = pytest.StashKey[set]()
 class SetupError(HarnessError):
     """The harness could not bring the accounts into the test's starting state (or back)."""
 
+
+# How long a worker waits for a target started in the background: longer than any server's start and probe.
+_START_WAIT = 300.0
 
 HUNG_AFTER = 3  # tests in a row without an answer in time, before the rest of that protocol's fail at once
 
@@ -942,6 +1063,15 @@ def _time_budget(spec, default: float) -> float:
 
 def pytest_collection_modifyitems(session, config, items):
     state: HarnessState = config._mailharness
+    if state.ready_file is not None and _is_worker(config):
+        try:
+            state.wait_for_target(timeout=_START_WAIT)
+        except HarnessError:  # the profile: the controller finds the same problem and reports it
+            state.target = None
+        if state.target is None:  # the start failed: the controller reports it, this worker ends (pytest_runtestloop)
+            state.start_failed = True
+            items[:] = []
+            return
     suite_items = [item for item in items if isinstance(item, SuiteItem)]
     if suite_items and not state.active and not _is_worker(config):
         _activate(state)  # suites reached by a path the session-start scan did not see (e.g. from a conftest)
@@ -1046,6 +1176,9 @@ class ResultsCollector:
             write_results(self.state, Path(path), exitstatus)
         if not self.state.active:
             return  # not a run of suites: leave other projects' reports alone
+        if self.state.start_failed:  # junitxml has just written an empty suite over the error (_write_start_failure)
+            _write_start_failure(config, self.state)
+            return
         xmlpath = getattr(config.option, "xmlpath", None)
         if xmlpath and Path(xmlpath).is_file() and self.state.results:
             from harness.reports.junit import enrich
