@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -20,21 +19,29 @@ ROOT = Path(__file__).resolve().parent.parent
 MAILHARNESS = Path(sys.executable).parent / "mailharness"
 
 # Each test holds its POP3 session open for a while: run one at a time they cannot overlap, on lanes they must.
-SUITE = "suite: lanes\ntests:\n" + "".join(textwrap.indent(textwrap.dedent(f"""\
-    - id: t.wait-{n}
-      title: waits {n}
-      area: session
-      rfc: [RFC1939 §5]
-      sessions: {{p: pop3}}
-      steps: [{{p: STAT}}, {{sleep: 0.6}}, {{p: NOOP}}]
-    """), "  ") for n in range(4)) + textwrap.indent(textwrap.dedent("""\
-    - id: t.fails
-      title: fails
-      area: session
-      rfc: [RFC1939 §5]
-      sessions: {p: pop3}
-      steps: [{p: NOOP, expect: "-ERR*"}]
-    """), "  ")
+WAIT = """\
+  - id: t.wait-{n}
+    title: waits {n}
+    area: session
+    rfc: [RFC1939 §5]
+    sessions: {{p: pop3}}
+    steps: [{{p: STAT}}, {{sleep: 0.6}}, {{p: NOOP}}]
+"""
+FAILS = """\
+  - id: t.fails
+    title: fails
+    area: session
+    rfc: [RFC1939 §5]
+    sessions: {p: pop3}
+    steps: [{p: NOOP, expect: "-ERR*"}]
+"""
+
+
+def _suite(*tests: str) -> str:
+    return "suite: lanes\ntests:\n" + "".join(tests)
+
+
+SUITE = _suite(*(WAIT.format(n=n) for n in range(4)), FAILS)
 
 # Records, for each test, the thread and the interval its steps ran in, and the accounts it used.
 PROBE = '''
@@ -49,7 +56,7 @@ def _recorded(self):
         return _original(self)
     finally:
         with open(os.environ["LANES_LOG"], "a") as log:
-            log.write(json.dumps({"id": self.spec.id, "thread": threading.current_thread().name,
+            log.write(json.dumps({"id": self.spec.id, "thread": threading.current_thread().name, "pid": os.getpid(),
                                   "start": started, "end": time.monotonic(),
                                   "accounts": [a.user for a in self.accounts]}) + "\\n")
 
@@ -57,19 +64,24 @@ plugin.SuiteItem._timed_runtest = _recorded
 '''
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[dict], dict]:
+def _run(tmp_path: Path, *args: str, suite_text: str = SUITE, workers: str = "0") -> tuple[subprocess.CompletedProcess, list[dict], dict]:
     suite = tmp_path / "lanes.yaml"
-    suite.write_text(SUITE)
+    suite.write_text(suite_text)
     (tmp_path / "lanes_probe.py").write_text(PROBE)
     log = tmp_path / "lanes.log"
     log.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "LANES_LOG": str(log)}
-    proc = subprocess.run([str(MAILHARNESS), "run", "--suite", str(suite), "-n", "0",
+    proc = subprocess.run([str(MAILHARNESS), "run", "--suite", str(suite), "-n", workers,
                            "--report-dir", str(tmp_path / "reports"), "--pytest-arg=-planes_probe", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     results = json.loads((tmp_path / "reports" / "results.json").read_text())
     return proc, runs, results
+
+
+def _most_at_once(runs: list[dict]) -> int:
+    """The most tests one process had running at the same moment."""
+    return max(sum(1 for o in runs if o["pid"] == r["pid"] and o["start"] <= r["start"] < o["end"]) for r in runs)
 
 
 def _overlapping(runs: list[dict]) -> int:
@@ -100,6 +112,14 @@ def test_a_server_of_the_users_runs_one_test_at_a_time(tmp_path, target_file):
     assert {t["id"]: t["outcome"] for t in results["tests"]}["t.fails"] == "failed"
 
 
+def test_each_xdist_worker_is_given_enough_tests_for_its_lanes(tmp_path):
+    """xdist's own scheduling leaves a worker 2 tests while its tests take 0.1 s or more: 2 lanes at most."""
+    proc, runs, results = _run(tmp_path, "--lanes", "4", suite_text=_suite(*(WAIT.format(n=n) for n in range(12))), workers="2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(runs) == 12 and len({r["pid"] for r in runs}) == 2
+    assert _most_at_once(runs) >= 3, runs
+
+
 def test_lanes_1_turns_them_off_on_a_managed_server(tmp_path):
     _, runs, _ = _run(tmp_path, "--lanes", "1")
     assert _overlapping(runs) == 0 and {r["thread"] for r in runs} == {"MainThread"}, runs
@@ -107,9 +127,8 @@ def test_lanes_1_turns_them_off_on_a_managed_server(tmp_path):
 
 def test_exitfirst_reports_no_test_after_the_failure(tmp_path):
     """-x with lanes: the tests after the failure may have started, but none is reported, and the run ends."""
-    waits, fails = SUITE.split("tests:\n", 1)[1].split("  - id: t.fails")
     suite = tmp_path / "lanes.yaml"
-    suite.write_text("suite: lanes\ntests:\n  - id: t.fails" + fails + waits)
+    suite.write_text(_suite(FAILS, *(WAIT.format(n=n) for n in range(4))))
     proc = subprocess.run([str(MAILHARNESS), "run", "--suite", str(suite), "-n", "0", "--pytest-arg=-x",
                            "--report-dir", str(tmp_path / "reports")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "INCOMPLETE: The run stopped early: 1 of 5 tests ran" in proc.stdout, proc.stdout + proc.stderr

@@ -59,6 +59,7 @@ class Lanes:
         self.width = max(1, width)
         self.running: list[Lane] = []
         self._index: dict[int, int] | None = None
+        self._worker = None  # xdist's WorkerInteractor in a worker (False: not found)
 
     @property
     def enabled(self) -> bool:
@@ -67,8 +68,12 @@ class Lanes:
     def upcoming(self, item) -> list:
         """The items this process will run after `item`, in order (as far as it knows them yet)."""
         session = item.session
-        interactor = session.config.pluginmanager.get_plugin("workerinteractor")
-        if interactor is not None:  # an xdist worker: its queue of item indices (xdist/remote.py)
+        if hasattr(session.config, "workerinput"):  # an xdist worker: only its own queue (xdist/remote.py)
+            if self._worker is None:
+                self._worker = self._interactor(session.config) or False
+            interactor = self._worker
+            if not interactor:
+                return []  # not the xdist we know: no test starts ahead, none runs twice
             with interactor.torun.lock() as queued:
                 indices = [interactor.nextitem_index, *queued]
             return [session.items[i] for i in indices if isinstance(i, int)]
@@ -76,6 +81,14 @@ class Lanes:
             self._index = {id(it): n for n, it in enumerate(session.items)}
         n = self._index.get(id(item))
         return [] if n is None else session.items[n + 1:]
+
+    @staticmethod
+    def _interactor(config):
+        """xdist's WorkerInteractor (registered without a name): it holds the worker's queue of test indices."""
+        for plugin in config.pluginmanager.get_plugins():
+            if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "torun") and hasattr(plugin, "nextitem_index"):
+                return plugin
+        return None
 
     def start_ahead(self, item, start: Callable[[object], bool]) -> None:
         """Start lanes for the tests after `item` until width tests run; stop at the first that cannot start
@@ -107,3 +120,18 @@ class Lanes:
 def reraise(error: BaseException | None) -> None:
     if error is not None:
         raise error
+
+
+def lane_scheduling(config, log, width: int):
+    """xdist's load scheduling, but each worker keeps `width` tests queued beyond the one it runs, so that
+    its lanes have tests to start. Plain LoadScheduling leaves a worker two while a test takes 0.1 s or
+    more (an IDLE test takes 0.5 s): the very tests whose waits lanes exist to fill would run one by one."""
+    from xdist.scheduler import LoadScheduling
+
+    class LaneScheduling(LoadScheduling):
+        def check_schedule(self, node, duration: float = 0) -> None:
+            if not node.shutting_down and self.pending and len(self.node2pending[node]) <= width:
+                self._send_tests(node, width + 1 - len(self.node2pending[node]))
+            super().check_schedule(node, duration)
+
+    return LaneScheduling(config, log)

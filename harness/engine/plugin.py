@@ -37,7 +37,7 @@ from harness.engine.account_pool import AccountPool
 from harness.engine.accounts import AdminConnections
 from harness.engine.credentials import greeting_timestamp
 from harness.engine.foreign_mail import ForeignMail
-from harness.engine.lanes import Lane, Lanes, reraise
+from harness.engine.lanes import Lane, Lanes, lane_scheduling, reraise
 from harness.engine.mailboxes import MailboxMap, Namespace
 from harness.engine.suite_cache import load_suite  # model.load_suite, kept between runs
 from harness.engine.phases import PhaseClock
@@ -288,12 +288,16 @@ class HarnessState:
         return self.pool
 
     @property
-    def lanes(self) -> Lanes:
-        """How many tests this process runs at once: --mh-lanes, else several on a throwaway server of ours and
+    def lane_width(self) -> int:
+        """How many tests a process runs at once: --mh-lanes, else several on a throwaway server of ours and
         one on a server of the user's (its limits and login delays are not ours to load)."""
+        return self.config.getoption("--mh-lanes") or (MANAGED_LANES if self.server_is_throwaway else 1)
+
+    @property
+    def lanes(self) -> Lanes:
+        """This process's lanes (lanes.py)."""
         if self._lanes is None:
-            width = self.config.getoption("--mh-lanes") or (MANAGED_LANES if self.server_is_throwaway else 1)
-            self._lanes = Lanes(width)
+            self._lanes = Lanes(self.lane_width)
             if self._lanes.enabled:
                 self.admin  # made here, before any lane could race to make it
         return self._lanes
@@ -485,6 +489,14 @@ def _run_has_suites(config) -> bool:
     found = suite_files(paths, skip) if skip is not None else suite_files(paths)
     config._mailharness.suite_paths = found
     return bool(found)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist there is nothing to schedule
+def pytest_xdist_make_scheduler(config, log):
+    state: HarnessState = config._mailharness
+    if state.active and state.target is not None and state.lane_width > 1 and config.getvalue("dist") == "load":
+        return lane_scheduling(config, log, state.lane_width)
+    return None
 
 
 def pytest_configure_node(node):
