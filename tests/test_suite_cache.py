@@ -116,9 +116,26 @@ def test_a_change_to_the_harness_loads_the_file_afresh(tmp_path, cache_home, mon
     assert parsed == [path] and len(entries(cache_home)) == 2
 
 
-def test_the_fingerprint_covers_the_harness_schemas_and_corpus():
-    files = {p.relative_to(suite_cache.PACKAGE).as_posix() for p in suite_cache.PACKAGE.rglob("*") if p.is_file()}
-    assert {"engine/model.py", "schemas/suite.schema.json", "corpus/messages/plain.eml"} <= files
+@pytest.mark.parametrize("changed", ["engine/model.py", "schemas/suite.schema.json", "corpus/messages/plain.eml"])
+def test_any_change_to_a_harness_file_changes_the_fingerprint(tmp_path, monkeypatch, changed):
+    import shutil
+
+    package = tmp_path / "harness"
+    shutil.copytree(suite_cache.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(suite_cache, "PACKAGE", package)
+    suite_cache.harness_fingerprint.cache_clear()
+    try:
+        before = suite_cache.harness_fingerprint()
+        (package / "__pycache__").mkdir(exist_ok=True)
+        (package / "__pycache__" / "x.pyc").write_bytes(b"bytecode does not count")
+        suite_cache.harness_fingerprint.cache_clear()
+        assert suite_cache.harness_fingerprint() == before
+        target = package / changed
+        target.write_bytes(target.read_bytes() + b"\n")
+        suite_cache.harness_fingerprint.cache_clear()
+        assert suite_cache.harness_fingerprint() != before
+    finally:
+        suite_cache.harness_fingerprint.cache_clear()
 
 
 def test_an_unwritable_cache_still_loads(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 Every xdist worker of every run collects every suite file: parsing the YAML and checking it by schema and by
 meaning (model.py) took 0.6-1 s per worker, before its first test. A file that loads without a problem is
 kept here, pickled, under a key made of its bytes and of every file of the harness package (code, schemas,
-corpus), so an edit to either loads it afresh. A file with a problem is never kept: its errors (file:line,
+corpus: by size and modification time, as Python's bytecode cache) and the parsing libraries' versions, so an
+edit to either loads it afresh. A file with a problem is never kept: its errors (file:line,
 exit 2) come from model.load_suite on every run. Anything wrong with an entry (unreadable, truncated, from
 another Python, holding a class not listed below) is a miss, never an error.
 
@@ -40,22 +41,34 @@ def cache_dir() -> Path | None:
     return base / "mailharness" / f"suites-{__version__}"
 
 
+# The libraries whose behaviour decides what a suite file loads as, or whether it loads at all.
+LIBRARIES = ("PyYAML", "regex", "jsonschema", "jsonschema-rs")
+
+
 @functools.cache
 def harness_fingerprint() -> bytes:
     """Everything that could change what a suite file loads as: the harness package's files (not its
-    bytecode), the Python and the libraries that parse and compile."""
-    import yaml
+    bytecode), the Python, and the versions of the libraries that parse, check and compile. A file counts by
+    its size and modification time, as for Python's own bytecode cache (reading all of them took 13-30 ms)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from harness.engine import patterns
 
-    regex_version = getattr(patterns._rx, "__version__", "re") if patterns.MATCH_TIMEOUTS else "re"
+    versions = []
+    for name in LIBRARIES:
+        try:
+            versions.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            versions.append(f"{name} absent")
     digest = hashlib.sha256()
-    digest.update(f"{__version__}\0{sys.version}\0{yaml.__version__}\0{regex_version}\0".encode())
-    for path in sorted(PACKAGE.rglob("*")):
-        if "__pycache__" in path.parts or not path.is_file():
-            continue
-        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
+    digest.update("\0".join([__version__, sys.version, str(patterns.MATCH_TIMEOUTS), *versions]).encode() + b"\0")
+    files = []
+    for directory, subdirs, names in os.walk(PACKAGE):  # os.walk: pathlib's rglob took longer than the stats
+        subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+        files += [os.path.join(directory, name) for name in names]
+    for name in sorted(files):
+        stat = os.stat(name)
+        digest.update(f"{os.path.relpath(name, PACKAGE)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return digest.digest()
 
 
