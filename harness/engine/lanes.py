@@ -2,9 +2,10 @@
 
 A suite test mostly waits for the server: Dovecot, for one, holds every IDLE notification for 500 ms
 (NOTIFY_DELAY_MSECS in its mailbox-watch.c), and a login or a set-up is a few round trips. So, with
-`--lanes N`, a process starts the set-up and steps of the next N-1 tests in its queue in threads while
-pytest takes its tests one at a time on the main thread: SuiteItem.setup() and runtest() then wait for
-their test's lane and raise what it raised. Reports, -x, xfail, the terminal and results.json see the same
+`--lanes N`, a process starts the set-up, steps and clean-up of the next N-1 tests in its queue in threads
+while pytest takes its tests one at a time on the main thread: SuiteItem.setup(), runtest() and teardown()
+then wait for their test's lane and raise what it raised. Under xdist a worker looks only at its own
+queue, and lane_scheduling keeps that queue long enough. Reports, -x, xfail, the terminal and results.json see the same
 tests in the same order as with one lane; only the waiting overlaps.
 
 What keeps tests apart is what already keeps xdist's workers apart: each test has its own accounts, its
@@ -25,7 +26,7 @@ DRAIN_SECONDS = 60.0
 
 
 class Lane:
-    """One test's set-up and steps on a thread; `setup_done` and `done` let the main thread follow."""
+    """One test's set-up, steps and clean-up on a thread; `setup_done` and `done` let the main thread follow."""
 
     def __init__(self, work: Callable[["Lane"], None], release: Callable[[], None]):
         self.setup_done = threading.Event()
