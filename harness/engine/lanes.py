@@ -20,6 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 
+# How far past the test being reported lanes may start tests (in lanes): tests that ended wait there to be
+# reported, so that a long test does not idle the other lanes; the queue an xdist worker has is as long.
+LOOKAHEAD = 2
+
 # Seconds HarnessState.stop waits for lanes still running (a -x run stops with tests started ahead) before
 # it empties the accounts they use: their own deadlines end them sooner.
 DRAIN_SECONDS = 60.0
@@ -28,7 +32,7 @@ DRAIN_SECONDS = 60.0
 class Lane:
     """One test's set-up, steps and clean-up on a thread; `setup_done` and `done` let the main thread follow."""
 
-    def __init__(self, work: Callable[["Lane"], None], release: Callable[[], None]):
+    def __init__(self, work: Callable[["Lane"], None], release: Callable[[], None], finished: threading.Event):
         self.setup_done = threading.Event()
         self.done = threading.Event()
         self.setup_error: BaseException | None = None
@@ -36,6 +40,7 @@ class Lane:
         self.teardown_error: BaseException | None = None
         self._work = work
         self._release = release
+        self._finished = finished
         self.thread = threading.Thread(target=self._main, daemon=True)  # Ctrl-C must not wait for it
 
     def _main(self) -> None:
@@ -45,12 +50,8 @@ class Lane:
             self.setup_done.set()
             self._release()  # the accounts are free again only once nothing of the test can touch them
             self.done.set()
+            self._finished.set()  # the main thread may start another lane
 
-    @staticmethod
-    def wait(event: threading.Event) -> None:
-        # In slices: the main thread stays responsive to Ctrl-C, SIGTERM and pytest-timeout's SIGALRM.
-        while not event.wait(0.5):
-            pass
 
 
 class Lanes:
@@ -61,6 +62,7 @@ class Lanes:
         self.running: list[Lane] = []
         self._index: dict[int, int] | None = None
         self._worker = None  # xdist's WorkerInteractor in a worker (False: not found)
+        self.finished = threading.Event()  # set by each lane as it ends
 
     @property
     def enabled(self) -> bool:
@@ -92,18 +94,27 @@ class Lanes:
         return None
 
     def start_ahead(self, item, start: Callable[[object], bool]) -> None:
-        """Start lanes for the tests after `item` until width tests run; stop at the first that cannot start
-        (its accounts are busy), so that accounts are always claimed in queue order."""
+        """Start lanes for the tests after `item` until `width` run; stop at the first that cannot start (its
+        accounts are busy), so that accounts are always claimed in queue order. Tests that ended wait to be
+        reported without holding a lane: a long test does not keep the short ones after it from running."""
         self.running = [lane for lane in self.running if not lane.done.is_set()]
-        if len(self.running) >= self.width:
-            return
-        for nxt in self.upcoming(item)[: self.width - 1]:
+        for nxt in self.upcoming(item)[: LOOKAHEAD * self.width]:
             if len(self.running) >= self.width:
                 return
             if getattr(nxt, "lane", "none") is not None:
                 continue  # started already, or not one of ours (it runs inline when its turn comes)
             if not start(nxt):
                 return
+
+    def wait(self, item, event: threading.Event, start: Callable[[object], bool]) -> None:
+        """Wait on the main thread for `item`'s lane to reach `event`, starting the next tests as lanes end.
+        In slices: the main thread stays responsive to Ctrl-C, SIGTERM and pytest-timeout's SIGALRM."""
+        while not event.is_set():
+            self.finished.clear()
+            self.start_ahead(item, start)
+            if event.is_set():
+                return
+            self.finished.wait(0.5)
 
     def add(self, lane: Lane) -> Lane:
         self.running.append(lane)
@@ -124,15 +135,16 @@ def reraise(error: BaseException | None) -> None:
 
 
 def lane_scheduling(config, log, width: int):
-    """xdist's load scheduling, but each worker keeps `width` tests queued beyond the one it runs, so that
-    its lanes have tests to start. Plain LoadScheduling leaves a worker two while a test takes 0.1 s or
+    """xdist's load scheduling, but each worker keeps LOOKAHEAD * `width` tests queued beyond the one it
+    runs, so that its lanes have tests to start. Plain LoadScheduling leaves a worker two while a test takes 0.1 s or
     more (an IDLE test takes 0.5 s): the very tests whose waits lanes exist to fill would run one by one."""
     from xdist.scheduler import LoadScheduling
 
     class LaneScheduling(LoadScheduling):
         def check_schedule(self, node, duration: float = 0) -> None:
-            if not node.shutting_down and self.pending and len(self.node2pending[node]) <= width:
-                self._send_tests(node, width + 1 - len(self.node2pending[node]))
+            wanted = LOOKAHEAD * width + 1  # the test it runs, and as many as its lanes may start ahead
+            if not node.shutting_down and self.pending and len(self.node2pending[node]) < wanted:
+                self._send_tests(node, wanted - len(self.node2pending[node]))
             super().check_schedule(node, duration)
 
     return LaneScheduling(config, log)

@@ -622,9 +622,11 @@ class SuiteItem(pytest.Item):
             return
         if self.lane is None:
             self.start_lane(block=True)
-        lanes.start_ahead(self, lambda item: item.start_lane(block=False))
-        Lane.wait(self.lane.setup_done)
+        self._wait_lane(self.lane.setup_done)
         reraise(self.lane.setup_error)
+
+    def _wait_lane(self, event) -> None:
+        self.config._mailharness.lanes.wait(self, event, lambda item: item.start_lane(block=False))
 
     def start_lane(self, block: bool) -> bool:
         """Claim this test's accounts (main thread, queue order) and start its set-up, steps and clean-up on a
@@ -664,7 +666,7 @@ class SuiteItem(pytest.Item):
                 except BaseException as exc:
                     lane.teardown_error = exc
 
-        self.lane = state.lanes.add(Lane(work, release=lambda: pool.release(claimed)))
+        self.lane = state.lanes.add(Lane(work, release=lambda: pool.release(claimed), finished=state.lanes.finished))
         return True
 
     def _setup(self):
@@ -697,7 +699,7 @@ class SuiteItem(pytest.Item):
 
     def runtest(self):
         if self.lane is not None:
-            Lane.wait(self.lane.done)
+            self._wait_lane(self.lane.done)
             reraise(self.lane.run_error)
             return
         self._timed_runtest()
@@ -779,7 +781,7 @@ class SuiteItem(pytest.Item):
     def teardown(self):
         try:
             if self.lane is not None:  # the lane cleaned up before it gave the accounts back
-                Lane.wait(self.lane.done)
+                self._wait_lane(self.lane.done)
                 reraise(self.lane.teardown_error)
                 return
             with self.clock.phase("cleanup"):
