@@ -24,8 +24,6 @@ from harness.load.wire import (
 )
 from harness.targets.target_file import Endpoint
 
-# Literals up to this size are scanned through for the next marker rather than jumped over (see _read_until_tagged).
-SCAN_THROUGH = 2048
 EXISTS = re.compile(rb"^\* (\d+) EXISTS\r?$", re.MULTILINE)
 _CRLF = b"\r\n"
 
@@ -199,7 +197,7 @@ class ImapClient(WireClient):
         attachment is never held) and b"" is returned. The hot path of the whole load generator."""
         conn = self.conn
         tag_line = _CRLF + tag
-        literals, scan_through = _LITERAL.finditer, SCAN_THROUGH
+        literal = _LITERAL.search
         done = 0  # bytes after conn.pos already passed (collect mode only; counting consumes them)
         line_start = True  # conn.pos + done begins a line
         while True:
@@ -207,33 +205,24 @@ class ImapClient(WireClient):
             base = conn.pos
             pos, end = base + done, len(buf)
             tagged = -1  # where the tagged line starts (end: not in the buffer yet), valid while >= pos
-            while True:
+            passed = pos
+            while pos <= end:
                 if tagged < pos:
-                    if line_start and buf.startswith(tag, pos):
+                    if line_start and pos == passed and buf.startswith(tag, pos):
                         tagged = pos
                     else:
                         tagged = buf.find(tag_line, pos)
                         tagged = tagged + 2 if tagged >= 0 else end
-                # One scan for the markers up to the tagged line; a marker that begins inside the literal just
-                # passed is part of it. After a large literal the scan starts again behind it, so its bytes are
-                # never scanned; after a small one (a header block) scanning on is cheaper than starting again.
-                passed = pos
-                for marker in literals(buf, pos, tagged):
-                    if marker.start() >= pos:
-                        size = int(marker[1])
-                        pos = marker.end() + size
-                        if pos > tagged or size > scan_through:
-                            break
-                else:
-                    if pos != passed:
-                        line_start = False
+                marker = literal(buf, pos, tagged)
+                if marker is None:
                     break
-                line_start = False
-                if pos > end:
-                    if size > MAX_LITERAL:
-                        raise ResponseTooLarge(f"{name}: a literal of {size} bytes (at most {MAX_LITERAL // 2**20} MB)")
-                    break
+                size = int(marker[1])
+                pos = marker.end() + size  # the literal is jumped over, never scanned
+            if pos != passed:
+                line_start = False  # a literal was passed: pos is inside its line
             if pos > end:  # a literal goes on beyond what has arrived
+                if size > MAX_LITERAL:  # (literals that ended inside the buffer are smaller than it)
+                    raise ResponseTooLarge(f"{name}: a literal of {size} bytes (at most {MAX_LITERAL // 2**20} MB)")
                 if collect:
                     done = pos - base
                     conn.fill()
