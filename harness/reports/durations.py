@@ -2,8 +2,8 @@
 
 Phases (harness/engine/phases.py): setup (emptying and seeding the accounts), connect (opening the
 test's sessions and logging in), steps (commands and their answers), waits (`await` and `sleep:` steps:
-time the server decides), cleanup. The totals are summed over tests, so with -n 2 they add up to about
-twice the wall time the tests took.
+time the server decides), cleanup. The totals are summed over tests, which run at once: -n 2 workers with
+--lanes 4 each have up to 8 running, so the totals add up to several times the wall time the tests took.
 """
 
 from __future__ import annotations
