@@ -105,8 +105,7 @@ def _print(result: dict) -> None:
     print(f"  wall                 {_fmt(result['wall_s'])}")
     print(f"  pytest session       {_fmt(result['session_s'])}   (of it, starting the server {_fmt(result['target_start_s'])})")
     print(f"  outside the session  {_fmt(result['outside_session_s'])}   (interpreter and pytest start-up, reports, exit)")
-    per_worker = max(result["workers"], 1)
-    print(f"  test phases, summed over the tests (divide by the {per_worker} worker(s) for wall time):")
+    print(f"  test phases, summed over the tests ({max(result['workers'], 1)} worker(s), each running several at once: see --lanes):")
     for phase, spread in result["phases_s"].items():
         print(f"    {phase:9s}          {_fmt(spread)}")
     verdicts = sorted(set(result["verdicts"]))
