@@ -103,7 +103,7 @@ class ManagedServer:
         self.certs: CertFiles | None = None
         self.account_count = accounts
         self._own_root = root is None
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=self.ROOT_PREFIX, dir=self._temp_parent()))
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=self.ROOT_PREFIX, dir=scratch_dir()))
         self.procs: dict[str, subprocess.Popen] = {}
         self.target: Target | None = None
 
@@ -119,10 +119,6 @@ class ManagedServer:
     def _is_leftover(self, cmdline: bytes) -> bool:
         """True for a process of this instance (by its NUL-separated argv)."""
         raise NotImplementedError
-
-    def _temp_parent(self) -> str | None:
-        """Where the temp dir goes (None: the system's temp dir)."""
-        return scratch_dir()
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self, timeout: float | None = None) -> Target:
